@@ -1,0 +1,3 @@
+"""lira: vectorized shadow training and membership-inference audits in JAX."""
+
+__version__ = "0.1.0"
