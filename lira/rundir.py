@@ -144,7 +144,7 @@ def load_logits(logdir: Path, model_indices: list[int] | None = None, mmap: bool
     missing = [m for m in model_indices if not logits_path(logdir, m).exists()]
     if missing:
         raise RunDirError(
-            f"{len(missing)} logits files are missing in {logdir / LOGITS_DIR} (models {_ranges(missing)}); "
+            f"{len(missing)} logits files are missing in {logdir / LOGITS_DIR} (models {format_ranges(missing)}); "
             f"run experiments/inference.py --logdir={logdir}."
         )
     arrays = [np.load(logits_path(logdir, m), mmap_mode="r" if mmap else None) for m in model_indices]
@@ -155,11 +155,13 @@ def load_logits(logdir: Path, model_indices: list[int] | None = None, mmap: bool
                 f"{logits_path(logdir, m)} has shape {a.shape}; expected [N={num_examples}, Q, C] to match keep.npy."
             )
         if a.shape != first:
-            raise RunDirError(f"{logits_path(logdir, m)} has shape {a.shape} but model {model_indices[0]}'s has {first}.")
+            raise RunDirError(
+                f"{logits_path(logdir, m)} has shape {a.shape} but model {model_indices[0]}'s has {first}."
+            )
     return np.stack(arrays).astype(np.float32, copy=False)
 
 
-def _ranges(indices: list[int]) -> str:
+def format_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     out, start, prev = [], None, None
     for i in sorted(indices):

@@ -1,0 +1,180 @@
+"""Vectorized shadow training: the pure core.
+
+A `TrainState` holds M models stacked on a leading model axis. `make_train_step` builds a step
+for one model and vmaps it over that axis; every model draws its own minibatches from its own
+IN set (its own permutation every epoch) and its own augmentation, all on the device.
+
+Randomness is a function of (seed, model index, epoch or step) alone:
+
+    model_key = fold_in(root, model_index)
+    init      = fold_in(model_key, 0)
+    epoch order   fold_in(fold_in(model_key, 1), epoch)
+    augmentation  fold_in(fold_in(model_key, 2), global_step)
+
+so model i comes out the same whether it trains alone, in a vectorized chunk, in another
+process's `--shadow_ids` slice, or after a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lira import augment as augment_lib
+
+_INIT, _ORDER, _AUGMENT = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    augment: str = "weak"
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (
+                self.augment in augment_lib.AUGMENTS,
+                f"augment must be one of {augment_lib.AUGMENTS}, got {self.augment!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message + ".")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """One model's state; stacked, every leaf gains a leading [M] axis."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def steps_per_epoch(num_examples: int, pkeep: float, batch_size: int) -> int:
+    """Steps in one epoch, from the expected IN-set size, the same for every model.
+
+    Models' IN sets differ by a few examples; a model whose set is smaller wraps around, so
+    every model sees every IN example at least once in nearly every epoch and all models
+    advance in lockstep, as one vectorized program requires.
+    """
+    return max(1, math.ceil(round(pkeep * num_examples) / batch_size))
+
+
+def model_key(seed: int, model_index):
+    return jax.random.fold_in(jax.random.key(seed), model_index)
+
+
+def make_optimizer(config: TrainConfig, num_steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD with momentum, linear warm-up then cosine decay, weight decay on kernels only."""
+    total = config.epochs * num_steps_per_epoch
+    warmup = min(int(config.warmup_epochs * num_steps_per_epoch), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else config.lr, peak_value=config.lr, warmup_steps=warmup, decay_steps=total
+    )
+    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params
+    )
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=config.momentum or None),
+    )
+
+
+def make_init(model: nn.Module, tx: optax.GradientTransformation, sample_input: jax.Array):
+    """init(model_index, seed) -> TrainState for one model; vmap it over model indices."""
+
+    def init(model_index, seed):
+        key = jax.random.fold_in(model_key(seed, model_index), _INIT)
+        variables = model.init(key, sample_input[None], train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    return init
+
+
+def epoch_order(keep_row, model_index, epoch, seed):
+    """keep_row: bool [N] -> int32 [N]: a fresh permutation of the IN examples, OUT ones last."""
+    key = jax.random.fold_in(jax.random.fold_in(model_key(seed, model_index), _ORDER), epoch)
+    draw = jax.random.uniform(key, keep_row.shape)
+    return jnp.argsort(jnp.where(keep_row, draw, 2.0)).astype(jnp.int32)
+
+
+def cross_entropy(logits, labels):
+    """logits: [B, C], labels: [B] -> [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainConfig):
+    """step(state, order, num_in, model_index, x, y, step_in_epoch) -> (state, loss, correct).
+
+    For one model: order int32 [N] and num_in from its keep row; x [N, ...], y [N] the whole
+    pool, shared by all models. Only positions < num_in of `order` are read, so a model never
+    touches an OUT example.
+    """
+
+    def step(state, order, num_in, model_index, x, y, step_in_epoch):
+        positions = (step_in_epoch * config.batch_size + jnp.arange(config.batch_size)) % num_in
+        index = order[positions]
+        images, labels = x[index], y[index]
+        key = jax.random.fold_in(
+            jax.random.fold_in(model_key(config.seed, model_index), _AUGMENT), state.step
+        )
+        images = augment_lib.augment(images, key, config.augment)
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            return cross_entropy(logits, labels).mean(), (logits, updates.get("batch_stats", {}))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, loss, correct
+
+    return step
+
+
+def predict(model: nn.Module, state: TrainState, x):
+    """One model's logits [B, C] on x [B, ...], BatchNorm in inference mode (running statistics)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return model.apply(variables, x, train=False)
+
+
+def in_counts(keep: np.ndarray) -> np.ndarray:
+    """int32 [M]: size of each model's IN set."""
+    counts = keep.sum(axis=1).astype(np.int32)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(f"Models {empty} have no training examples; raise --pkeep or --pool_size.")
+    return counts

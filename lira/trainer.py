@@ -1,0 +1,204 @@
+"""The training driver: runs the pure step of lira/train.py over slices of models, with
+checkpoints, the per-epoch log and a progress bar. The only training code that touches disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from lira import checkpoint, rundir
+from lira import train as train_lib
+from lira.models import get_model
+
+EVAL_BATCH = 500
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def default_models_per_step(arch: str, backend: str | None = None) -> int:
+    """How many models one compiled step advances, unless --models_per_step says otherwise.
+
+    On the CPU a handful keeps the vectorized matmuls busy without growing the working set past
+    the caches; accelerators want as many as fit (see experiments/bench.py for the figures).
+    """
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return 4
+    return 16 if arch.startswith("wrn") else 64
+
+
+def model_mesh(num_models: int) -> Mesh:
+    """A 1-D `model` mesh over as many local devices as evenly divide the models of a step."""
+    devices = jax.local_devices()
+    count = max(d for d in range(1, len(devices) + 1) if num_models % d == 0)
+    return Mesh(np.array(devices[:count]), ("model",))
+
+
+class _Programs:
+    """The jitted programs for one model architecture and config, shared by every slice."""
+
+    def __init__(self, model, config: train_lib.TrainConfig, num_steps_per_epoch: int, sample_input):
+        self.tx = train_lib.make_optimizer(config, num_steps_per_epoch)
+        self.init = jax.jit(
+            jax.vmap(train_lib.make_init(model, self.tx, sample_input), in_axes=(0, None)), static_argnums=1
+        )
+        step = jax.vmap(
+            train_lib.make_train_step(model, self.tx, config), in_axes=(0, 0, 0, 0, None, None, None)
+        )
+
+        def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
+            state, loss, correct = step(state, order, num_in, ids, x, y, step_in_epoch)
+            loss_sum, correct_sum, first_bad = totals
+            first_bad = jnp.where(~jnp.isfinite(loss) & (first_bad < 0), state.step - 1, first_bad)
+            return state, (loss_sum + loss, correct_sum + correct, first_bad)
+
+        self.step = jax.jit(multi_step, donate_argnums=(0, 1))
+        self.order = jax.jit(jax.vmap(train_lib.epoch_order, in_axes=(0, 0, None, None)), static_argnums=3)
+        predict = jax.vmap(lambda state, x: train_lib.predict(model, state, x), in_axes=(0, None))
+        self.correct = jax.jit(
+            lambda state, x, y: jnp.sum(jnp.argmax(predict(state, x), -1) == y[None], axis=1)
+        )
+
+    def abstract_state(self, ids, seed: int, sharding):
+        """Shapes, dtypes and shardings of the stacked state of models `ids`, for restoring."""
+        abstract = jax.eval_shape(self.init, ids, seed)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
+
+
+def train_models(
+    *,
+    logdir: Path,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    keep: np.ndarray,
+    arch: str,
+    config: train_lib.TrainConfig,
+    pkeep: float,
+    model_ids: tuple[int, int],
+    models_per_step: int,
+    conv_impl: str | None = None,
+    eval_every: int = 1,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> None:
+    """Trains models [start, stop) of `keep` [M, N] in steps of `models_per_step` models.
+
+    Resumes every slice from its last checkpoint; a finished slice is skipped. Appends one row
+    per (model, epoch) to train_log.jsonl. `stop_after_epochs` ends the run early (after that
+    many epochs of this call), as a kill would, for tests of resumption.
+    """
+    config.validate()
+    start, stop = model_ids
+    model = get_model(arch, num_classes, conv_impl)
+    num_steps = train_lib.steps_per_epoch(keep.shape[1], pkeep, config.batch_size)
+    programs = _Programs(model, config, num_steps, jnp.asarray(x_train[:1][0]))
+    num_in_all = train_lib.in_counts(keep)
+    slices = [(a, min(a + models_per_step, stop)) for a in range(start, stop, models_per_step)]
+    todo = [(a, b, checkpoint.latest_epoch(checkpoint.slice_dir(logdir, a, b))) for a, b in slices]
+    remaining = sum((b - a) * (config.epochs - done) * num_steps for a, b, done in todo)
+    bar = tqdm(total=remaining, unit="model-step", disable=not progress, dynamic_ncols=True)
+    epochs_run = 0
+    for a, b, done in todo:
+        if done >= config.epochs:
+            continue
+        mesh = model_mesh(b - a)
+        by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
+        x, y = jax.device_put(x_train, replicated), jax.device_put(y_train, replicated)
+        xt, yt = jax.device_put(x_test, replicated), jax.device_put(y_test, replicated)
+        ids = jax.device_put(np.arange(a, b, dtype=np.int32), by_model)
+        keep_slice = jax.device_put(keep[a:b], by_model)
+        num_in = jax.device_put(num_in_all[a:b], by_model)
+        folder = checkpoint.slice_dir(logdir, a, b)
+        abstract = programs.abstract_state(ids, config.seed, by_model)
+        if done:
+            state = checkpoint.restore(folder, done, abstract)
+        else:
+            state = jax.jit(programs.init, static_argnums=1, out_shardings=by_model)(ids, config.seed)
+        for epoch in range(done, config.epochs):
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                bar.close()
+                return
+            tic = time.perf_counter()
+            order = programs.order(keep_slice, ids, epoch, config.seed)
+            totals = jax.device_put(
+                (np.zeros(b - a, np.float32), np.zeros(b - a, np.int32), np.full(b - a, -1, np.int32)),
+                by_model,
+            )
+            for step_in_epoch in range(num_steps):
+                state, totals = programs.step(state, totals, order, num_in, ids, x, y, step_in_epoch)
+                bar.update(b - a)
+            loss_sum, correct, first_bad = jax.device_get(totals)
+            if (first_bad >= 0).any():
+                bad = np.flatnonzero(first_bad >= 0)
+                raise NonFiniteLossError(
+                    "Non-finite loss: "
+                    + ", ".join(f"model {a + i} at step {first_bad[i]}" for i in bad)
+                    + f" (epoch {epoch + 1}); lower --lr or check the data."
+                )
+            elapsed = time.perf_counter() - tic
+            rows = _epoch_rows(a, epoch, loss_sum / num_steps, correct / (num_steps * config.batch_size))
+            if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == config.epochs):
+                accuracy = _accuracy(programs, state, xt, yt)
+                for row, acc in zip(rows, accuracy):
+                    row["test_acc"] = float(acc)
+            rundir.append_jsonl(Path(logdir) / rundir.TRAIN_LOG, rows)
+            checkpoint.save(folder, epoch + 1, state)
+            epochs_run += 1
+            bar.set_postfix_str(
+                f"models {a}-{b - 1}, epoch {epoch + 1}/{config.epochs}, "
+                f"{(b - a) * num_steps * config.batch_size / elapsed:,.0f} ex/s, "
+                f"loss {np.mean(loss_sum) / num_steps:.3f}"
+            )
+    bar.close()
+
+
+def _epoch_rows(first_model: int, epoch: int, loss, train_acc) -> list[dict]:
+    return [
+        {
+            "model": first_model + i,
+            "epoch": epoch + 1,
+            "loss": float(loss[i]),
+            "train_acc": float(train_acc[i]),
+        }
+        for i in range(len(loss))
+    ]
+
+
+def _accuracy(programs: _Programs, state, x, y) -> np.ndarray:
+    """float [M]: each model's accuracy on (x, y), in batches."""
+    correct = 0
+    for i in range(0, x.shape[0], EVAL_BATCH):
+        correct = correct + programs.correct(state, x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH])
+    return np.asarray(jax.device_get(correct)) / x.shape[0]
+
+
+def load_slice_states(
+    logdir: Path,
+    arch: str,
+    num_classes: int,
+    config: train_lib.TrainConfig,
+    sample_input,
+    pkeep: float,
+    num_examples: int,
+):
+    """Yields (start, stop, state) for every finished slice, the state stacked over its models."""
+    model = get_model(arch, num_classes)
+    num_steps = train_lib.steps_per_epoch(num_examples, pkeep, config.batch_size)
+    programs = _Programs(model, config, num_steps, jnp.asarray(sample_input))
+    for a, b, folder in checkpoint.finished_slices(logdir, config.epochs):
+        ids = jnp.arange(a, b, dtype=jnp.int32)
+        by_model = NamedSharding(model_mesh(b - a), P("model"))
+        abstract = programs.abstract_state(ids, config.seed, by_model)
+        yield a, b, checkpoint.restore(folder, config.epochs, abstract)
