@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set-up and the main job.
+#   ./run.sh          install into .venv, then the demo: train, query and attack shadow models
+#                     on scikit-learn's bundled digits (no network), writing exp/demo/
+#   ./run.sh test     the same install, then ruff and the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the requirements change.
+stamp=".venv/.installed-$(cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
+  touch "$stamp"
+fi
+export JAX_PLATFORMS=${JAX_PLATFORMS:-}
+PY=.venv/bin/python
+
+case "${1:-demo}" in
+  test)
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    "$PY" -m pytest -q "${@:2}"
+    ;;
+  demo)
+    logdir=exp/demo
+    "$PY" experiments/train.py --dataset=digits --arch=cnn32 --num_shadows=16 --epochs=20 \
+      --batch_size=64 --lr=0.05 --augment=none --logdir=$logdir --progress="${PROGRESS:-true}"
+    "$PY" experiments/inference.py --logdir=$logdir --queries=2 --progress="${PROGRESS:-true}"
+    "$PY" experiments/attack.py --logdir=$logdir --num_targets=16
+    ;;
+  *)
+    echo "usage: ./run.sh [test [pytest args]|demo]" >&2
+    exit 2
+    ;;
+esac
