@@ -18,7 +18,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
-export JAX_PLATFORMS=${JAX_PLATFORMS:-}
 PY=.venv/bin/python
 
 case "${1:-demo}" in
