@@ -1,0 +1,70 @@
+"""A synthetic run directory with a planted membership signal, for tests and benchmarks.
+
+Model m's logits on example n under query q: every class gets standard normal noise, and the
+true class gets the example's difficulty (shared by all models) plus `signal` when n is IN for
+m. Members therefore have higher confidence by `signal` logits, and a per-example-calibrated
+attack (LiRA, RMIA) should beat the plain loss because difficulty varies between examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lira import rundir
+
+
+def balanced_keep(num_models: int, num_examples: int, seed: int) -> np.ndarray:
+    """bool [M, N]: every example IN for exactly M // 2 models (ranks of a uniform matrix per column)."""
+    uniform = np.random.default_rng(seed).random((num_models, num_examples))
+    return np.argsort(np.argsort(uniform, axis=0), axis=0) < num_models // 2
+
+
+def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int = 64, num_queries: int = 2,
+                          num_classes: int = 3, signal: float = 1.0, seed: int = 0,
+                          keep: np.ndarray | None = None) -> dict:  # fmt: skip
+    """Writes config.json, keep.npy, labels.npy, train_log.jsonl and logits/ under `logdir`.
+
+    Returns the config. `keep` overrides the balanced mask (to build edge cases in tests).
+    """
+    logdir = Path(logdir)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
+    difficulty = rng.normal(2.0, 1.5, num_examples).astype(np.float32)
+    keep = balanced_keep(num_models, num_examples, seed) if keep is None else np.asarray(keep, bool)
+    config = {
+        "flags": {
+            "dataset": "synthetic",
+            "arch": "none",
+            "num_shadows": num_models,
+            "seed": seed,
+            "pkeep": 0.5,
+        },
+        "data": {
+            "name": "synthetic",
+            "num_examples": num_examples,
+            "num_test": 0,
+            "num_classes": num_classes,
+            "input_shape": [8, 8, 1],
+        },
+        "versions": {},
+        "git_commit": None,
+        "inference": {"queries": num_queries},
+    }
+    rundir.save_json(logdir / rundir.CONFIG, config)
+    rundir.save_npy(logdir / rundir.KEEP, keep)
+    rundir.save_npy(logdir / rundir.LABELS, labels)
+    rows = [
+        {"model": m, "epoch": 1, "loss": 1.0, "train_acc": 0.5, "test_acc": 0.5} for m in range(num_models)
+    ]
+    (logdir / rundir.TRAIN_LOG).unlink(missing_ok=True)
+    rundir.append_jsonl(logdir / rundir.TRAIN_LOG, rows)
+    true_class = labels[:, None, None] == np.arange(num_classes)  # [N, 1, C]
+    for m in range(num_models):
+        model_rng = np.random.default_rng([seed, m])
+        logits = model_rng.standard_normal((num_examples, num_queries, num_classes), dtype=np.float32)
+        shift = difficulty + signal * keep[m]
+        logits += np.where(true_class, shift[:, None, None], 0.0).astype(np.float32)
+        rundir.save_npy(rundir.logits_path(logdir, m), logits)
+    return config

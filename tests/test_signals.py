@@ -1,0 +1,52 @@
+"""Signals against their textbook definitions, including where the naive formulas break."""
+
+import numpy as np
+import pytest
+
+from lira import rundir, signals, synthetic
+
+
+def test_signals_match_definitions_on_moderate_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 7, 2, 4))  # [M, N, Q, C]
+    labels = rng.integers(0, 4, 7)[:, None]  # [N, 1] broadcasts against [M, N, Q]
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    p_true = np.take_along_axis(probs, np.broadcast_to(labels, (5, 7, 2))[..., None], -1)[..., 0]
+    np.testing.assert_allclose(signals.true_class_probability(logits, labels), p_true, rtol=1e-12)
+    np.testing.assert_allclose(signals.cross_entropy(logits, labels), -np.log(p_true), rtol=1e-12)
+    np.testing.assert_allclose(
+        signals.logit_scaled_confidence(logits, labels), np.log(p_true / (1 - p_true)), rtol=1e-9
+    )
+    np.testing.assert_allclose(signals.softmax(logits), probs, rtol=1e-12)
+
+
+def test_confidence_is_finite_and_exact_where_the_naive_formula_breaks():
+    logits = np.array([[200.0, 0.0, 0.0], [0.0, 200.0, 0.0], [1000.0, 999.0, -5.0]])
+    labels = np.array([0, 0, 0])
+    phi = signals.logit_scaled_confidence(logits, labels)
+    # log(p / (1 - p)) is inf for row 0 (1 - p rounds to 0); the true value is 200 - log 2.
+    np.testing.assert_allclose(phi, [200 - np.log(2), -np.logaddexp(200, 0), 1.0 - np.log1p(np.exp(-1004))])
+    ce = signals.cross_entropy(logits, labels)
+    assert np.all(np.isfinite(ce)) and np.isclose(ce[1], 200 + np.log1p(2 * np.exp(-200)))
+
+
+def test_run_signals_streams_each_model_like_model_signals(tmp_path):
+    synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10, num_queries=2, num_classes=4)
+    run = signals.run_signals(tmp_path, with_softmax=True)
+    labels = rundir.load_labels(tmp_path)
+    assert run.phi.shape == (3, 10, 2) and run.softmax.shape == (3, 10, 2, 4) and run.phi.dtype == np.float32
+    for m in range(3):
+        one = signals.model_signals(np.load(rundir.logits_path(tmp_path, m)), labels, with_softmax=True)
+        for name in ("phi", "ce", "prob", "softmax"):
+            np.testing.assert_array_equal(getattr(run, name)[m], getattr(one, name))
+    assert signals.run_signals(tmp_path).softmax is None
+
+
+def test_run_signals_names_missing_and_misshapen_files(tmp_path):
+    synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10)
+    rundir.logits_path(tmp_path, 1).unlink()
+    with pytest.raises(rundir.RunDirError, match="models 1"):
+        signals.run_signals(tmp_path)
+    rundir.save_npy(rundir.logits_path(tmp_path, 1), np.zeros((9, 2, 3), np.float32))
+    with pytest.raises(rundir.RunDirError, match="00001.npy has shape"):
+        signals.run_signals(tmp_path)
