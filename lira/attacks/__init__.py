@@ -16,7 +16,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 
-from lira.attacks import baselines, lira_attacks
+from lira.attacks import baselines, lira_attacks, rmia, shokri
 from lira.attacks.common import AttackContext, References
 
 __all__ = ["ATTACKS", "AttackContext", "AttackSpec", "References", "option_names"]
@@ -35,11 +35,16 @@ ATTACKS: dict[str, AttackSpec] = {
     "loss": AttackSpec(baselines.loss, "none", 0, 0),
     "calibrated_loss": AttackSpec(baselines.calibrated_loss, "out", 0, 1),
     "attack_r": AttackSpec(baselines.attack_r, "out", 0, 1),
+    "shokri": AttackSpec(shokri.shokri, "in_and_out", 1, 1, needs_softmax=True),
     # Two of each, because the per-example variances are unbiased (ddof=1).
     "lira_online": AttackSpec(lira_attacks.lira_online, "in_and_out", 2, 2),
     "lira_online_fixed_var": AttackSpec(lira_attacks.lira_online_fixed_var, "in_and_out", 2, 2),
     "lira_offline": AttackSpec(lira_attacks.lira_offline, "out", 0, 2),
     "lira_offline_fixed_var": AttackSpec(lira_attacks.lira_offline_fixed_var, "out", 0, 2),
+    # p(u) is a mean over references: online needs one reference of either kind (min_in = 0,
+    # min_out = 0 but at least one selected; checked by the driver), offline one OUT reference.
+    "rmia_online": AttackSpec(rmia.rmia_online, "in_and_out", 0, 0),
+    "rmia_offline": AttackSpec(rmia.rmia_offline, "out", 0, 1),
 }
 
 
