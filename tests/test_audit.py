@@ -1,6 +1,12 @@
 """The driver: leave-one-out, num_shadows_used, checks before work, and the metrics it returns."""
 
 import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +120,49 @@ def test_run_audit_returns_metrics_for_every_attack(run):
     figures = metrics["attacks"]["lira_online"]
     assert len(figures["per_target"]["auc"]) == 10 and set(figures["ci95"]) == {"examples", "targets"}
     assert figures["tpr_at_fpr"]["1e-05"] is None  # 200 non-members cannot resolve 1e-5
+
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_REPORT = importlib.util.find_spec("lira.report") is not None
+
+
+def run_script(*args):
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=environment)
+
+
+@pytest.mark.skipif(not HAS_REPORT, reason="lira/report.py is not written yet")
+def test_attack_script_end_to_end(run):
+    finished = run_script(
+        "experiments/attack.py", f"--logdir={run}", "--attacks=loss,lira_online,rmia_offline,shokri",
+        "--shokri_classifier=logreg", "--num_targets=2", "--bootstrap=20",
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["num_targets"] == 2 and set(metrics["attacks"]) == {
+        "loss",
+        "lira_online",
+        "rmia_offline",
+        "shokri",
+    }
+    assert set(metrics["attacks"]["loss"]["tpr_at_fpr"]) == {"1e-05", "0.0001", "0.001", "0.01", "0.1"}
+    assert np.load(run / "report" / "scores" / "lira_online.npy").shape == (2, 40)
+    assert (run / "report" / "roc_log.png").exists() and "roc_log.png" in finished.stdout
+
+
+@pytest.mark.skipif(not HAS_REPORT, reason="lira/report.py is not written yet")
+def test_attack_script_rejects_unknown_attacks_before_work(run):
+    finished = run_script("experiments/attack.py", f"--logdir={run}", "--attacks=lira_online,lria")
+    assert finished.returncode != 0 and "choose from" in finished.stderr and "rmia_offline" in finished.stderr
+    assert not (run / "report").exists()
+
+
+def test_benchmark_quick(tmp_path):
+    finished = run_script(
+        "experiments/bench_attacks.py", "--quick", "--noisolate", "--attacks=loss,lira_online,rmia_offline",
+        "--bootstrap=10", f"--json={tmp_path / 'bench.json'}", f"--workdir={tmp_path}",
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert set(result["attacks"]) == {"loss", "lira_online", "rmia_offline"}
+    assert result["all"]["peak_rss_gib"] > 0 and "lira_online" in finished.stdout
