@@ -7,6 +7,7 @@ Re-running the same command resumes an interrupted run; --shadow_ids=START:STOP 
 slice of the models, so a job array can split the work across machines.
 """
 
+import jax
 from absl import app, flags
 
 from lira import augment, pipeline
@@ -43,10 +44,22 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("eval_every", 1, "Measure test accuracy every this many epochs (0: only at the end).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process JAX: each process trains its share of the models (SLURM/TPU: auto-detected).",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for --distributed without SLURM/TPU."
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed without SLURM/TPU.")
+flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without SLURM/TPU.")
 
 
 def main(argv):
     del argv
+    if FLAGS.distributed:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     names = [
         "dataset", "data_dir", "pool_size", "arch", "num_shadows", "pkeep", "epochs", "batch_size", "lr",
         "warmup_epochs", "weight_decay", "momentum", "augment", "seed", "shadow_ids", "models_per_step",

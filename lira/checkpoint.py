@@ -1,10 +1,14 @@
-"""Checkpoints of stacked training states, one orbax folder per slice of models.
+"""Checkpoints of stacked training states, one folder per slice of models.
 
-    ckpt/models_00000-00016/<epoch>/...
+    ckpt/models_00000-00016/epoch_00042.npz
 
-A slice's folder keeps its latest completed epoch; the training of that slice is finished when
-that epoch equals the configured number of epochs. Orbax writes to a temporary folder and
-renames it on commit, so a crash mid-save leaves the previous epoch intact.
+A slice's folder keeps its latest completed epoch; the slice is finished when that epoch equals
+the configured number of epochs. Each checkpoint is written to a temporary name and renamed into
+place, then older epochs are removed, so a crash at any moment leaves a complete checkpoint.
+
+Why not orbax: under multi-process JAX, orbax coordinates every save across all processes (and
+refuses process-local arrays), while here each process trains and saves its own disjoint slices
+on its own schedule. A flat .npz per slice needs no coordination and restores bit-exactly.
 """
 
 from __future__ import annotations
@@ -13,49 +17,63 @@ import re
 from pathlib import Path
 
 import jax
-import orbax.checkpoint as ocp
+import numpy as np
 
 from lira import rundir
 
 _SLICE_DIR = re.compile(r"models_(\d{5})-(\d{5})$")
+_EPOCH_FILE = re.compile(r"epoch_(\d{5})\.npz$")
 
 
 def slice_dir(logdir: Path, start: int, stop: int) -> Path:
     return Path(logdir) / rundir.CKPT_DIR / f"models_{start:05d}-{stop:05d}"
 
 
-def manager(directory: Path) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+def _epochs(directory: Path) -> list[int]:
+    if not Path(directory).exists():
+        return []
+    return sorted(int(m.group(1)) for p in Path(directory).iterdir() if (m := _EPOCH_FILE.match(p.name)))
 
 
 def latest_epoch(directory: Path) -> int:
     """The last completed epoch saved in `directory` (0 if none)."""
-    if not Path(directory).exists():
-        return 0
-    mngr = manager(directory)
-    try:
-        return mngr.latest_step() or 0
-    finally:
-        mngr.close()
+    epochs = _epochs(directory)
+    return epochs[-1] if epochs else 0
 
 
 def save(directory: Path, epoch: int, state) -> None:
-    mngr = manager(directory)
-    try:
-        mngr.save(epoch, args=ocp.args.StandardSave(state))
-        mngr.wait_until_finished()
-    finally:
-        mngr.close()
+    """Writes a host copy of `state` (any flax-serializable pytree) as epoch `epoch`."""
+    flat = _named_leaves(jax.device_get(state))
+    directory = Path(directory)
+    rundir.atomic_write(directory / f"epoch_{epoch:05d}.npz", lambda f: np.savez(f, **flat), "wb")
+    for old in _epochs(directory):
+        if old != epoch:
+            (directory / f"epoch_{old:05d}.npz").unlink(missing_ok=True)
 
 
 def restore(directory: Path, epoch: int, abstract_state):
-    """Restores into `abstract_state` (a pytree of jax.ShapeDtypeStruct, shardings included)."""
-    mngr = manager(directory)
-    try:
-        return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
-    finally:
-        mngr.close()
+    """Loads epoch `epoch` into the structure, dtypes and shardings of `abstract_state`
+    (a pytree of jax.ShapeDtypeStruct)."""
+    path = Path(directory) / f"epoch_{epoch:05d}.npz"
+    with np.load(path) as archive:
+        flat = {name: archive[name] for name in archive.files}
+    expected = _named_leaves(abstract_state)
+    if list(flat) != list(expected):
+        raise rundir.RunDirError(
+            f"{path} does not hold this model's state (differing entries: "
+            f"{sorted(set(flat) ^ set(expected))[:5]}); was it trained with another --arch?"
+        )
+    leaves = []
+    for name, leaf in expected.items():
+        if flat[name].shape != leaf.shape:
+            raise rundir.RunDirError(f"{path}: {name} has shape {flat[name].shape}, expected {leaf.shape}.")
+        leaves.append(jax.device_put(flat[name].astype(leaf.dtype), leaf.sharding))
+    return jax.tree.unflatten(jax.tree.structure(abstract_state), leaves)
+
+
+def _named_leaves(tree) -> dict:
+    """{'.params['Dense_0']['kernel']': leaf, ...} in the tree's leaf order."""
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def finished_slices(logdir: Path, epochs: int) -> list[tuple[int, int, Path]]:
@@ -67,10 +85,3 @@ def finished_slices(logdir: Path, epochs: int) -> list[tuple[int, int, Path]]:
         if match and latest_epoch(folder) >= epochs:
             found.append((int(match.group(1)), int(match.group(2)), folder))
     return found
-
-
-def abstract_like(state):
-    """ShapeDtypeStructs (with shardings) of a concrete or abstract state."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state
-    )

@@ -23,7 +23,7 @@ RESULT_FLAGS = (
     "dataset", "pool_size", "arch", "num_shadows", "pkeep", "epochs", "batch_size", "lr",
     "weight_decay", "momentum", "warmup_epochs", "augment", "seed", "models_per_step",
 )  # fmt: skip
-_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-datasets")
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
 
 
 @dataclasses.dataclass
@@ -74,17 +74,23 @@ def train(settings: TrainSettings) -> Path:
         raise ValueError(f"--pkeep must be in (0, 1), got {settings.pkeep}.")
     start, stop = masks.parse_slice(settings.shadow_ids, settings.num_shadows)
     settings.models_per_step = settings.models_per_step or trainer.default_models_per_step(settings.arch)
+    start, stop = process_share(
+        start, stop, settings.models_per_step, jax.process_index(), jax.process_count()
+    )
     logdir = Path(settings.logdir)
     flags = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("progress", "shadow_ids")}
     _check_same_run(logdir, flags)
 
     dataset = load_dataset(settings.dataset, settings.data_dir, settings.pool_size)
     keep = masks.make_keep(settings.num_shadows, len(dataset.y_train), settings.pkeep, settings.seed)
-    rundir.save_json(logdir / rundir.CONFIG, {
-        "flags": flags, "data": dataset.facts(), "versions": _versions(), "git_commit": _git_commit(),
-    })  # fmt: skip
-    rundir.save_npy(logdir / rundir.KEEP, keep)
-    rundir.save_npy(logdir / rundir.LABELS, dataset.y_train.astype(np.int32))
+    if jax.process_index() == 0:
+        rundir.save_json(logdir / rundir.CONFIG, {
+            "flags": flags, "data": dataset.facts(), "versions": _versions(), "git_commit": _git_commit(),
+        })  # fmt: skip
+        rundir.save_npy(logdir / rundir.KEEP, keep)
+        rundir.save_npy(logdir / rundir.LABELS, dataset.y_train.astype(np.int32))
+    if start == stop:
+        return logdir
     trainer.train_models(
         logdir=logdir, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
         y_test=dataset.y_test, num_classes=dataset.num_classes, keep=keep, arch=settings.arch,
@@ -93,6 +99,18 @@ def train(settings: TrainSettings) -> Path:
         eval_every=settings.eval_every, progress=settings.progress,
     )  # fmt: skip
     return logdir
+
+
+def process_share(start: int, stop: int, models_per_step: int, process: int, num_processes: int):
+    """The part of models [start, stop) that process `process` of `num_processes` trains.
+
+    Contiguous, in whole steps of models where possible, so each process compiles one step
+    shape; the shares cover the range exactly once. A process may get an empty share.
+    """
+    steps = -(-(stop - start) // models_per_step)
+    per_process = -(-steps // num_processes)
+    first = min(stop, start + process * per_process * models_per_step)
+    return first, min(stop, first + per_process * models_per_step)
 
 
 def _check_same_run(logdir: Path, flags: dict) -> None:

@@ -36,7 +36,7 @@ class RunDirError(ValueError):
     """A run directory is missing files or holds files that do not agree with each other."""
 
 
-def _atomic_write(path: Path, write_fn, mode: str) -> None:
+def atomic_write(path: Path, write_fn, mode: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -54,16 +54,16 @@ def _atomic_write(path: Path, write_fn, mode: str) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Atomically writes `array` to `path` in .npy format."""
-    _atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb")
+    atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb")
 
 
 def save_json(path: Path, obj: Any) -> None:
     """Atomically writes `obj` as indented JSON."""
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
 
 
 def save_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text), "w")
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,0 +1,106 @@
+"""The stage scripts end to end on tiny data: one process, --shadow_ids slices, and two
+multi-process JAX processes must all produce the same run directory."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [
+    "--dataset=digits", "--pool_size=200", "--arch=mlp-tiny", "--num_shadows=4", "--epochs=2",
+    "--models_per_step=1", "--batch_size=32", "--progress=false",
+]  # fmt: skip
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def script(name, *args, check=True):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / name), *args],
+        env=ENV, capture_output=True, text=True, timeout=600, check=check,
+    )  # fmt: skip
+
+
+def logits(logdir):
+    return np.stack([np.load(Path(logdir) / "logits" / f"{m:05d}.npy") for m in range(4)])
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("single")
+    script("train.py", *TRAIN, f"--logdir={logdir}")
+    script("inference.py", f"--logdir={logdir}", "--queries=1", "--progress=false")
+    return logdir
+
+
+def test_run_directory_contract(single_run):
+    keep = np.load(single_run / "keep.npy")
+    assert keep.shape == (4, 200) and keep.dtype == bool
+    assert np.load(single_run / "labels.npy").shape == (200,)
+    assert logits(single_run).shape == (4, 200, 1, 10)
+    assert (single_run / "config.json").exists() and (single_run / "train_log.jsonl").exists()
+
+
+def test_rerun_skips_finished_work(single_run):
+    before = {p: p.stat().st_mtime_ns for p in (single_run / "logits").iterdir()}
+    result = script("train.py", *TRAIN, f"--logdir={single_run}")
+    assert "Trained models" in result.stdout
+    result = script("inference.py", f"--logdir={single_run}", "--queries=1", "--progress=false")
+    assert "Wrote logits of 0 models" in result.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in (single_run / "logits").iterdir()}
+
+
+def test_changed_settings_are_refused(single_run):
+    result = script(
+        "train.py",
+        *[a.replace("--epochs=2", "--epochs=3") for a in TRAIN],
+        f"--logdir={single_run}",
+        check=False,
+    )
+    assert result.returncode != 0 and "--epochs: 2 before, 3 now" in result.stderr
+    result = script("inference.py", f"--logdir={single_run}", "--queries=7", check=False)
+    assert result.returncode != 0 and "valid: 1, 2, 18, 162" in result.stderr
+
+
+def test_shadow_id_slices_equal_one_process(single_run, tmp_path):
+    for ids in ("2:4", "0:2"):
+        script("train.py", *TRAIN, f"--logdir={tmp_path}", f"--shadow_ids={ids}")
+    script("inference.py", f"--logdir={tmp_path}", "--queries=1", "--progress=false")
+    np.testing.assert_array_equal(np.load(tmp_path / "keep.npy"), np.load(single_run / "keep.npy"))
+    np.testing.assert_allclose(logits(tmp_path), logits(single_run), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_equal_one_process(single_run, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    distributed = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "experiments" / "train.py"),
+                *TRAIN,
+                f"--logdir={tmp_path}",
+                *distributed,
+                f"--process_id={i}",
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for p in processes:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output
+    slices = sorted(d.name for d in (tmp_path / "ckpt").iterdir())
+    assert slices == ["models_00000-00001", "models_00001-00002", "models_00002-00003", "models_00003-00004"]
+    script("inference.py", f"--logdir={tmp_path}", "--queries=1", "--progress=false")
+    np.testing.assert_array_equal(np.load(tmp_path / "keep.npy"), np.load(single_run / "keep.npy"))
+    np.testing.assert_allclose(logits(tmp_path), logits(single_run), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,36 @@
+"""The train stage's settings checks and the split of models among processes."""
+
+import pytest
+
+from lira import pipeline
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "per_step", "processes"), [(0, 16, 4, 2), (0, 10, 4, 3), (3, 11, 2, 4), (0, 2, 4, 3)]
+)
+def test_process_shares_cover_the_models_once(start, stop, per_step, processes):
+    shares = [pipeline.process_share(start, stop, per_step, p, processes) for p in range(processes)]
+    covered = [m for a, b in shares for m in range(a, b)]
+    assert covered == list(range(start, stop))
+    assert all((b - a) % per_step == 0 for a, b in shares[:-1] if b < stop)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_shadows": 1}, "num_shadows must be >= 2"),
+        ({"pkeep": 1.5}, "pkeep"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"arch": "vgg"}, "Unknown --arch='vgg'; valid:"),
+        ({"augment": "strong"}, "augment must be one of"),
+        ({"shadow_ids": "4:2"}, "shadow_ids=4:2"),
+        ({"models_per_step": -1}, "models_per_step"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(tmp_path, changes, message):
+    settings = pipeline.TrainSettings(
+        logdir=str(tmp_path / "run"), dataset="npz:/does/not/exist.npz", **changes
+    )
+    with pytest.raises(ValueError, match=message):
+        pipeline.train(settings)
+    assert not (tmp_path / "run").exists()
