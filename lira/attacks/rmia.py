@@ -26,7 +26,6 @@ log gamma, never an N x Z matrix.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from lira.attacks.common import AttackContext, References
 from lira.signals import Signals
@@ -36,16 +35,27 @@ DEFAULT_OFFLINE_A = 0.3
 DEFAULT_NUM_POPULATION = 10_000
 
 
+def _log_mean_exp(log_values: np.ndarray, axis: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """log mean exp along `axis` (over the entries `mask` selects), shifted by the maximum so that
+    nothing overflows or underflows to 0; plain numpy to keep temporaries few at [R, N] size."""
+    if mask is not None:
+        log_values = np.where(mask, log_values, -np.inf)
+    peak = np.max(log_values, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    total = np.sum(np.exp(log_values - peak), axis=axis)
+    count = log_values.shape[axis] if mask is None else np.maximum(mask.sum(axis=axis), 1)
+    with np.errstate(divide="ignore"):  # an empty selection is log 0 = -inf; the driver prevents it
+        return np.log(total / count) + np.squeeze(peak, axis)
+
+
 def _log_query_mean_probability(ce: np.ndarray) -> np.ndarray:
     """log mean_q p_y from CE [..., Q] -> [...]."""
-    ce = np.asarray(ce, dtype=np.float64)
-    return logsumexp(-ce, axis=-1) - np.log(ce.shape[-1])
+    return _log_mean_exp(-np.asarray(ce, dtype=np.float64), axis=-1)
 
 
 def _log_reference_mean(log_probability: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """log of the mean over selected references: log_probability [R, N], mask [R, N] -> [N]."""
-    masked = np.where(mask, log_probability, -np.inf)
-    return logsumexp(masked, axis=0) - np.log(np.maximum(mask.sum(axis=0), 1))
+    return _log_mean_exp(log_probability, axis=0, mask=mask)
 
 
 def choose_population(population: np.ndarray, num_population: int | None, seed: int) -> np.ndarray:
