@@ -144,7 +144,16 @@ def attack_metrics(
     """The metrics.json entry of one attack. scores float [T, N]; membership bool [T, N].
 
     Top-level figures pool all T targets' scores; `per_target` lists each target's own; `ci95`
-    holds bootstrap intervals over examples and over targets.
+    holds bootstrap intervals over examples and over targets. Keys (None = JSON null):
+
+        auc, balanced_acc: float
+        tpr_at_fpr: {"1e-05": float | None, "0.0001": .., "0.001": .., "0.01": .., "0.1": ..}
+        min_resolvable_fpr: float (1 / num_nonmembers); num_members, num_nonmembers: int
+        per_target: {"auc": [T], "balanced_acc": [T], "tpr_at_fpr": {level: [T] (None inside)},
+                     "min_resolvable_fpr": [T]}
+        ci95: {"examples": {"auc": [low, high], "tpr_at_fpr": {level: [low, high] | None}} | None,
+               "targets": same | None (fewer than 2 targets, or no bootstrap)}
+        bootstrap_resamples: int
     """
     scores = np.asarray(scores, dtype=np.float64)
     membership = np.asarray(membership, dtype=bool)
