@@ -1,7 +1,6 @@
 """The driver: leave-one-out, num_shadows_used, checks before work, and the metrics it returns."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -123,7 +122,6 @@ def test_run_audit_returns_metrics_for_every_attack(run):
 
 
 REPO = Path(__file__).resolve().parents[1]
-HAS_REPORT = importlib.util.find_spec("lira.report") is not None
 
 
 def run_script(*args):
@@ -131,7 +129,6 @@ def run_script(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=environment)
 
 
-@pytest.mark.skipif(not HAS_REPORT, reason="lira/report.py is not written yet")
 def test_attack_script_end_to_end(run):
     finished = run_script(
         "experiments/attack.py", f"--logdir={run}", "--attacks=loss,lira_online,rmia_offline,shokri",
@@ -150,7 +147,6 @@ def test_attack_script_end_to_end(run):
     assert (run / "report" / "roc_log.png").exists() and "roc_log.png" in finished.stdout
 
 
-@pytest.mark.skipif(not HAS_REPORT, reason="lira/report.py is not written yet")
 def test_attack_script_rejects_unknown_attacks_before_work(run):
     finished = run_script("experiments/attack.py", f"--logdir={run}", "--attacks=lira_online,lria")
     assert finished.returncode != 0 and "choose from" in finished.stderr and "rmia_offline" in finished.stderr
