@@ -17,6 +17,7 @@ those targets (lower = more exposed; empty when no target trained on the example
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,8 @@ def per_example_table(
     result = results[main]
     membership = keep[result.targets]
     fprs = catch_fpr(result.scores, membership)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # examples no target trained on: NaN by design
+        warnings.simplefilter("ignore", RuntimeWarning)
         median_fpr = np.nanmedian(np.where(membership, fprs, np.nan), axis=0) if fprs.size else fprs
         caught = np.nanmean(np.where(membership, fprs <= 1e-3, np.nan), axis=0)
         mean_member_score = np.nanmean(np.where(membership, result.scores, np.nan), axis=0)
