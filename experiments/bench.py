@@ -1,0 +1,226 @@
+"""Shadow-training throughput and memory: the vectorized trainer vs a loop vs PyTorch.
+
+    python experiments/bench.py --json=bench.json                 # mlp, cnn32 (+ wrn28-2 on GPU)
+    python experiments/bench.py --quick                           # tiny sizes, well under a minute
+    python experiments/bench.py --arch=cnn32 --models_per_step=1,4 --methods=vmap,loop
+    python experiments/bench.py --case=inference_memory           # 64 models x 50,000 x 18 queries
+
+Throughput is in model-examples per second (models x examples per model x steps / seconds),
+the median of --repeats timed runs after one warm-up, with every case run once per repeat in a
+rotated order so ratios can be taken within a repeat. Compile time is reported apart. Peak
+memory comes from each case re-run in a fresh process (see lira.bench.PeakMemory). The
+PyTorch baseline needs `pip install -r requirements-bench.txt`; without torch it is skipped.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import jax
+from absl import app, flags
+
+from lira import bench
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
+flags.DEFINE_bool("quick", False, "Tiny models and sizes, for the tests.")
+flags.DEFINE_list("arch", None, "Architectures (default mlp,cnn32, and wrn28-2 on a GPU).")
+flags.DEFINE_list("models_per_step", ["1", "4", "16", "64"], "Models per compiled step of the vmap cases.")
+flags.DEFINE_list("methods", list(bench.METHODS), "Any of vmap, loop, torch.")
+flags.DEFINE_list("conv_impls", ["im2col", "xla"], "Convolution lowerings to time for conv nets.")
+flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the JAX cases (float32, bfloat16).")
+flags.DEFINE_integer("repeats", 3, "Timed runs per case (the median is reported).")
+flags.DEFINE_integer("steps", 0, "Model-steps per timed run, rounded up to whole compiled steps (0: auto).")
+flags.DEFINE_integer("batch_size", 256, "Examples per model per step.")
+flags.DEFINE_integer("num_examples", 4096, "Pool size each model samples its IN half from.")
+flags.DEFINE_integer("loop_models", 4, "Models the loop and torch methods train one after another.")
+flags.DEFINE_enum("augment", "weak", ["none", "mirror", "weak"], "Training augmentation (images).")
+flags.DEFINE_string(
+    "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
+)
+flags.DEFINE_enum("memory", "all", ["all", "default", "none"], "Which cases get a peak-memory run.")
+flags.DEFINE_integer("inference_models", 64, "inference_memory: models.")
+flags.DEFINE_integer("inference_examples", 50_000, "inference_memory: pool examples.")
+flags.DEFINE_integer("inference_queries", 18, "inference_memory: queries per example.")
+flags.DEFINE_string("workdir", None, "inference_memory: where to build the run (default a temp dir).")
+flags.DEFINE_string("json", None, "Write the results here as JSON.")
+
+
+def case_grid(arch: str, backend: str) -> list[bench.Case]:
+    """The cases for one arch; on the CPU conv nets stop at 16 models a step (and the native
+    convolution at 4, whose vmapped form is a grouped conv known to be slow there) unless
+    --models_per_step is given explicitly, to keep the full run within minutes."""
+    is_conv = arch in bench.CONV_ARCHS
+    explicit = FLAGS["models_per_step"].present or FLAGS.quick
+    cases = []
+    for dtype in FLAGS.dtypes:
+        for impl in FLAGS.conv_impls if is_conv else [None]:
+            cap = 4 if impl == "xla" else 16
+            for k in sorted({int(k) for k in FLAGS.models_per_step}):
+                if explicit or backend != "cpu" or not is_conv or k <= cap:
+                    cases.append(bench.Case(arch, "vmap", k, impl, dtype))
+        for impl in FLAGS.conv_impls if is_conv else [None]:
+            cases.append(bench.Case(arch, "loop", 1, impl, dtype))
+    cases.append(bench.Case(arch, "torch", 1))
+    cases = [c for c in cases if c.method in FLAGS.methods]
+    if "torch" in FLAGS.methods and importlib.util.find_spec("torch") is None:
+        print("torch is not installed (pip install -r requirements-bench.txt): no PyTorch baseline.")
+        cases = [c for c in cases if c.method != "torch"]
+    default = bench.default_case(arch, backend)
+    return cases + ([default] if "vmap" in FLAGS.methods and default not in cases else [])
+
+
+def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None]:
+    """Times every case of `arch`; returns the rows, the ratios and training FLOPs per example."""
+    workload = bench.Workload(bench.WORKLOADS[arch].input_shape, bench.WORKLOADS[arch].num_classes,
+                              FLAGS.num_examples, FLAGS.batch_size)  # fmt: skip
+    model_steps = FLAGS.steps or (8 if arch in bench.CONV_ARCHS and backend == "cpu" else 64)
+    x, y = bench.synthetic_data(workload)
+    runners, compile_s = {}, {}
+    for case in case_grid(arch, backend):
+        runners[case] = bench.make_runner(case, workload, x, y, model_steps, FLAGS.loop_models, FLAGS.augment,
+                                          FLAGS.torch_omp_wait_policy)  # fmt: skip
+        compile_s[case] = runners[case].compile()
+    times = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
+    native_loop = [r for c, r in runners.items() if c.method == "loop" and c.conv_impl in (None, "xla")]
+    flops = native_loop[0].flops_per_step() if native_loop and native_loop[0].flops_per_step() else None
+    per_example = flops / workload.batch_size if flops else bench.train_flops_per_example(arch, workload)
+    default = bench.default_case(arch, backend)
+    rows = []
+    for case, runner in runners.items():
+        seconds = statistics.median(times[case.name])
+        flops = runner.flops_per_step()
+        memory = {}
+        if FLAGS.memory == "all" or (FLAGS.memory == "default" and case == default):
+            memory = bench.case_peak_memory(case, workload, model_steps, FLAGS.loop_models, FLAGS.augment,
+                                            FLAGS.torch_omp_wait_policy)  # fmt: skip
+        getattr(runner, "close", lambda: None)()
+        rows.append({
+            "arch": arch, "backend": backend, "method": case.method, "models_per_step": case.models_per_step,
+            "conv_impl": case.conv_impl, "dtype": case.dtype, "name": case.name, "default": case == default,
+            "model_examples_per_s": runner.model_steps * workload.batch_size / seconds,
+            "peak_mem_mb": memory.get("rss_mb"), "peak_anon_mb": memory.get("anon_mb"),
+            "peak_device_mb": memory.get("device_mb"), "compile_s": compile_s[case],
+            "times_s": times[case.name], "model_steps_per_run": runner.model_steps,
+            "batch_size": workload.batch_size, "models_trained": getattr(runner, "num_models", None),
+            "xla_flops_per_step": flops,
+        })  # fmt: skip
+    for r in rows:
+        r["train_gflops_per_s"] = per_example * r["model_examples_per_s"] / 1e9 if per_example else None
+    return rows, arch_ratios(rows, times, runners, default), per_example
+
+
+def arch_ratios(rows, times, runners, default) -> dict:
+    """Throughput ratios, each the median over repeats of a ratio taken within one repeat."""
+    by_name = {c.name: c for c in runners}
+    speed = {r["name"]: r["model_examples_per_s"] for r in rows}
+
+    def ratio(a, b):
+        ca, cb = by_name[a], by_name[b]
+        return bench.paired_ratio(times[a], runners[ca].model_steps, times[b], runners[cb].model_steps)
+
+    fastest = lambda method: max(
+        (n for n in speed if by_name[n].method == method), key=speed.get, default=None
+    )
+    out = {"default": default.name if default.name in speed else None, "best": max(speed, key=speed.get)}
+    for label, name in (("default", out["default"]), ("best", out["best"])):
+        for other in ("loop", "torch"):
+            if name and fastest(other):
+                out[f"{label}_vs_{other}"] = ratio(name, fastest(other))
+                out[f"{label}_vs_{other}_case"] = fastest(other)
+    for name, case in by_name.items():
+        if case.method == "vmap" and case.conv_impl == "im2col":
+            twin = bench.Case(case.arch, "vmap", case.models_per_step, "xla", case.dtype).name
+            if twin in speed:
+                out[f"im2col_vs_xla_x{case.models_per_step}"] = ratio(name, twin)
+    return out
+
+
+def print_table(rows, ratios, roofline) -> None:
+    print(
+        f"\n{'case':32s} {'model-ex/s':>11s} {'GFLOP/s':>8s} {'%peak':>6s} {'compile s':>9s} {'peak MB':>8s}"
+    )
+    for r in rows:
+        mem = f"{r['peak_mem_mb']:8.0f}" if r["peak_mem_mb"] is not None else f"{'-':>8s}"
+        comp = f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else f"{'-':>9s}"
+        gflops = r.get("train_gflops_per_s")
+        perf = f"{gflops:8.1f} {100 * r['fraction_of_peak']:6.1f}" if gflops else f"{'-':>8s} {'-':>6s}"
+        star = " *" if r["default"] else ""
+        print(f"{r['name'] + star:32s} {r['model_examples_per_s']:11,.0f} {perf} {comp} {mem}")
+    print("(* = the trainer's default on this backend)")
+    for arch, values in ratios.items():
+        print(
+            f"{arch}: "
+            + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        )
+    print(
+        f"roofline: matmul peak {roofline['peak_matmul_gflops']:.0f} GFLOP/s (float32 {roofline['matmul_size']}^2)"
+    )
+
+
+def train_main(backend: str) -> dict:
+    if FLAGS.quick:
+        FLAGS.arch = FLAGS.arch or ["mlp-tiny", "cnn-tiny"]
+        FLAGS.models_per_step, FLAGS.repeats, FLAGS.steps = [], min(FLAGS.repeats, 2), FLAGS.steps or 4
+        FLAGS.conv_impls = ["xla"]  # the loop's native conv gives the FLOP count; the default adds im2col
+        FLAGS.batch_size, FLAGS.num_examples = 32, 256
+        FLAGS.memory = "default" if FLAGS.memory == "all" else FLAGS.memory
+    archs = FLAGS.arch or (["mlp", "cnn32"] + ([] if backend == "cpu" else ["wrn28-2"]))
+    size = 512 if FLAGS.quick else 2048
+    roofline = {"matmul_size": size, "peak_matmul_gflops": bench.matmul_peak_flops(size) / 1e9,
+                "flops_source": "XLA cost analysis of one model's real training step (native conv)",
+                "train_flops_per_example": {}}  # fmt: skip
+    rows, ratios = [], {}
+    for arch in archs:
+        arch_rows, ratios[arch], roofline["train_flops_per_example"][arch] = run_arch(arch, backend)
+        for r in arch_rows:
+            r["fraction_of_peak"] = (r["train_gflops_per_s"] or 0) / roofline["peak_matmul_gflops"]
+        rows += arch_rows
+    print_table(rows, ratios, roofline)
+    return {"cases": rows, "ratios": ratios, "roofline": roofline}
+
+
+def inference_main() -> dict:
+    models, examples = FLAGS.inference_models, FLAGS.inference_examples
+    if FLAGS.quick:
+        models, examples = min(models, 8), min(examples, 2000)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bench.inference_memory(FLAGS.workdir or tmp, models, examples, FLAGS.inference_queries)
+    print(f"inference of {models} models x {examples:,} examples x {FLAGS.inference_queries} queries "
+          f"({result['models_per_step']} models a step): logits {result['logits_mb']:,.0f} MB on disk; peak RSS "
+          f"+{result['rss_mb']:,.0f} MB (anonymous +{result['anon_mb']:,.0f} MB, file-backed "
+          f"+{result['file_mb']:,.0f} MB) in {result['wall_s']:.0f} s")  # fmt: skip
+    return {"inference_memory": result}
+
+
+def main(argv):
+    del argv
+    backend = jax.default_backend()
+    started = time.time()
+    # A fresh compilation cache: the figures here still include compiling, while the peak-memory
+    # processes load the programs compiled here instead of compiling them again (faster, and
+    # their peak is then the training's, not the compiler's).
+    cache = tempfile.mkdtemp(prefix="lira-bench-cache-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    load = os.getloadavg()
+    out = train_main(backend) if FLAGS.case == "train" else inference_main()
+    out["environment"] = {
+        "backend": backend, "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+        "cpu_count": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "wall_s": time.time() - started, "quick": FLAGS.quick,
+    }  # fmt: skip
+    shutil.rmtree(cache, ignore_errors=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"Wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)

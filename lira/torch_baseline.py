@@ -1,0 +1,212 @@
+"""The PyTorch baseline of lira/bench.py: shadow models trained one after another, eagerly.
+
+This is how ML Privacy Meter trains its reference models (a plain PyTorch loop over one model
+at a time), rebuilt here with the same layer widths as lira/models.py, the same SGD (momentum
+0.9, weight decay 5e-4), batch size, training augmentation (mirror + reflect-padded shift by up
+to 4 pixels) and per-model sampling from each model's own IN set. Batches are indexed straight
+out of a resident tensor rather than through a DataLoader, which only flatters the baseline.
+
+Imported only when torch is installed (requirements-bench.txt); the library never needs it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lira.bench import bench_keep
+
+PAD = 4
+
+
+class MLP(nn.Module):
+    """lira.models.MLP: flatten, Dense 512-256-128 with ReLU, linear head."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden=(512, 256, 128)):
+        super().__init__()
+        widths = (in_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        return self.head(x)
+
+
+class CNN(nn.Module):
+    """lira.models.CNN: `depth` blocks of conv3x3 (SAME)-ReLU-maxpool2, widths width << block,
+    global mean, linear head. NCHW, PyTorch's native layout."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, depth: int = 3):
+        super().__init__()
+        widths = [in_channels] + [width << block for block in range(depth)]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.relu(conv(x))
+            if min(x.shape[2:]) >= 2:
+                x = F.max_pool2d(x, 2)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def make_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if arch in ("mlp", "mlp-tiny"):
+        return MLP(math.prod(input_shape), num_classes, (512, 256, 128) if arch == "mlp" else (16,))
+    widths = {"cnn32": (32, 3), "cnn64": (64, 3), "cnn-tiny": (4, 2)}
+    if arch in widths:
+        return CNN(input_shape[-1], num_classes, *widths[arch])
+    raise ValueError(f"No PyTorch baseline for --arch={arch}; it has: mlp, mlp-tiny, {', '.join(widths)}.")
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """images: [B, C, H, W] -> each mirrored with probability 1/2 and shifted by a uniform
+    (dy, dx) in [-4, 4]^2 with reflect padding, as lira.augment.augment(kind="weak")."""
+    batch, channels, height, width = images.shape
+    flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect")
+    dy, dx = torch.randint(0, 2 * PAD + 1, (2, batch, 1), generator=generator, device=images.device)
+    rows = dy + torch.arange(height, device=images.device)  # [B, H]
+    cols = dx + torch.arange(width, device=images.device)  # [B, W]
+    b = torch.arange(batch, device=images.device)[:, None, None, None]
+    c = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class TorchRunner:
+    """`num_models` PyTorch models, each trained for `model_steps / num_models` steps in turn."""
+
+    def __init__(self, case, workload, x, y, model_steps: int, num_models: int = 4, augment: str = "weak"):
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.generator = torch.Generator(self.device).manual_seed(0)
+        is_image = len(workload.input_shape) == 3
+        x = np.moveaxis(x, -1, 1) if is_image else x  # NHWC -> NCHW
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
+        self.augment = augment == "weak" and is_image
+        self.batch_size = workload.batch_size
+        torch.manual_seed(0)
+        self.models = [
+            make_model(case.arch, workload.input_shape, workload.num_classes).to(self.device)
+            for _ in range(num_models)
+        ]
+        self.optimizers = [
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            for model in self.models
+        ]
+        keep = bench_keep(num_models, workload.num_examples)
+        self.orders = [
+            torch.from_numpy(np.flatnonzero(row))[torch.randperm(int(row.sum()))].to(self.device)
+            for row in keep
+        ]
+        self.cursors = [0] * num_models
+        self.steps = max(1, math.ceil(model_steps / num_models))
+        self.model_steps, self.num_models = self.steps * num_models, num_models
+
+    def compile(self) -> None:
+        """Eager PyTorch compiles nothing."""
+        return None
+
+    def flops_per_step(self) -> None:
+        return None
+
+    def _batch(self, m: int):
+        order, start = self.orders[m], self.cursors[m]
+        positions = torch.arange(start, start + self.batch_size, device=self.device) % len(order)
+        self.cursors[m] = (start + self.batch_size) % len(order)
+        index = order[positions]
+        images = self.x[index]
+        return (augment(images, self.generator) if self.augment else images), self.y[index]
+
+    def run(self) -> None:
+        for m, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            model.train()
+            for _ in range(self.steps):
+                images, labels = self._batch(m)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(images), labels)
+                loss.backward()
+                optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class TorchProcess:
+    """A TorchRunner in a worker process of its own, driven over a pipe.
+
+    PyTorch's OpenMP threads and XLA's thread pool in one process slow PyTorch by 5-20x on a
+    busy 2-core machine (measured: 1.6k vs 10k model-examples/s for the MLP), which would
+    flatter the JAX cases; a separate process is also how a PyTorch user runs. The worker gets
+    `omp_wait_policy` in OMP_WAIT_POLICY (PASSIVE: idle OpenMP threads sleep instead of
+    spinning, which spares the baseline from collapsing when other processes share the cores).
+    """
+
+    def __init__(self, case, workload, model_steps: int, num_models: int, augment: str, omp_wait_policy: str):
+        import dataclasses
+        import json
+        import subprocess
+        import sys
+
+        env = dict(os.environ, **({"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {}))
+        env.setdefault("JAX_PLATFORMS", "cpu")  # the worker never runs JAX; keep it off accelerators
+        code = "from lira import torch_baseline; torch_baseline.serve()"
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, env=env)  # fmt: skip
+        spec = {"case": dataclasses.asdict(case), "workload": dataclasses.asdict(workload),
+                "model_steps": model_steps, "num_models": num_models, "augment": augment}  # fmt: skip
+        reply = self._call(json.dumps(spec))
+        self.model_steps, self.num_models = reply["model_steps"], reply["num_models"]
+
+    def _call(self, line: str) -> dict:
+        import json
+
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        reply = self._proc.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"The PyTorch worker died (exit code {self._proc.wait()}).")
+        return json.loads(reply)
+
+    def compile(self) -> None:
+        return None
+
+    def flops_per_step(self) -> None:
+        return None
+
+    def run(self) -> None:
+        self._call("run")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=60)
+
+    __del__ = close
+
+
+def serve() -> None:
+    """The worker's loop: a JSON spec line builds the runner, then each "run" line runs it."""
+    import json
+    import sys
+
+    from lira import bench
+
+    spec = json.loads(sys.stdin.readline())
+    workload = bench.Workload(**{**spec["workload"], "input_shape": tuple(spec["workload"]["input_shape"])})
+    x, y = bench.synthetic_data(workload)
+    runner = TorchRunner(bench.Case(**spec["case"]), workload, x, y, spec["model_steps"], spec["num_models"],
+                         spec["augment"])  # fmt: skip
+    print(json.dumps({"model_steps": runner.model_steps, "num_models": runner.num_models}), flush=True)
+    for line in sys.stdin:
+        runner.run()
+        print(json.dumps({"done": line.strip()}), flush=True)

@@ -1,0 +1,56 @@
+"""experiments/bench.py end to end on tiny sizes: it runs and its JSON keeps the documented schema.
+
+Only the shape of the output is checked: timings on a shared CI machine prove nothing.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+CASE_KEYS = {
+    "arch", "backend", "method", "models_per_step", "model_examples_per_s", "peak_mem_mb", "compile_s",
+    "conv_impl", "dtype", "default", "times_s", "train_gflops_per_s",
+}  # fmt: skip
+
+
+def _run(tmp_path, *flags):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "bench.py"), "--quick", f"--json={out}", *flags],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_quick_train_bench_writes_the_schema(tmp_path):
+    report, stdout = _run(tmp_path)
+    assert set(report) >= {"cases", "ratios", "roofline", "environment"}
+    cases = report["cases"]
+    assert {c["arch"] for c in cases} == {"mlp-tiny", "cnn-tiny"}
+    for case in cases:
+        assert CASE_KEYS <= set(case), CASE_KEYS - set(case)
+        assert case["method"] in ("vmap", "loop", "torch")
+        assert case["model_examples_per_s"] > 0 and math.isfinite(case["model_examples_per_s"])
+        assert len(case["times_s"]) >= 1
+    defaults = [c for c in cases if c["default"]]
+    assert {c["arch"] for c in defaults} == {"mlp-tiny", "cnn-tiny"}
+    assert all(c["method"] == "vmap" and c["peak_mem_mb"] > 0 and c["compile_s"] > 0 for c in defaults)
+    assert {"loop", "vmap"} <= {c["method"] for c in cases}
+    for arch, ratios in report["ratios"].items():
+        assert ratios["default_vs_loop"] > 0, arch
+    roofline = report["roofline"]
+    assert roofline["peak_matmul_gflops"] > 0
+    assert all(v > 0 for v in roofline["train_flops_per_example"].values())
+    assert "model-ex/s" in stdout  # the table
+
+
+def test_quick_inference_memory(tmp_path):
+    report, _ = _run(tmp_path, "--case=inference_memory", f"--workdir={tmp_path / 'run'}")
+    result = report["inference_memory"]
+    assert result["logits_mb"] > 0 and result["rss_mb"] > 0
+    logits = sorted((tmp_path / "run" / "logits").glob("*.npy"))
+    assert len(logits) == result["num_models"]
