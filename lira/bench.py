@@ -240,22 +240,27 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size**3 / statistics.median(times)
 
 
-def time_interleaved(runners: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """{name: [seconds per run]}: after `warmup` untimed runs each, every repeat runs every
-    case once, in an order rotated each repeat, so that load from other processes on a
-    shared machine falls on all cases alike and ratios can be taken within a repeat."""
+def time_interleaved(runners: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:
+    """({name: [wall seconds per run]}, {name: [CPU seconds per run]}).
+
+    After `warmup` untimed runs each, every repeat runs every case once, in an order rotated
+    each repeat, so that load from other processes on a shared machine falls on all cases
+    alike and ratios can be taken within a repeat. CPU seconds (all threads of the process
+    that ran the case) are the steadier figure when other processes compete for the cores.
+    """
     names = list(runners)
     for _ in range(warmup):
         for name in names:
             runners[name].run()
-    times = {name: [] for name in names}
+    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            tic = time.perf_counter()
-            runners[name].run()
-            times[name].append(time.perf_counter() - tic)
-    return times
+            tic, cpu_tic = time.perf_counter(), time.process_time()
+            worker_cpu = runners[name].run()  # a runner in another process reports its own CPU time
+            wall[name].append(time.perf_counter() - tic)
+            cpu[name].append(worker_cpu if worker_cpu is not None else time.process_time() - cpu_tic)
+    return wall, cpu
 
 
 def paired_ratio(times_a, work_a, times_b, work_b) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -183,8 +184,9 @@ class TorchProcess:
     def flops_per_step(self) -> None:
         return None
 
-    def run(self) -> None:
-        self._call("run")
+    def run(self) -> float:
+        """Runs in the worker; returns the worker's CPU seconds for it."""
+        return self._call("run")["cpu_s"]
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -207,6 +209,7 @@ def serve() -> None:
     runner = TorchRunner(bench.Case(**spec["case"]), workload, x, y, spec["model_steps"], spec["num_models"],
                          spec["augment"])  # fmt: skip
     print(json.dumps({"model_steps": runner.model_steps, "num_models": runner.num_models}), flush=True)
-    for line in sys.stdin:
+    for _ in sys.stdin:
+        tic = time.process_time()
         runner.run()
-        print(json.dumps({"done": line.strip()}), flush=True)
+        print(json.dumps({"cpu_s": time.process_time() - tic}), flush=True)
