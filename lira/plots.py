@@ -1,4 +1,10 @@
-"""The report's figures. Each function draws one PNG and writes it atomically."""
+"""The report's figures. Each function draws one PNG and writes it atomically.
+
+Figures are built on `matplotlib.figure.Figure` (the Agg canvas, no pyplot), so importing this
+module never switches the backend of a notebook that also plots interactively, and drawing
+needs no display. Every function takes arrays and labels only; what to plot is decided in
+lira.report.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +12,58 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as sk_metrics
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn import metrics as sk_metrics  # noqa: E402
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> None:
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
+    """Writes `fig` as a PNG to a temporary name beside `path`, then renames it into place, so a
+    killed run never leaves half an image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def roc_curves(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict, path: Path, log_scale: bool
-) -> None:
-    """One ROC per attack; curves[name] = (fpr, tpr). Log-log when `log_scale`, the view that
-    shows the low-FPR regime where membership inference matters (Carlini et al. 2022)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def _style(index: int) -> dict:
+    """Colour and line style of curve `index`: ten colours, then the next line style."""
+    return {"color": f"C{index % 10}", "linestyle": LINE_STYLES[(index // 10) % len(LINE_STYLES)]}
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], path: Path,
+               log_scale: bool) -> None:  # fmt: skip
+    """One ROC per attack; curves[name] = (fpr, tpr), labels[name] its legend entry.
+
+    The log-log view shows the low-FPR regime where membership inference matters (Carlini et
+    al. 2022); its axes start at the smallest non-zero FPR of any curve (1 / #non-members), the
+    lowest level the data can resolve.
+    """
+    fig = Figure(figsize=(5.8, 5.2))
+    ax = fig.subplots()
     floor = 1.0
-    for name, (fpr, tpr) in curves.items():
-        entry = metrics["attacks"].get(name, {})
-        at = entry.get("tpr_at_fpr", {}).get("0.001")
-        label = f"{name} (AUC={entry.get('auc', float('nan')):.3f}, TPR@0.1%FPR=" + (
-            f"{100 * at:.1f}%)" if at is not None else "n/r)"
-        )
-        ax.plot(fpr, tpr, label=label, lw=1.3)
+    for index, (name, (fpr, tpr)) in enumerate(curves.items()):
+        ax.plot(fpr, tpr, label=labels.get(name, name), lw=1.3, **_style(index))
         positive = fpr[fpr > 0]
         floor = min(floor, positive.min() if positive.size else 1.0)
     grid = np.logspace(np.log10(floor), 0, 100) if log_scale else np.linspace(0, 1, 100)
-    ax.plot(grid, grid, "k--", lw=0.8, label="chance")
+    ax.plot(grid, grid, color="k", ls="--", lw=0.8, label="chance")
     if log_scale:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(floor, 1)
         ax.set_ylim(floor, 1)
+    else:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title("Membership inference ROC" + (" (log scale)" if log_scale else ""))
@@ -59,78 +72,122 @@ def roc_curves(
     save_figure(fig, path)
 
 
-def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """IN vs OUT score distributions per attack; pooled[name] = (scores [n], is_member [n])."""
+def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 60) -> None:
+    """IN vs OUT score densities per attack, one panel each; pooled[name] = (scores [n], is_member [n]).
+
+    Scores outside the 0.5-99.5 percentiles are clipped into the end bins, so one extreme score
+    cannot squash the rest of a panel; the counts stay complete.
+    """
     names = list(pooled)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3 * rows), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     for ax, name in zip(axes.flat, names):
         scores, member = pooled[name]
         finite = np.isfinite(scores)
-        low, high = np.percentile(scores[finite], [0.5, 99.5]) if finite.any() else (0, 1)
-        bins = np.linspace(low, high if high > low else low + 1, 50)
-        ax.hist(np.clip(scores[finite & ~member], low, high), bins, alpha=0.6, density=True, label="OUT")
-        ax.hist(np.clip(scores[finite & member], low, high), bins, alpha=0.6, density=True, label="IN")
+        low, high = np.percentile(scores[finite], [0.5, 99.5]) if finite.any() else (0.0, 1.0)
+        high = high if high > low else low + 1.0
+        edges = np.linspace(low, high, bins + 1)
+        for subset, label, colour in ((~member, "OUT (non-members)", "C0"), (member, "IN (members)", "C1")):
+            values = np.clip(scores[finite & subset], low, high)
+            if values.size:
+                density, _ = np.histogram(values, edges, density=True)
+                ax.stairs(density, edges, fill=True, alpha=0.5, color=colour, label=label)
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score (larger = more likely member)", fontsize=7)
+        ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
-    fig.suptitle("Attack scores of members (IN) and non-members (OUT)")
-    fig.tight_layout()
+    fig.suptitle("Attack scores of members (IN) and non-members (OUT), all targets pooled")
     save_figure(fig, path)
+
+
+def pooled_threshold(scores: np.ndarray, is_member: np.ndarray, level: float) -> float:
+    """The threshold whose rule `score > threshold` flags at most `level` of the non-members
+    and, of such rules, flags the most (the TPR-at-FPR convention of lira.metrics)."""
+    nonmember = np.sort(scores[~is_member])[::-1]
+    allowed = int(np.floor(level * nonmember.size))
+    return -np.inf if allowed >= nonmember.size else float(nonmember[allowed])
 
 
 def per_class_risk(scores: np.ndarray, membership: np.ndarray, labels: np.ndarray, attack: str, path: Path,
                    class_names: list[str] | None = None) -> dict:  # fmt: skip
-    """Per-class AUC and TPR at 1% FPR of one attack. scores, membership [T, N]; labels [N].
-    Returns {class: {"auc", "tpr_at_1%fpr"}}."""
-    classes = np.unique(labels)
+    """Per-class TPR and FPR at one global threshold, and per-class AUC, of one attack.
+
+    scores, membership: [T, N]; labels: [N]. The threshold is set on all non-members pooled at
+    FPR 1% (10% when there are fewer than 100 non-members, where 1% cannot be resolved), so a
+    class with a higher TPR there is one an attacker with a single rule exposes more; its FPR
+    shows whether that comes with more false alarms too. Returns {class: {"tpr", "fpr", "auc"}}
+    and the level as result["level"].
+    """
+    is_member = membership.ravel()
+    flat_scores, flat_labels = scores.ravel(), np.broadcast_to(labels, scores.shape).ravel()
+    level = 0.01 if (~is_member).sum() >= 100 else 0.1
+    flagged = flat_scores > pooled_threshold(flat_scores, is_member, level)
     risk = {}
-    for c in classes:
-        s, m = scores[:, labels == c].ravel(), membership[:, labels == c].ravel()
-        if m.all() or not m.any():
+    for c in np.unique(labels):
+        in_class = flat_labels == c
+        members, nonmembers = in_class & is_member, in_class & ~is_member
+        if not members.any() or not nonmembers.any():
             continue
-        fpr, tpr, _ = sk_metrics.roc_curve(m, s)
-        risk[int(c)] = {"auc": float(sk_metrics.auc(fpr, tpr)), "tpr_at_1%fpr": float(tpr[fpr <= 0.01].max())}
+        fpr, tpr, _ = sk_metrics.roc_curve(is_member[in_class], flat_scores[in_class])
+        risk[int(c)] = {
+            "tpr": float(flagged[members].mean()),
+            "fpr": float(flagged[nonmembers].mean()),
+            "auc": float(sk_metrics.auc(fpr, tpr)),
+        }
     names = [class_names[c] if class_names else str(c) for c in risk]
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(risk) + 2), 3.5))
     x = np.arange(len(risk))
-    ax.bar(x - 0.2, [r["auc"] for r in risk.values()], 0.4, label="AUC")
-    ax.bar(x + 0.2, [r["tpr_at_1%fpr"] for r in risk.values()], 0.4, label="TPR at 1% FPR")
-    ax.axhline(0.5, color="k", lw=0.6, ls="--")
-    ax.set_xticks(x, names, rotation=45 if len(risk) > 10 or class_names else 0, fontsize=8)
-    ax.set_title(f"Risk per class ({attack})")
-    ax.legend(fontsize=8)
+    fig = Figure(figsize=(min(14.0, max(5.5, 0.45 * len(risk) + 2)), 5.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.bar(x, [100 * r["tpr"] for r in risk.values()], 0.7, color="C3", label="TPR (members caught)")
+    top.plot(x, [100 * r["fpr"] for r in risk.values()], "ko", ms=3, label="FPR (non-members flagged)")
+    top.axhline(100 * level, color="k", lw=0.6, ls=":", label=f"overall FPR {100 * level:g}%")
+    top.set_ylabel("% at one threshold")
+    top.set_title(
+        f"Risk per class ({attack}): threshold at {100 * level:g}% FPR over all classes", fontsize=10
+    )
+    tallest = max([100 * max(r["tpr"], r["fpr"]) for r in risk.values()] + [100 * level])
+    top.set_ylim(0, 1.3 * tallest)  # headroom for the legend above the bars
+    top.legend(fontsize=7, ncols=3, loc="upper center")
+    aucs = [r["auc"] for r in risk.values()]
+    bottom.bar(x, aucs, 0.7, color="C0")
+    bottom.axhline(0.5, color="k", lw=0.6, ls="--")
+    bottom.set_ylim(min(0.45, min(aucs, default=0.5) - 0.02), min(1.0, max(aucs, default=0.5) + 0.05))
+    bottom.set_ylabel("AUC within class")
+    step = max(1, len(risk) // 30)  # at most ~30 tick labels (CIFAR-100 has 100 classes)
+    bottom.set_xticks(x[::step], names[::step], rotation=45 if class_names or len(risk) > 10 else 0,
+                      ha="right" if class_names else "center", fontsize=8)  # fmt: skip
+    bottom.set_xlabel("class")
     save_figure(fig, path)
-    return risk
+    return {**risk, "level": level}
 
 
-def example_grid(
-    images: np.ndarray, most: np.ndarray, least: np.ndarray, captions: dict[int, str], path: Path
-) -> None:
-    """Two rows of images [N, H, W, C] uint8: the most and the least vulnerable examples."""
-    cols = max(len(most), len(least))
-    fig, axes = plt.subplots(2, cols, figsize=(1.3 * cols, 3.2), squeeze=False)
+def example_grid(images: np.ndarray, most: np.ndarray, least: np.ndarray, captions: dict[int, str],
+                 path: Path) -> None:  # fmt: skip
+    """Two rows of images uint8 [N, H, W, C] (or [N, H, W]): the most and the least vulnerable examples.
+
+    most, least: example indices, in display order; captions[j]: the text over example j.
+    """
+    cols = max(len(most), len(least), 1)
+    fig = Figure(figsize=(1.3 * cols + 0.6, 3.4))
+    axes = fig.subplots(2, cols, squeeze=False)
     for row, (indices, title) in enumerate([(most, "most vulnerable"), (least, "least vulnerable")]):
         for col in range(cols):
             ax = axes[row, col]
             ax.axis("off")
             if col < len(indices):
                 image = images[indices[col]]
+                grey = image.ndim == 2 or image.shape[-1] == 1
                 ax.imshow(
-                    image[..., 0] if image.shape[-1] == 1 else image,
-                    cmap="gray" if image.shape[-1] == 1 else None,
+                    image.reshape(image.shape[:2]) if grey else image,
+                    cmap="gray" if grey else None,
+                    vmin=0,
+                    vmax=255,
                 )
                 ax.set_title(captions[int(indices[col])], fontsize=6)
-        axes[row, 0].text(
-            -0.1,
-            0.5,
-            title,
-            transform=axes[row, 0].transAxes,
-            rotation=90,
-            va="center",
-            ha="right",
-            fontsize=8,
-        )
+        axes[row, 0].text(-0.1, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, va="center",
+                          ha="right", fontsize=8)  # fmt: skip
     save_figure(fig, path)
