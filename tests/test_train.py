@@ -59,7 +59,9 @@ def test_non_finite_loss_names_models_and_step(tmp_path):
     assert only_models_2_and_3.size
     x = x.copy()
     x[only_models_2_and_3] = np.nan
-    with pytest.raises(trainer.NonFiniteLossError, match=r"model 2 at step \d+, model 3 at step \d+") as error:
+    with pytest.raises(
+        trainer.NonFiniteLossError, match=r"model 2 at step \d+, model 3 at step \d+"
+    ) as error:
         train_run(tmp_path, x, y, keep=keep, augment="none")
     assert "model 0" not in str(error.value) and "model 1" not in str(error.value)
 
