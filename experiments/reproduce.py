@@ -1,0 +1,320 @@
+"""Reproduces a paper experiment in one command: train, query, attack (and optionally the notebooks).
+
+    python experiments/reproduce.py --scale=cpu                          # exp/c10_6k, hours on a CPU
+    python experiments/reproduce.py --scale=paper                        # CIFAR-10 WRN-28-2, a GPU
+    python experiments/reproduce.py --scale=paper --experiment=cifar100 --num_shadows=256
+    python experiments/reproduce.py --scale=cpu --dry_run                # print the commands only
+
+--scale picks a preset of flags and --experiment the data set; the override flags below replace
+single values of the preset. Every command is printed before it runs, so the printed lines are
+the whole recipe and can be copied to run (or split over a job array) by hand.
+
+Re-running the same command resumes: train.py and inference.py skip finished work themselves
+(and train.py refuses a run directory made with other result-changing flags), and the attack
+stage is skipped while report/metrics.json is newer than every logits file and was made with
+the same attacks, targets and queries (--rerun_attack forces it).
+
+Each stage runs as a subprocess of the stage script (experiments/train.py, inference.py,
+attack.py) with explicit flags, not through lira.pipeline in-process, because:
+- what runs is exactly what is printed, so the printed sequence is a faithful recipe;
+- each script keeps its own checks and messages (flag validation, the refusal of a changed
+  configuration, the attack names), with nothing re-implemented here;
+- the three scripts define clashing absl flags (--logdir, --batch_size, --seed), so they cannot
+  share one process's flag registry;
+- each stage gets a fresh process: device memory held by training (compiled programs, the
+  dataset on the device) is released before inference and the attacks.
+The stages run with the repository root as their working folder, as the README's commands do,
+so the presets' relative paths (../shared/data/..., exp/...) mean the same from anywhere;
+relative paths given on the command line are taken from the folder reproduce.py is run in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALES = ("cpu", "paper")
+EXPERIMENTS = ("cifar10", "cifar100")
+QUERY_COUNTS = (1, 2, 18, 162)  # lira.augment.QUERY_COUNTS (inference.py checks it again)
+NOTEBOOK_PACKAGES = ("nbformat", "nbclient", "ipykernel", "jupyter_client")
+
+# The training flags of a preset, in the order they are printed. The cpu preset is exactly the
+# run exp/c10_6k (its config.json), so re-running it resumes that run instead of being refused
+# as a change of settings; models_per_step is pinned to the 4 it was trained with, because it
+# is one of lira.pipeline.RESULT_FLAGS and the backend's default differs on accelerators.
+CPU_TRAIN = {
+    "dataset": "npz:../shared/data/cifar10_6k.npz",  # 5,170-example CIFAR-10 subset, offline
+    "arch": "cnn32",
+    "num_shadows": 16,
+    "epochs": 30,
+    "batch_size": 256,
+    "lr": 0.1,
+    "weight_decay": 0.0005,
+    "momentum": 0.9,
+    "augment": "weak",
+    "pkeep": 0.5,
+    "seed": 0,
+    "models_per_step": 4,
+}
+# The LiRA paper's CIFAR setup (Carlini et al., "Membership Inference Attacks From First
+# Principles", IEEE S&P 2022, and its code, tensorflow/privacy research/mi_lira_2021): WRN-28-2
+# on the 50,000 CIFAR-10 train examples, each model on a random half (pkeep 0.5, balanced), SGD
+# momentum 0.9, lr 0.1 with cosine decay, weight decay 5e-4, batch 256, mirror + 4-pixel shift
+# augmentation, 100 epochs (scripts/train_demo.sh), about 91-92% test accuracy per model. The
+# paper trains 256 models; 64 is the default here to keep one run within a day of one GPU, and
+# --num_shadows=256 gives the paper's count. Queries: 18 = mirror x shifts in {-4, 0, 4}^2, the
+# paper's augmented-query setting. CIFAR-100 uses the same architecture and schedule.
+PAPER_TRAIN = {
+    "dataset": "cifar10",
+    "arch": "wrn28-2",
+    "num_shadows": 64,
+    "epochs": 100,
+    "batch_size": 256,
+    "lr": 0.1,
+    "weight_decay": 0.0005,
+    "momentum": 0.9,
+    "augment": "weak",
+    "pkeep": 0.5,
+    "seed": 0,
+    "models_per_step": None,  # the backend's default (16 WRN models per step on a GPU)
+}
+PRESETS = {
+    "cpu": {"train": CPU_TRAIN, "logdir": "exp/c10_6k", "queries": 18, "attacks": "all", "num_targets": 4},
+    "paper": {"train": PAPER_TRAIN, "logdir": "exp/paper_cifar10", "queries": 18, "attacks": "all",
+              "num_targets": 4},
+}  # fmt: skip
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("scale", "cpu", f"Preset: {', '.join(SCALES)}.")
+flags.DEFINE_string("experiment", "cifar10", f"What to reproduce: {', '.join(EXPERIMENTS)}.")
+flags.DEFINE_bool("dry_run", False, "Print the commands without running them.")
+flags.DEFINE_bool("notebooks", False, "After the attacks, execute notebooks/*.ipynb against the run.")
+flags.DEFINE_string("figures", "docs/figures", "Where --notebooks saves the figures.")
+flags.DEFINE_bool("rerun_attack", False, "Run the attack stage even if report/metrics.json is up to date.")
+flags.DEFINE_bool("progress", True, "Show the stages' progress bars.")
+# Overrides of single preset values (None: the preset's).
+flags.DEFINE_string("dataset", None, "Override the preset's --dataset (a tfds name, npz:PATH or digits).")
+flags.DEFINE_string("data_dir", None, "tfds data_dir where the dataset is prepared.")
+flags.DEFINE_integer("pool_size", None, "Use only the first n train examples as the audit pool.")
+flags.DEFINE_string("arch", None, "Override the preset's --arch.")
+flags.DEFINE_integer("num_shadows", None, "Override the preset's number of models M (paper: 256).")
+flags.DEFINE_integer("epochs", None, "Override the preset's epochs.")
+flags.DEFINE_integer("batch_size", None, "Override the preset's training batch size.")
+flags.DEFINE_integer("models_per_step", None, "Override the preset's models per compiled step.")
+flags.DEFINE_string("logdir", None, "Override the preset's run directory.")
+flags.DEFINE_integer("queries", None, f"Override the preset's queries: {', '.join(map(str, QUERY_COUNTS))}.")
+flags.DEFINE_list("attacks", None, "Override the preset's attacks (comma list or 'all').")
+flags.DEFINE_integer("num_targets", None, "Override the preset's number of attacked targets.")
+
+
+class Stage:
+    """One step of the recipe: a printable command, run in ROOT."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name, self.argv = name, argv
+
+    def command(self) -> str:
+        shown = [python_shown(), *self.argv[1:]] if self.argv[0] == sys.executable else self.argv
+        return shlex.join(shown)
+
+
+def python_shown() -> str:
+    """The interpreter as a user would type it from the repository root."""
+    try:
+        return str(Path(sys.executable).relative_to(ROOT))
+    except ValueError:
+        return sys.executable
+
+
+def from_cwd(path: str) -> str:
+    """A path given on the command line, made to mean the same in ROOT (where stages run).
+
+    Unchanged when reproduce.py runs in ROOT, so the flags a run directory records (--dataset
+    is compared on re-runs) are exactly what the user typed."""
+    if Path(os.getcwd()).resolve() == ROOT or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
+
+
+def settings(values: dict) -> dict:
+    """The preset of values["scale"] and values["experiment"] with the overrides in `values`
+    applied; raises ValueError naming a bad value and the valid ones, before any work."""
+    scale, experiment = values["scale"], values["experiment"]
+    if scale not in PRESETS:
+        raise ValueError(f"--scale={scale!r} is not a preset; valid: {', '.join(SCALES)}.")
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"--experiment={experiment!r} is unknown; valid: {', '.join(EXPERIMENTS)}.")
+    preset = PRESETS[scale]
+    train = dict(preset["train"])
+    logdir = preset["logdir"]
+    if experiment == "cifar100":
+        if scale == "cpu" and values.get("dataset") is None:
+            raise ValueError(
+                "--experiment=cifar100 has no cpu-scale data set (the cpu preset's offline data is a "
+                "CIFAR-10 subset); run it with --scale=paper (CIFAR-100 via tfds), or give "
+                "--dataset=npz:PATH of a CIFAR-100 subset."
+            )
+        train["dataset"] = "cifar100"
+        logdir = "exp/paper_cifar100" if scale == "paper" else "exp/cpu_cifar100"
+    for name in ("arch", "num_shadows", "epochs", "batch_size", "models_per_step"):
+        if values.get(name) is not None:
+            train[name] = values[name]
+    if values.get("dataset") is not None:
+        dataset = values["dataset"]
+        train["dataset"] = "npz:" + from_cwd(dataset[4:]) if dataset.startswith("npz:") else dataset
+    for name, path_like in (("pool_size", False), ("data_dir", True)):
+        if values.get(name) is not None:
+            train[name] = from_cwd(values[name]) if path_like else values[name]
+    out = {
+        "scale": scale,
+        "experiment": experiment,
+        "train": train,
+        "logdir": from_cwd(values["logdir"]) if values.get("logdir") else logdir,
+        "queries": preset["queries"] if values.get("queries") is None else values["queries"],
+        "attacks": preset["attacks"] if values.get("attacks") is None else ",".join(values["attacks"]),
+        "num_targets": preset["num_targets"] if values.get("num_targets") is None else values["num_targets"],
+    }
+    _check(out)
+    return out
+
+
+def _check(s: dict) -> None:
+    train = s["train"]
+    if train["num_shadows"] < 2:
+        raise ValueError(f"--num_shadows must be >= 2 (a target needs shadows), got {train['num_shadows']}.")
+    if train["epochs"] < 1 or train["batch_size"] < 1:
+        raise ValueError(
+            f"--epochs and --batch_size must be >= 1, got {train['epochs']}, {train['batch_size']}."
+        )
+    if train["models_per_step"] is not None and train["models_per_step"] < 0:
+        raise ValueError(f"--models_per_step must be >= 0, got {train['models_per_step']}.")
+    if train.get("pool_size") is not None and train["pool_size"] < 1:
+        raise ValueError(f"--pool_size must be >= 1, got {train['pool_size']}.")
+    if s["queries"] not in QUERY_COUNTS:
+        raise ValueError(
+            f"--queries={s['queries']} is not supported; valid: {', '.join(map(str, QUERY_COUNTS))}."
+        )
+    if s["num_targets"] < 1:
+        raise ValueError(f"--num_targets must be >= 1, got {s['num_targets']}.")
+    from lira.audit import check_attack_names  # names the valid attacks on an unknown one
+
+    s["attack_names"] = check_attack_names(s["attacks"].split(","))
+
+
+def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage]:
+    """The commands of the recipe, in order."""
+    logdir = s["logdir"]
+    script = lambda name: f"experiments/{name}.py"
+    bars = [] if progress else ["--progress=false"]
+    train = [f"--{k}={v}" for k, v in s["train"].items() if v is not None]
+    out = [
+        Stage("train", [sys.executable, script("train"), *train, f"--logdir={logdir}", *bars]),
+        Stage("inference", [sys.executable, script("inference"), f"--logdir={logdir}",
+                            f"--queries={s['queries']}", *bars]),
+        Stage("attack", [sys.executable, script("attack"), f"--logdir={logdir}", f"--attacks={s['attacks']}",
+                         f"--num_targets={s['num_targets']}"]),
+    ]  # fmt: skip
+    if notebooks:
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+            name = str(path.relative_to(ROOT))
+            code = (
+                "from lira.studies import execute_notebook; "
+                f"execute_notebook({name!r}, {logdir!r}, figures={figures!r}, output={name!r})"
+            )
+            out.append(Stage(f"notebook {name}", [sys.executable, "-c", code]))
+    return out
+
+
+def attack_is_current(s: dict) -> str | None:
+    """Why the attack stage can be skipped (report/metrics.json is newer than every logits file
+    and made with these attacks, targets, queries and models), or None if it must run."""
+    logdir = Path(s["logdir"]) if os.path.isabs(s["logdir"]) else ROOT / s["logdir"]
+    path = logdir / "report" / "metrics.json"
+    logits = list((logdir / "logits").glob("*.npy"))
+    if not path.is_file() or not logits:
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    num_models = s["train"]["num_shadows"]
+    expected = {
+        "num_models": num_models,
+        "num_targets": min(s["num_targets"], num_models),
+        "attacks": sorted(s["attack_names"]),
+        "num_shadows_used": None,
+    }
+    found = {**{k: metrics.get(k) for k in expected}, "attacks": sorted(metrics.get("attacks", {}))}
+    if found != expected or metrics.get("num_queries") != s["queries"]:
+        return None
+    if len(logits) < num_models or path.stat().st_mtime < max(p.stat().st_mtime for p in logits):
+        return None
+    return f"{path} is newer than every logits file and made with these settings"
+
+
+def check_notebooks() -> None:
+    missing = [m for m in NOTEBOOK_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"--notebooks needs {', '.join(missing)}: pip install {' '.join(missing)} (or run without --notebooks)."
+        )
+    try:
+        from lira.studies import execute_notebook  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"--notebooks needs lira.studies.execute_notebook ({error}).") from error
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    names = ["scale", "experiment", "dataset", "data_dir", "pool_size", "arch", "num_shadows", "epochs",
+             "batch_size", "models_per_step", "logdir", "queries", "attacks", "num_targets"]  # fmt: skip
+    try:
+        s = settings({name: FLAGS[name].value for name in names})
+        if FLAGS.notebooks:
+            check_notebooks()
+    except ValueError as error:  # a short message, not the whole --help that UsageError prints
+        print(f"reproduce.py: {error}", file=sys.stderr)
+        return 2
+    figures = from_cwd(FLAGS.figures) if FLAGS["figures"].present else FLAGS.figures  # default: in ROOT
+    recipe = stages(s, FLAGS.notebooks, figures, FLAGS.progress)
+    print(
+        f"# reproduce --scale={s['scale']} --experiment={s['experiment']}: {len(recipe)} stages, run in {ROOT}"
+    )
+    if Path(os.getcwd()).resolve() != ROOT:
+        print(f"cd {shlex.quote(str(ROOT))}")
+    if FLAGS.notebooks and not any(stage.name.startswith("notebook") for stage in recipe):
+        print(f"# --notebooks: no notebooks in {ROOT / 'notebooks'}; nothing to execute after the attacks.")
+    for stage in recipe:
+        if FLAGS.dry_run:
+            print(stage.command())
+            continue
+        if stage.name == "attack" and not FLAGS.rerun_attack:
+            reason = attack_is_current(s)
+            if reason:
+                print(f"# skip attack: {reason} (--rerun_attack to redo it)\n# {stage.command()}", flush=True)
+                continue
+        print(f"\n# {stage.name}\n{stage.command()}", flush=True)
+        result = subprocess.run(stage.argv, cwd=ROOT)
+        if result.returncode != 0:
+            print(
+                f"reproduce: the {stage.name} stage failed (exit {result.returncode}); finished work is "
+                "kept, so re-run the same reproduce command once the cause is fixed.",
+                file=sys.stderr,
+            )
+            return result.returncode
+    if not FLAGS.dry_run:
+        print(f"\n# done: {s['logdir']} (report: {Path(s['logdir']) / 'report' / 'report.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
