@@ -188,10 +188,35 @@ def available_archs() -> list[str]:
 
 
 def canonical_arch(arch: str) -> str:
+    """The registry name of `arch`. A `module:factory` path (e.g. `my_models:small_net`) imports
+    `module` (from the working folder or sys.path) and registers its `factory` under that name,
+    so a user's own model passes through every stage, which all read `arch` from config.json."""
     arch = _ALIASES.get(arch, arch)
+    if arch not in _REGISTRY and ":" in arch:
+        _register_import_path(arch)
     if arch not in _REGISTRY:
-        raise ValueError(f"Unknown --arch={arch!r}; valid: {', '.join(available_archs())}.")
+        raise ValueError(
+            f"Unknown --arch={arch!r}; valid: {', '.join(available_archs())}, or a "
+            "module:factory import path of your own model."
+        )
     return arch
+
+
+def _register_import_path(path: str) -> None:
+    import importlib
+    import sys
+
+    module_name, _, attribute = path.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.append("")  # the working folder, as for `python -m`
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"--arch={path!r}: cannot import module {module_name!r} ({error}).") from error
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"--arch={path!r}: module {module_name!r} has no callable {attribute!r}.")
+    _REGISTRY[path] = factory
 
 
 def get_model(arch: str, num_classes: int, conv_impl: str | None = None, dtype=None) -> nn.Module:

@@ -18,10 +18,10 @@ TRAIN = [
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def script(name, *args, check=True):
+def script(name, *args, check=True, cwd=None):
     return subprocess.run(
         [sys.executable, str(ROOT / "experiments" / name), *args],
-        env=ENV, capture_output=True, text=True, timeout=600, check=check,
+        env=ENV, capture_output=True, text=True, timeout=600, check=check, cwd=cwd,
     )  # fmt: skip
 
 
@@ -64,6 +64,39 @@ def test_changed_settings_are_refused(single_run):
     assert result.returncode != 0 and "--epochs: 2 before, 3 now" in result.stderr
     result = script("inference.py", f"--logdir={single_run}", "--queries=7", check=False)
     assert result.returncode != 0 and "valid: 1, 2, 18, 162" in result.stderr
+
+
+OWN_MODEL = """
+import flax.linen as nn
+
+
+class Linear(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train):
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def linear(num_classes, conv_impl, dtype):
+    return Linear(num_classes)
+"""
+
+
+def test_own_model_by_import_path(tmp_path):
+    (tmp_path / "my_models.py").write_text(OWN_MODEL)
+    own = [a.replace("--arch=mlp-tiny", "--arch=my_models:linear") for a in TRAIN]
+    script("train.py", *own, "--logdir=run", cwd=tmp_path)
+    script("inference.py", "--logdir=run", "--queries=1", "--progress=false", cwd=tmp_path)
+    result = script("attack.py", "--logdir=run", "--attacks=loss", "--num_targets=1", cwd=tmp_path)
+    assert "loss" in result.stdout
+    assert logits(tmp_path / "run").shape == (4, 200, 1, 10)
+    params = np.load(next((tmp_path / "run" / "ckpt").glob("*/epoch_00002.npz")))
+    assert {v.shape for v in params.values() if v.ndim == 3} == {(1, 64, 10)}  # one model a slice: 8x8 -> 10
+    result = script(
+        "train.py", *TRAIN[:2], "--arch=my_models:nope", "--logdir=other", cwd=tmp_path, check=False
+    )
+    assert result.returncode != 0 and "has no callable 'nope'" in result.stderr
 
 
 def test_shadow_id_slices_equal_one_process(single_run, tmp_path):
