@@ -1,0 +1,382 @@
+"""The studies behind the notebooks (notebooks/*.ipynb): sweeps and selections over one run.
+
+A notebook loads a run (`load_run`), calls one function here, and plots what it returns, so
+every number in a figure comes from tested code. All attacks go through `lira.audit` with the
+same leave-one-out protocol as experiments/attack.py; figures pool the scores of all targets.
+
+- `compare_attacks`: every attack on one run (LiRA paper Fig. 1, Table I).
+- `shadow_sweep`: the attacks with only K reference models per target (LiRA Fig. 9; RMIA's
+  few-reference comparison). K is `num_shadows_used` of lira.audit: online attacks take the
+  first K references of the fixed order (IN and OUT), offline attacks the first K references
+  that are OUT for each example. At pkeep = 0.5, K OUT references per example take about 2K
+  shadow models, which is how offline and online points compare on one shadow budget.
+- `query_sweep`: the attacks on 1, 2 or all Q augmented queries, taking the subsets of the
+  logits' Q axis that the smaller query sets would have produced (lira.augment.query_offsets).
+- `example_gaussians`, `separation`, `vulnerability`: per-example views (LiRA Fig. 2/3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lira import audit, augment, data, plots, report, rundir
+from lira import metrics as metrics_lib
+from lira.attacks import ATTACKS
+from lira.attacks.common import masked_moments
+from lira.signals import Signals, run_signals
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_LOGDIR = "exp/c10_6k"
+TABLE_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2)  # 0.001%, 0.01%, 0.1%, 1%: the LiRA paper's table
+LIRA_AND_RMIA = (
+    "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia_online", "rmia_offline",
+)  # fmt: skip
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A relative path is taken from the repository root, so a notebook (whose working folder is
+    notebooks/) and a script run from the root name the same files."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def logdir_from_env(default: str = DEFAULT_LOGDIR) -> Path:
+    """The run directory a notebook reads: $LIRA_LOGDIR, else `default` (the cpu-scale run)."""
+    return resolve_path(os.environ.get("LIRA_LOGDIR") or default)
+
+
+def figures_from_env() -> Path:
+    """Where a notebook saves its PNGs: $LIRA_FIGURES, else docs/figures."""
+    return resolve_path(os.environ.get("LIRA_FIGURES") or "docs/figures")
+
+
+def num_targets_from_env(default: int | None = None) -> int | None:
+    """$LIRA_NUM_TARGETS (targets attacked in turn), else `default`; None = every model."""
+    value = os.environ.get("LIRA_NUM_TARGETS")
+    return int(value) if value else default
+
+
+def save_figure(fig, name: str, dpi: int = 100) -> Path:
+    """Writes `fig` as figures_from_env()/name, atomically (PNG at a modest dpi: small files)."""
+    path = figures_from_env() / name
+    plots.save_figure(fig, path, dpi=dpi)
+    return path
+
+
+@dataclasses.dataclass
+class Run:
+    """One run directory in memory: keep bool [M, N], labels int [N], signals [M, N, Q]."""
+
+    logdir: Path
+    config: dict
+    keep: np.ndarray
+    labels: np.ndarray
+    signals: Signals
+
+    @property
+    def num_models(self) -> int:
+        return self.keep.shape[0]
+
+    @property
+    def num_queries(self) -> int:
+        return self.signals.phi.shape[-1]
+
+
+def load_run(logdir: str | os.PathLike, with_softmax: bool = False) -> Run:
+    """Reads a run directory once; softmax (C times larger) only for the Shokri attack."""
+    logdir = resolve_path(logdir)
+    return Run(
+        logdir=logdir,
+        config=rundir.load_config(logdir),
+        keep=rundir.load_keep(logdir),
+        labels=rundir.load_labels(logdir),
+        signals=run_signals(logdir, with_softmax=with_softmax),
+    )
+
+
+def describe(run: Run) -> str:
+    """One line on what was attacked: data, model, M, N, Q, and final accuracies (mean over models)."""
+    flags, facts = run.config.get("flags", {}), run.config.get("data", {})
+    accuracy = report.model_accuracies(rundir.read_jsonl(run.logdir / rundir.TRAIN_LOG))
+    percent = lambda key: f"{100 * accuracy[key][0]:.1f}%" if key in accuracy else "n/a"
+    return (
+        f"{flags.get('dataset', facts.get('name'))}: N = {run.keep.shape[1]:,} pool examples, "
+        f"{flags.get('arch')}, M = {run.num_models} models, {flags.get('epochs')} epochs, "
+        f"Q = {run.num_queries} queries; final accuracy train {percent('train_acc')}, "
+        f"test {percent('test_acc')} (mean over models)"
+    )
+
+
+def class_name(run: Run, label: int) -> str:
+    """CIFAR-10's class names for CIFAR-10 data (a tfds or npz copy), else the label number."""
+    facts = run.config.get("data", {})
+    if str(facts.get("name", "")).startswith("cifar10") and facts.get("num_classes") == 10:
+        return CIFAR10_CLASSES[label]
+    return str(label)
+
+
+def targets_of(run: Run, num_targets: int | None) -> list[int]:
+    """Models 0..T-1; None = every model (the most non-members, so the lowest resolvable FPR)."""
+    return list(range(run.num_models if num_targets is None else min(num_targets, run.num_models)))
+
+
+def query_indices(num_available: int, count: int) -> list[int]:
+    """Positions on a Q = num_available logits axis of the queries a `count`-query inference
+    would have made: (mirror, dy, dx) views are matched by lira.augment.query_offsets."""
+    available = augment.query_offsets(num_available)
+    wanted = augment.query_offsets(count)
+    missing = [view for view in wanted if view not in available]
+    if missing:
+        raise ValueError(f"{count} queries need views {missing}, which {num_available} queries lack.")
+    return [available.index(view) for view in wanted]
+
+
+def select_queries(signals: Signals, indices: list[int]) -> Signals:
+    """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]."""
+    pick = lambda array, axis: None if array is None else np.take(array, indices, axis=axis)
+    return Signals(
+        phi=pick(signals.phi, -1), ce=pick(signals.ce, -1), prob=pick(signals.prob, -1),
+        softmax=pick(signals.softmax, -2),
+    )  # fmt: skip
+
+
+def compare_attacks(run: Run, attacks=("all",), num_targets: int | None = None,
+                    seed: int = 0) -> tuple[dict, dict[str, audit.AttackResult]]:  # fmt: skip
+    """(metrics.json-shaped dict without intervals, {attack: AttackResult}) of every attack, with
+    the defaults of experiments/attack.py. Shokri is left out when the run has no softmax."""
+    names = audit.check_attack_names(list(attacks))
+    if run.signals.softmax is None:
+        names = [name for name in names if not ATTACKS[name].needs_softmax]
+    targets = targets_of(run, num_targets)
+    results = audit.run_attacks(run.signals, run.keep, run.labels, names, targets, seed=seed)
+    return audit.audit_metrics(results, run.keep, run.num_queries, bootstrap=0, seed=seed), results
+
+
+def pooled_roc(result: audit.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the scores of all targets pooled, as in the metrics' top-level figures."""
+    fpr, tpr, _ = metrics_lib.roc_curve(result.scores.ravel(), keep[result.targets].ravel())
+    return fpr, tpr
+
+
+def _percent(value: float | None) -> str:
+    """'7.01%', '0.0382%', or 'n/r' for a level below 1/#non-members (None)."""
+    return "n/r" if value is None else f"{100 * value:.3g}%"
+
+
+def tpr_table(metrics: dict, levels=TABLE_LEVELS) -> str:
+    """Markdown table: AUC and TPR at each FPR level per attack. A level below 1/#non-members
+    cannot be measured (no threshold has that FPR); it reads `n/r` and the note gives the count."""
+    header = ["attack", "AUC"] + [f"TPR @ {100 * level:g}% FPR" for level in levels]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, entry in metrics["attacks"].items():
+        cells = [_percent(entry["tpr_at_fpr"][metrics_lib.level_key(level)]) for level in levels]
+        lines.append(f"| {name} | {entry['auc']:.3f} | " + " | ".join(cells) + " |")
+    num_nonmembers = max(entry["num_nonmembers"] for entry in metrics["attacks"].values())
+    lines += [
+        "",
+        f"{metrics['num_targets']} targets pooled: {num_nonmembers:,} non-member scores, so an FPR level "
+        f"below 1/{num_nonmembers:,} = {100 / num_nonmembers:.3g}% cannot be resolved (n/r); a level "
+        "just above it rests on a handful of false positives.",
+    ]
+    return "\n".join(lines)
+
+
+def is_valid(keep: np.ndarray, targets: list[int], attack: str, num_shadows_used: int | None,
+             seed: int = 0) -> bool:  # fmt: skip
+    """Whether every example has the IN/OUT references `attack` needs with K references."""
+    try:
+        audit.check_references(keep, targets, [attack], num_shadows_used, seed)
+    except ValueError:
+        return False
+    return True
+
+
+def default_counts(num_models: int) -> list[int]:
+    """Every K in 1..M-1 up to M = 33, else powers of sqrt(2) (rounded) and M - 1."""
+    if num_models <= 33:
+        return list(range(1, num_models))
+    grid = {int(round(2 ** (i / 2))) for i in range(2 * int(np.log2(num_models)) + 1)}
+    return sorted(k for k in grid | {num_models - 1} if 1 <= k <= num_models - 1)
+
+
+def _row(attack: str, result: audit.AttackResult, keep: np.ndarray, **extra) -> dict:
+    figures = metrics_lib.summarize(result.scores, keep[result.targets])
+    return {"attack": attack, **extra, "auc": figures["auc"], "tpr_at_fpr": figures["tpr_at_fpr"]}
+
+
+def shadow_sweep(run: Run, attacks=LIRA_AND_RMIA, counts: list[int] | None = None,
+                 num_targets: int | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Rows {attack, num_shadows_used: K, auc, tpr_at_fpr: {level key: TPR | None}} for every K
+    in `counts` (default `default_counts`) at which the attack has the references it needs for
+    every example and target; other (attack, K) pairs are left out rather than guessed."""
+    targets = targets_of(run, num_targets)
+    rows = []
+    for count in default_counts(run.num_models) if counts is None else counts:
+        valid = [a for a in attacks if is_valid(run.keep, targets, a, count, seed)]
+        if valid:
+            results = audit.run_attacks(run.signals, run.keep, run.labels, valid, targets, count, seed)
+            rows += [_row(a, results[a], run.keep, num_shadows_used=count) for a in valid]
+    return rows
+
+
+def query_sweep(run: Run, attacks=("lira_online", "lira_offline", "rmia_online", "rmia_offline"),
+                counts=(1, 2, 18), num_targets: int | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Rows {attack, queries, auc, tpr_at_fpr} with every reference, on the query subsets of
+    `counts` that the run's Q queries contain (a count the run lacks is left out)."""
+    targets = targets_of(run, num_targets)
+    rows = []
+    for count in counts:
+        try:
+            indices = query_indices(run.num_queries, count)
+        except ValueError:
+            continue
+        signals = select_queries(run.signals, indices)
+        results = audit.run_attacks(signals, run.keep, run.labels, list(attacks), targets, seed=seed)
+        rows += [_row(a, results[a], run.keep, queries=count) for a in attacks]
+    return rows
+
+
+def sweep_series(rows: list[dict], x: str, y: str = "auc", level: float | None = None) -> dict:
+    """{attack: (xs, ys)} from sweep rows, for plotting; y = 'auc' or 'tpr' at FPR `level`
+    (NaN where the level is not resolvable)."""
+    out = {}
+    for row in rows:
+        value = row["auc"] if y == "auc" else row["tpr_at_fpr"][metrics_lib.level_key(level)]
+        xs, ys = out.setdefault(row["attack"], ([], []))
+        xs.append(row[x])
+        ys.append(np.nan if value is None else value)
+    return {name: (np.array(xs), np.array(ys, dtype=float)) for name, (xs, ys) in out.items()}
+
+
+def rows_table(rows: list[dict], x: str, level: float = 1e-3, columns=None) -> str:
+    """Markdown table of sweep rows: one line per attack, one column per value of `x` (`columns`,
+    default every value in the rows), cells 'AUC / TPR at `level`' ('-' where the attack has no
+    row, i.e. too few references; n/r where the level is not resolvable)."""
+    xs = sorted({row[x] for row in rows} if columns is None else set(columns))
+    cells = {}
+    for row in rows:
+        tpr = row["tpr_at_fpr"][metrics_lib.level_key(level)]
+        cells[row["attack"], row[x]] = f"{row['auc']:.3f} / {_percent(tpr)}"
+    attacks = list(dict.fromkeys(row["attack"] for row in rows))
+    lines = [f"| attack \\ {x} | " + " | ".join(map(str, xs)) + " |", "|---" * (len(xs) + 1) + "|"]
+    lines += [f"| {a} | " + " | ".join(cells.get((a, v), "-") for v in xs) + " |" for a in attacks]
+    return (
+        "\n".join(lines) + f"\n\nCells: AUC / TPR at {100 * level:g}% FPR; '-': not run (too few references)."
+    )
+
+
+def plain_query(run: Run) -> int:
+    """The index of the un-augmented view (no mirror, no shift) on the Q axis."""
+    return query_indices(run.num_queries, 1)[0]
+
+
+def example_gaussians(run: Run, examples, query: int | None = None) -> list[dict]:
+    """For each example, phi of the models that trained on it (IN) and of the others (OUT) on
+    one query (default the plain view), with the Gaussians LiRA fits: mean and unbiased std.
+    Over all M models (no target is held out): a picture of the example, not an attack."""
+    query = plain_query(run) if query is None else query
+    out = []
+    for j in np.atleast_1d(examples):
+        phi, is_in = run.signals.phi[:, j, query].astype(np.float64), run.keep[:, j]
+        entry = {"example": int(j), "label": int(run.labels[j])}
+        for kind, values in (("in", phi[is_in]), ("out", phi[~is_in])):
+            entry[kind] = values
+            entry[f"mean_{kind}"] = float(values.mean()) if len(values) else float("nan")
+            entry[f"std_{kind}"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        out.append(entry)
+    return out
+
+
+def separation(run: Run, query: int | None = None) -> np.ndarray:
+    """float [N]: |mu_in - mu_out| / sqrt((s_in^2 + s_out^2) / 2) of phi over all models, per
+    example: how far apart its IN and OUT Gaussians sit (large = easy to attack)."""
+    query = plain_query(run) if query is None else query
+    phi = run.signals.phi[:, :, query : query + 1]
+    mean_in, var_in, _ = masked_moments(phi, run.keep)
+    mean_out, var_out, _ = masked_moments(phi, ~run.keep)
+    return (np.abs(mean_in - mean_out) / np.sqrt((var_in + var_out) / 2))[:, 0]
+
+
+def easy_and_hard(run: Run, count: int = 3, query: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(easy, hard) example indices [count]: the largest separations first, and the smallest first."""
+    order = np.argsort(-separation(run, query), kind="stable")
+    return order[:count], order[::-1][:count]
+
+
+def vulnerability(result: audit.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(catch_fpr float [N], order int [N]). catch_fpr[j] is the median, over the targets that
+    trained on j, of the FPR an attacker must accept to catch j (lira.report.catch_fpr); NaN if
+    no target trained on j. order ranks examples most exposed first (NaN last), ties broken by
+    the mean member score, as report/per_example.csv does."""
+    membership = keep[result.targets]
+    fprs = report.catch_fpr(result.scores, membership)
+    with warnings.catch_warnings():  # examples no target trained on: all-NaN columns, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(fprs, axis=0)
+        member_score = np.nanmean(np.where(membership, result.scores, np.nan), axis=0)
+    order = np.lexsort((-np.nan_to_num(member_score, nan=-np.inf), np.nan_to_num(median, nan=np.inf)))
+    return median, order
+
+
+def pool_images(run: Run) -> np.ndarray | None:
+    """uint8 [N, H, W, C] of the pool; None for tabular data, or, with a warning that says why,
+    when the dataset cannot be loaded here. A relative npz: path in the config is read from the
+    repository root, where the stages are run."""
+    flags = run.config["flags"]
+    spec = flags["dataset"]
+    if spec.startswith("npz:") and not Path(spec[4:]).expanduser().is_absolute():
+        spec = "npz:" + str(resolve_path(spec[4:]))
+    try:
+        return data.load_raw_images(spec, flags.get("data_dir"), flags.get("pool_size"))
+    except data.DatasetError as error:
+        warnings.warn(f"No images of the pool: {error}", stacklevel=2)
+        return None
+
+
+def execute_notebook(path: str | os.PathLike, logdir: str | os.PathLike, figures: str | os.PathLike | None = None,
+                     output: str | os.PathLike | None = None, timeout: int = 1800):  # fmt: skip
+    """Runs a notebook top to bottom on `logdir` (as $LIRA_LOGDIR, figures to $LIRA_FIGURES) in
+    its own folder and returns it executed; writes it to `output` when given (the notebook itself,
+    to commit its outputs). A failing cell raises nbclient's CellExecutionError.
+
+    The kernel is this interpreter (sys.executable), whatever kernelspecs the machine has: a
+    kernelspec named like the notebook's is written to a temporary folder and used alone, so a
+    `python3` spec of some other Python cannot be picked up. Needs nbclient, nbformat, ipykernel.
+    """
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    kernel_name = notebook.metadata.get("kernelspec", {}).get("name", "python3")
+    env = {**os.environ, "LIRA_LOGDIR": str(resolve_path(logdir))}
+    if figures is not None:
+        env["LIRA_FIGURES"] = str(resolve_path(figures))
+    with tempfile.TemporaryDirectory() as kernels:
+        spec_dir = Path(kernels) / kernel_name
+        spec_dir.mkdir()
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        spec = {"argv": argv, "display_name": "Python 3", "language": "python"}
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        manager = KernelManager(
+            kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels])
+        )
+        client = NotebookClient(
+            notebook, km=manager, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+        )
+        # cleanup_kc: nbclient shuts down only kernels whose manager it made itself.
+        client.execute(env=env, cleanup_kc=True)
+    if output is not None:
+        nbformat.write(notebook, Path(output))
+    return notebook

@@ -1,0 +1,74 @@
+"""Every notebook runs top to bottom on a tiny real run (trained, queried 18 times) and saves
+its figures; the committed notebooks are read, never written."""
+
+import nbformat
+import numpy as np
+import pytest
+
+from lira import pipeline, studies
+
+NOTEBOOKS = studies.REPO_ROOT / "notebooks"
+FIGURES = {
+    "attack_comparison": ["attack_comparison_roc.png"],
+    "num_shadows": ["num_shadows.png"],
+    "queries": ["queries.png"],
+    "score_distributions": ["score_distributions.png", "most_exposed.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """M = 8 cnn-tiny models on 96 uint8 8x8 colour images of 4 classes, 2 epochs, Q = 18."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 128)
+    x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
+    np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
+    settings = pipeline.TrainSettings(
+        logdir=str(root / "run"), dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=8,
+        epochs=2, batch_size=16, lr=0.05, augment="weak", models_per_step=8, progress=False,
+    )  # fmt: skip
+    pipeline.train(settings)
+    pipeline.inference(root / "run", queries=18, batch_size=96, progress=False)
+    return root / "run"
+
+
+def test_notebooks_open_with_the_command_and_read_the_run_through_lira():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(FIGURES)
+    for name, figures in FIGURES.items():
+        notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        first = notebook.cells[0]
+        assert first.cell_type == "markdown" and "python experiments/reproduce.py --scale=cpu" in first.source
+        assert "--logdir=exp/c10_6k --queries=18" in first.source and "Carlini et al. 2022" in first.source
+        assert notebook.metadata.kernelspec.name == "python3"
+        code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+        assert "studies.logdir_from_env()" in code and "studies.num_targets_from_env(" in code
+        for figure in figures:
+            assert f'studies.save_figure(fig, "{figure}")' in code
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_notebook_runs_and_saves_its_figures(name, logdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIRA_NUM_TARGETS", "3")
+    path = NOTEBOOKS / f"{name}.ipynb"
+    committed = path.read_bytes()
+    notebook = studies.execute_notebook(path, logdir, figures=tmp_path)
+    assert path.read_bytes() == committed
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FIGURES[name])
+    for figure in FIGURES[name]:
+        assert (tmp_path / figure).read_bytes().startswith(b"\x89PNG")
+    shown = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(shown) == len(FIGURES[name])  # every saved figure is also shown inline
+    text = "\n".join(
+        str(output.get("data", {}).get("text/plain", output.get("text", ""))) for output in outputs
+    )
+    assert "M = 8 models" in text and "Q = 18 queries" in text  # studies.describe of the tiny run
+    tables = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
+    if name == "num_shadows":
+        assert "| attack \\ num_shadows_used | 1 | 2 | 4 | 7 |" in tables and "| lira_online |" in tables
+    if name == "queries":
+        assert "| attack \\ queries | 1 | 2 | 18 |" in tables
+    if name == "attack_comparison":
+        assert "| shokri |" in tables and "3 targets pooled" in tables
