@@ -110,6 +110,12 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
                         f"example {example} has {count[example]} (of {len(online_keep)} references used); "
                         "train more shadow models or raise num_shadows_used."
                     )
+                if spec.pooled and needed and count.max() < 2:
+                    raise ValueError(
+                        f"{name} pools one {kind} variance from examples with >= 2 {kind} references, but for "
+                        f"target {target} no example has more than {count.max()}; train more shadow models "
+                        "or raise num_shadows_used."
+                    )
 
 
 def _target_seed(seed: int, target: int) -> int:

@@ -78,6 +78,21 @@ def test_lira_matches_loop_reference(name):
     np.testing.assert_allclose(ATTACKS[name].fn(target, refs, context), expected, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["lira_online_fixed_var", "lira_offline_fixed_var"])
+def test_fixed_variance_lira_needs_one_reference_of_a_kind_per_example(name):
+    online = "online" in name
+    target, refs, context = random_case(seed=4, offline=not online)
+    only_first = lambda mask: mask & (np.cumsum(mask, axis=0) <= 1)  # first reference of a kind
+    half = np.arange(NUM_EXAMPLES) < NUM_EXAMPLES // 2  # these examples keep one IN and one OUT
+    is_in = np.where(half, only_first(refs.is_in), refs.is_in)
+    is_out = np.where(half, only_first(refs.is_out), refs.is_out)
+    refs = References(refs.signals, is_in & online, is_out)
+    assert (is_out.sum(axis=0)[half] == 1).all() and (is_out.sum(axis=0)[~half] >= 2).all()
+    scores = ATTACKS[name].fn(target, refs, context)
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, loop_lira(target, refs, online, True), rtol=1e-6, atol=1e-9)
+
+
 def test_loss_baselines_match_loop_reference():
     target, refs, context = random_case(seed=2, offline=True)
     ce = refs.signals.ce.astype(np.float64)

@@ -106,6 +106,10 @@ def test_errors_come_before_work_and_name_the_problem(run, monkeypatch):
         ValueError, match=r"lira_online needs >= 2 (IN|OUT) references per example, but for target"
     ):
         audit.run_audit(run, ["lira_online"], num_shadows_used=2)
+    with pytest.raises(
+        ValueError, match=r"lira_offline_fixed_var pools one OUT variance .* no example has more than 1"
+    ):
+        audit.run_audit(run, ["lira_offline_fixed_var"], num_shadows_used=1)
     with pytest.raises(ValueError, match="takes"):
         audit.run_audit(run, ["lira_online"], attack_options={"lira_online": {"gamma": 2.0}})
 

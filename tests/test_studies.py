@@ -138,6 +138,7 @@ def reference_is_valid(keep, targets, attack, count, seed=0):
     order = audit.reference_order(keep.shape[0], seed)
     for target in targets:
         references = [m for m in order if m != target]
+        most_in = most_out = 0
         for j in range(keep.shape[1]):
             if spec.references == "in_and_out":
                 used = references[:count]
@@ -150,6 +151,9 @@ def reference_is_valid(keep, targets, attack, count, seed=0):
                 num_in, num_out = 0, count
             if num_in < spec.min_in or num_out < spec.min_out:
                 return False
+            most_in, most_out = max(most_in, num_in), max(most_out, num_out)
+        if spec.pooled and ((spec.min_in and most_in < 2) or (spec.min_out and most_out < 2)):
+            return False  # a pooled variance needs some example with two references of a kind
     return True
 
 

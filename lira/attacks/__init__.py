@@ -29,6 +29,7 @@ class AttackSpec:
     min_in: int  # IN references each example needs
     min_out: int  # OUT references each example needs
     needs_softmax: bool = False
+    pooled: bool = False  # one variance pooled over examples: some example needs 2 of each kind
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -36,11 +37,13 @@ ATTACKS: dict[str, AttackSpec] = {
     "calibrated_loss": AttackSpec(baselines.calibrated_loss, "out", 0, 1),
     "attack_r": AttackSpec(baselines.attack_r, "out", 0, 1),
     "shokri": AttackSpec(shokri.shokri, "in_and_out", 1, 1, needs_softmax=True),
-    # Two of each, because the per-example variances are unbiased (ddof=1).
+    # Two of each, because the per-example variances are unbiased (ddof=1). The fixed-variance
+    # variants need only a mean per example, so one of each; their pooled variance needs some
+    # example with two. This is why they work with very few shadow models (LiRA, Sec. VI).
     "lira_online": AttackSpec(lira_attacks.lira_online, "in_and_out", 2, 2),
-    "lira_online_fixed_var": AttackSpec(lira_attacks.lira_online_fixed_var, "in_and_out", 2, 2),
+    "lira_online_fixed_var": AttackSpec(lira_attacks.lira_online_fixed_var, "in_and_out", 1, 1, pooled=True),
     "lira_offline": AttackSpec(lira_attacks.lira_offline, "out", 0, 2),
-    "lira_offline_fixed_var": AttackSpec(lira_attacks.lira_offline_fixed_var, "out", 0, 2),
+    "lira_offline_fixed_var": AttackSpec(lira_attacks.lira_offline_fixed_var, "out", 0, 1, pooled=True),
     # p(u) is a mean over references: online needs one reference of either kind (min_in = 0,
     # min_out = 0 but at least one selected; checked by the driver), offline one OUT reference.
     "rmia_online": AttackSpec(rmia.rmia_online, "in_and_out", 0, 0),
