@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +54,13 @@ def test_register_model():
     assert count("test-linear", (4,)) == 4 * 10 + 10
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("test-linear", lambda *a: None)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_equals_flax_max_pool(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    ours = lambda x: jnp.sum(models.max_pool_2x2(x) * g)
+    flax = lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * g)
+    np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(flax)(x))
