@@ -15,7 +15,7 @@ flags.DEFINE_string("logdir", None, "Run directory written by experiments/train.
 flags.DEFINE_integer(
     "queries", 2, f"Augmented queries per example: {', '.join(map(str, augment.QUERY_COUNTS))}."
 )
-flags.DEFINE_integer("batch_size", 256, "Examples per inference batch.")
+flags.DEFINE_integer("batch_size", 256, "Images (examples x queries) per model in one inference call.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 

@@ -205,7 +205,17 @@ def inference(
     model = get_model(flags["arch"], dataset.num_classes)
     num_steps = train_lib.steps_per_epoch(num_examples, flags["pkeep"], train_config.batch_size)
     programs = trainer._Programs(model, train_config, num_steps, jnp.asarray(dataset.x_train[0]))
-    apply = jax.jit(jax.vmap(lambda s, x: train_lib.predict(model, s, x), in_axes=(0, None)))
+
+    @jax.jit
+    def apply(state, images):  # [B, ...] -> logits [models, B, Q, C], the queries made on device
+        views = augment.make_queries(images, queries)
+        flat = views.reshape(-1, *views.shape[2:])
+        logits = jax.vmap(lambda s: train_lib.predict(model, s, flat))(state)
+        return logits.reshape(logits.shape[0], images.shape[0], queries, -1)
+
+    # About batch_size images per model per call, whatever Q: the activations (im2col patches
+    # on the CPU) of Q * batch_size images per model would take gigabytes.
+    chunk = max(1, batch_size // queries)
     written = []
     total = sum(b - a for a, b, _ in todo) * num_examples
     bar = tqdm(total=total, unit="model-example", disable=not progress, dynamic_ncols=True)
@@ -217,13 +227,11 @@ def inference(
         outputs = {
             m: _open_partial(logdir, m, (num_examples, queries, dataset.num_classes)) for m in range(a, b)
         }
-        for i in range(0, num_examples, batch_size):
-            x = augment.make_queries(jnp.asarray(dataset.x_train[i : i + batch_size]), queries)
-            logits = apply(state, x.reshape(-1, *x.shape[2:]))
-            logits = np.asarray(jax.device_get(logits)).reshape(b - a, x.shape[0], queries, -1)
+        for i in range(0, num_examples, chunk):
+            logits = np.asarray(jax.device_get(apply(state, jnp.asarray(dataset.x_train[i : i + chunk]))))
             for offset, m in enumerate(range(a, b)):
-                outputs[m][1][i : i + x.shape[0]] = logits[offset]
-            bar.update((b - a) * x.shape[0])
+                outputs[m][1][i : i + logits.shape[1]] = logits[offset]
+            bar.update((b - a) * logits.shape[1])
         for m, (tmp_path, array) in outputs.items():
             array.flush()
             del array
