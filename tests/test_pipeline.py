@@ -1,8 +1,11 @@
-"""The train stage's settings checks and the split of models among processes."""
+"""The train stage's settings checks, the split of models among processes, atomic writes."""
+
+import os
+import stat
 
 import pytest
 
-from lira import pipeline
+from lira import pipeline, rundir
 
 
 @pytest.mark.parametrize(
@@ -34,3 +37,15 @@ def test_bad_settings_fail_before_any_work(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         pipeline.train(settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_atomic_writes_leave_no_temporary_and_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        rundir.save_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    with pytest.raises(RuntimeError):
+        rundir.atomic_write(tmp_path / "b.npy", lambda f: (_ for _ in ()).throw(RuntimeError()), "wb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
