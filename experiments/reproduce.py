@@ -73,17 +73,11 @@ CPU_TRAIN = {
 # --num_shadows=256 gives the paper's count. Queries: 18 = mirror x shifts in {-4, 0, 4}^2, the
 # paper's augmented-query setting. CIFAR-100 uses the same architecture and schedule.
 PAPER_TRAIN = {
+    **CPU_TRAIN,  # the same optimizer, schedule, augmentation, pkeep and seed
     "dataset": "cifar10",
     "arch": "wrn28-2",
     "num_shadows": 64,
     "epochs": 100,
-    "batch_size": 256,
-    "lr": 0.1,
-    "weight_decay": 0.0005,
-    "momentum": 0.9,
-    "augment": "weak",
-    "pkeep": 0.5,
-    "seed": 0,
     "models_per_step": None,  # the backend's default (16 WRN models per step on a GPU)
 }
 PRESETS = {
