@@ -8,30 +8,23 @@ lira.report.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
+from lira import rundir
+
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
-    """Writes `fig` as a PNG to a temporary name beside `path`, then renames it into place, so a
-    killed run never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Writes `fig` as a PNG through rundir.atomic_write (a temporary name beside `path`, then a
+    rename), so a killed run never leaves half an image and the file honours the umask."""
+    rundir.atomic_write(
+        Path(path), lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png"), "wb"
+    )
 
 
 def _style(index: int) -> dict:

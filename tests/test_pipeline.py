@@ -49,3 +49,18 @@ def test_atomic_writes_leave_no_temporary_and_honour_the_umask(tmp_path):
     with pytest.raises(RuntimeError):
         rundir.atomic_write(tmp_path / "b.npy", lambda f: (_ for _ in ()).throw(RuntimeError()), "wb")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_figures_are_written_like_every_other_result(tmp_path):
+    from matplotlib.figure import Figure
+
+    from lira import plots
+
+    old = os.umask(0o027)
+    try:
+        plots.save_figure(Figure(), tmp_path / "figure.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "figure.png").stat().st_mode) == 0o640
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
