@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from lira import metrics as metrics_lib
 from lira import plots, rundir
 
 MAIN_ATTACKS = ("lira_online", "lira_online_fixed_var", "rmia_online", "lira_offline")
@@ -147,22 +148,32 @@ def catch_fpr(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     return out
 
 
+def rank_examples(scores: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(catch_fpr [T, N], median [N], order [N]) of scores float and membership bool, both [T, N].
+
+    median[j] is the median of j's catch FPR over the targets that trained on it (NaN if none);
+    order ranks examples most exposed first: by that median (NaN last), ties broken by j's mean
+    score where it is a member, higher first."""
+    fprs = catch_fpr(scores, membership)
+    with warnings.catch_warnings():  # examples no target trained on are all-NaN columns, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(fprs, axis=0)
+        member_score = np.nanmean(np.where(membership, scores, np.nan), axis=0)
+    order = np.lexsort((-np.nan_to_num(member_score, nan=-np.inf), np.nan_to_num(median, nan=np.inf)))
+    return fprs, median, order
+
+
 def per_example_table(results: dict, labels: np.ndarray, keep: np.ndarray) -> tuple[list[str], list[list], np.ndarray]:  # fmt: skip
     """(header, rows, order): one row per example, most vulnerable first; order int [N] is the
     example index of each row. See the module docstring for the columns."""
     main = main_attack(results)
     result = results[main]
     membership = keep[result.targets]
-    fprs = catch_fpr(result.scores, membership)
+    fprs, median_fpr, order = rank_examples(result.scores, membership)
     resolvable = (~membership).sum(axis=1, keepdims=True) * CAUGHT_LEVEL >= 1  # [T, 1]
     with warnings.catch_warnings():  # examples no target trained on are all-NaN columns, by design
         warnings.simplefilter("ignore", RuntimeWarning)
-        median_fpr = np.nanmedian(fprs, axis=0)
         caught = np.nanmean(np.where(membership & resolvable, fprs <= CAUGHT_LEVEL, np.nan), axis=0)
-        mean_member_score = np.nanmean(np.where(membership, result.scores, np.nan), axis=0)
-    order = np.lexsort(
-        (-np.nan_to_num(mean_member_score, nan=-np.inf), np.nan_to_num(median_fpr, nan=np.inf))
-    )
     names = list(results)
     header = [
         "example",
@@ -236,11 +247,11 @@ def _check_inputs(results: dict, labels: np.ndarray, keep: np.ndarray, images) -
 def _legend(name: str, entry: dict, fpr: np.ndarray, tpr: np.ndarray, num_nonmembers: int) -> str:
     """'lira_online (AUC=0.734, TPR@0.1%FPR=0.25%)', from metrics.json when the attack is there."""
     auc = entry.get("auc", sk_metrics.auc(fpr, tpr))
-    key = str(CAUGHT_LEVEL)
+    key = metrics_lib.level_key(CAUGHT_LEVEL)
     if key in entry.get("tpr_at_fpr", {}):
         at = entry["tpr_at_fpr"][key]
     else:
-        at = float(tpr[fpr <= CAUGHT_LEVEL].max()) if CAUGHT_LEVEL * num_nonmembers >= 1 else None
+        at = metrics_lib.tpr_at_fpr(fpr, tpr, CAUGHT_LEVEL, num_nonmembers)
     return f"{name} (AUC={auc:.3f}, TPR@{100 * CAUGHT_LEVEL:g}%FPR={_percent(at)})"
 
 

@@ -316,14 +316,8 @@ def vulnerability(result: audit.AttackResult, keep: np.ndarray) -> tuple[np.ndar
     """(catch_fpr float [N], order int [N]). catch_fpr[j] is the median, over the targets that
     trained on j, of the FPR an attacker must accept to catch j (lira.report.catch_fpr); NaN if
     no target trained on j. order ranks examples most exposed first (NaN last), ties broken by
-    the mean member score, as report/per_example.csv does."""
-    membership = keep[result.targets]
-    fprs = report.catch_fpr(result.scores, membership)
-    with warnings.catch_warnings():  # examples no target trained on: all-NaN columns, by design
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(fprs, axis=0)
-        member_score = np.nanmean(np.where(membership, result.scores, np.nan), axis=0)
-    order = np.lexsort((-np.nan_to_num(member_score, nan=-np.inf), np.nan_to_num(median, nan=np.inf)))
+    the mean member score: report.rank_examples, the order of report/per_example.csv."""
+    _, median, order = report.rank_examples(result.scores, keep[result.targets])
     return median, order
 
 
