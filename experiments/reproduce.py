@@ -40,10 +40,12 @@ from pathlib import Path
 
 from absl import app, flags
 
+from lira import audit, pipeline
+from lira.augment import QUERY_COUNTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("cpu", "paper")
 EXPERIMENTS = ("cifar10", "cifar100")
-QUERY_COUNTS = (1, 2, 18, 162)  # lira.augment.QUERY_COUNTS (inference.py checks it again)
 NOTEBOOK_PACKAGES = ("nbformat", "nbclient", "ipykernel", "jupyter_client")
 
 # The training flags of a preset, in the order they are printed. The cpu preset is exactly the
@@ -181,26 +183,13 @@ def settings(values: dict) -> dict:
 
 
 def _check(s: dict) -> None:
-    train = s["train"]
-    if train["num_shadows"] < 2:
-        raise ValueError(f"--num_shadows must be >= 2 (a target needs shadows), got {train['num_shadows']}.")
-    if train["epochs"] < 1 or train["batch_size"] < 1:
-        raise ValueError(
-            f"--epochs and --batch_size must be >= 1, got {train['epochs']}, {train['batch_size']}."
-        )
-    if train["models_per_step"] is not None and train["models_per_step"] < 0:
-        raise ValueError(f"--models_per_step must be >= 0, got {train['models_per_step']}.")
-    if train.get("pool_size") is not None and train["pool_size"] < 1:
-        raise ValueError(f"--pool_size must be >= 1, got {train['pool_size']}.")
-    if s["queries"] not in QUERY_COUNTS:
-        raise ValueError(
-            f"--queries={s['queries']} is not supported; valid: {', '.join(map(str, QUERY_COUNTS))}."
-        )
+    """The stage scripts' own checks, run on the whole recipe before its first stage starts."""
+    given = {k: v for k, v in s["train"].items() if v is not None}  # None: the script's default
+    pipeline.TrainSettings(logdir=s["logdir"], **given).validate()
+    pipeline.check_queries(s["queries"])
     if s["num_targets"] < 1:
         raise ValueError(f"--num_targets must be >= 1, got {s['num_targets']}.")
-    from lira.audit import check_attack_names  # names the valid attacks on an unknown one
-
-    s["attack_names"] = check_attack_names(s["attacks"].split(","))
+    s["attack_names"] = audit.check_attack_names(s["attacks"].split(","))
 
 
 def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage]:

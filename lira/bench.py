@@ -387,7 +387,7 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
     weights' values). Returns the config's flags."""
     from pathlib import Path
 
-    from lira import checkpoint, pipeline, rundir
+    from lira import checkpoint, pipeline
     from lira.data import load_dataset
 
     logdir = Path(logdir)
@@ -401,13 +401,9 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
         logdir=str(logdir), dataset=f"npz:{npz}", arch=arch, num_shadows=num_models, epochs=1,
         models_per_step=models_per_step or trainer.default_models_per_step(arch), progress=False,
     )  # fmt: skip
-    flags = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("progress", "shadow_ids")}
     dataset = load_dataset(settings.dataset)
     keep = masks.make_keep(num_models, num_examples, settings.pkeep, settings.seed)
-    config = {"flags": flags, "data": dataset.facts(), "versions": {}, "git_commit": None}
-    rundir.save_json(logdir / rundir.CONFIG, config)
-    rundir.save_npy(logdir / rundir.KEEP, keep)
-    rundir.save_npy(logdir / rundir.LABELS, dataset.y_train.astype(np.int32))
+    pipeline.write_run_files(logdir, settings, dataset, keep)
     model = get_model(arch, dataset.num_classes)
     spe = train_lib.steps_per_epoch(num_examples, settings.pkeep, settings.batch_size)
     programs = trainer._Programs(model, settings.train_config(), spe, jnp.asarray(dataset.x_train[0]))
@@ -415,7 +411,7 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
         stop = min(start + settings.models_per_step, num_models)
         state = programs.init(jnp.arange(start, stop, dtype=jnp.int32), settings.seed)
         checkpoint.save(checkpoint.slice_dir(logdir, start, stop), 1, state)
-    return flags
+    return settings.recorded_flags()
 
 
 def inference_memory(logdir, num_models: int = 64, num_examples: int = 50_000, queries: int = 18,

@@ -58,6 +58,23 @@ class TrainSettings:
             seed=self.seed,
         )  # fmt: skip
 
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad value; reads and computes nothing. The same
+        checks guard experiments/train.py and experiments/reproduce.py."""
+        self.train_config().validate()
+        if self.num_shadows < 2:
+            raise ValueError(f"--num_shadows must be >= 2 (a target needs shadows), got {self.num_shadows}.")
+        if self.models_per_step < 0:
+            raise ValueError(f"--models_per_step must be >= 0 (0 = default), got {self.models_per_step}.")
+        if not 0.0 < self.pkeep < 1.0:
+            raise ValueError(f"--pkeep must be in (0, 1), got {self.pkeep}.")
+        if self.pool_size is not None and self.pool_size < 1:  # the upper bound needs the data
+            raise ValueError(f"--pool_size must be >= 1, got {self.pool_size}.")
+
+    def recorded_flags(self) -> dict:
+        """The flags config.json records: all but the ones that do not describe the run."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "shadow_ids")}
+
 
 def train(settings: TrainSettings) -> Path:
     """Trains (or resumes) the shadow models of `settings.shadow_ids` into settings.logdir.
@@ -65,30 +82,19 @@ def train(settings: TrainSettings) -> Path:
     Every check runs before the dataset is loaded or anything is compiled.
     """
     settings.arch = canonical_arch(settings.arch)
-    settings.train_config().validate()
-    if settings.num_shadows < 2:
-        raise ValueError(f"--num_shadows must be >= 2 (a target needs shadows), got {settings.num_shadows}.")
-    if settings.models_per_step < 0:
-        raise ValueError(f"--models_per_step must be >= 0 (0 = default), got {settings.models_per_step}.")
-    if not 0.0 < settings.pkeep < 1.0:
-        raise ValueError(f"--pkeep must be in (0, 1), got {settings.pkeep}.")
+    settings.validate()
     start, stop = masks.parse_slice(settings.shadow_ids, settings.num_shadows)
     settings.models_per_step = settings.models_per_step or trainer.default_models_per_step(settings.arch)
     start, stop = process_share(
         start, stop, settings.models_per_step, jax.process_index(), jax.process_count()
     )
     logdir = Path(settings.logdir)
-    flags = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("progress", "shadow_ids")}
-    _check_same_run(logdir, flags)
+    _check_same_run(logdir, settings.recorded_flags())
 
     dataset = load_dataset(settings.dataset, settings.data_dir, settings.pool_size)
     keep = masks.make_keep(settings.num_shadows, len(dataset.y_train), settings.pkeep, settings.seed)
     if jax.process_index() == 0:
-        rundir.save_json(logdir / rundir.CONFIG, {
-            "flags": flags, "data": dataset.facts(), "versions": _versions(), "git_commit": _git_commit(),
-        })  # fmt: skip
-        rundir.save_npy(logdir / rundir.KEEP, keep)
-        rundir.save_npy(logdir / rundir.LABELS, dataset.y_train.astype(np.int32))
+        write_run_files(logdir, settings, dataset, keep)
     if start == stop:
         return logdir
     trainer.train_models(
@@ -99,6 +105,25 @@ def train(settings: TrainSettings) -> Path:
         eval_every=settings.eval_every, progress=settings.progress,
     )  # fmt: skip
     return logdir
+
+
+def write_run_files(logdir: Path, settings: TrainSettings, dataset, keep: np.ndarray) -> None:
+    """config.json, keep.npy and labels.npy of a run: what every later stage reads first."""
+    config = {
+        "flags": settings.recorded_flags(), "data": dataset.facts(), "versions": _versions(),
+        "git_commit": _git_commit(),
+    }  # fmt: skip
+    rundir.save_json(logdir / rundir.CONFIG, config)
+    rundir.save_npy(logdir / rundir.KEEP, keep)
+    rundir.save_npy(logdir / rundir.LABELS, dataset.y_train.astype(np.int32))
+
+
+def check_queries(queries: int) -> None:
+    """Raises ValueError unless `queries` is one of lira.augment.QUERY_COUNTS."""
+    if queries not in augment.QUERY_COUNTS:
+        raise ValueError(
+            f"--queries={queries} is not supported; valid: {', '.join(map(str, augment.QUERY_COUNTS))}."
+        )
 
 
 def process_share(start: int, stop: int, models_per_step: int, process: int, num_processes: int):
@@ -167,10 +192,7 @@ def inference(
     keep = rundir.load_keep(logdir)
     num_examples = keep.shape[1]
     is_image = len(config["data"]["input_shape"]) == 3
-    if queries not in augment.QUERY_COUNTS:
-        raise ValueError(
-            f"--queries={queries} is not supported; valid: {', '.join(map(str, augment.QUERY_COUNTS))}."
-        )
+    check_queries(queries)
     if not is_image and queries != 1:
         raise ValueError(
             f"{flags['dataset']} is not image data, so it has a single query; got --queries={queries}."

@@ -28,6 +28,7 @@ def test_process_shares_cover_the_models_once(start, stop, per_step, processes):
         ({"augment": "strong"}, "augment must be one of"),
         ({"shadow_ids": "4:2"}, "shadow_ids=4:2"),
         ({"models_per_step": -1}, "models_per_step"),
+        ({"pool_size": 0}, "--pool_size must be >= 1, got 0."),
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, changes, message):

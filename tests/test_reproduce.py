@@ -108,6 +108,8 @@ def test_paper_dry_run_and_overrides():
         (["--experiment=cifar100"], "has no cpu-scale data set"),
         (["--queries=7"], "valid: 1, 2, 18, 162"),
         (["--attacks=lira,loss"], "Unknown attacks ['lira']"),
+        (["--epochs=0"], "epochs must be >= 1, got 0."),  # train.py's own check, before any stage
+        (["--pool_size=0"], "--pool_size must be >= 1, got 0."),
     ],
 )
 def test_bad_flags_fail_before_any_work(args, message, tmp_path):
