@@ -13,17 +13,17 @@ PyTorch baseline needs `pip install -r requirements-bench.txt`; without torch it
 """
 
 import importlib.util
-import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 from absl import app, flags
 
-from lira import bench
+from lira import bench, rundir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
@@ -86,7 +86,7 @@ def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None]:
         compile_s[case] = runners[case].compile()
     wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
     native_loop = [r for c, r in runners.items() if c.method == "loop" and c.conv_impl in (None, "xla")]
-    flops = native_loop[0].flops_per_step() if native_loop and native_loop[0].flops_per_step() else None
+    flops = native_loop[0].flops_per_step() if native_loop else None
     per_example = flops / workload.batch_size if flops else bench.train_flops_per_example(arch, workload)
     default = bench.default_case(arch, backend)
     rows = []
@@ -231,8 +231,7 @@ def main(argv):
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(out, f, indent=1)
+        rundir.save_json(Path(FLAGS.json), out)
         print(f"Wrote {FLAGS.json}")
 
 

@@ -115,14 +115,7 @@ class VmapRunner:
         self.num_in = jax.device_put(train_lib.in_counts(keep), by_model)
         self.state = jax.jit(programs.init, static_argnums=1, out_shardings=by_model)(self.ids, 0)
         self.order = programs.order(jax.device_put(keep, by_model), self.ids, 0, 0)
-        self.totals = jax.device_put(
-            (
-                np.zeros(num_models, np.float32),
-                np.zeros(num_models, np.int32),
-                np.full(num_models, -1, np.int32),
-            ),
-            by_model,
-        )
+        self.totals = trainer.zero_totals(num_models, by_model)
         self.programs, self.steps_per_epoch = programs, spe
         self.steps = max(1, math.ceil(model_steps / num_models))
         self.model_steps, self.num_models = self.steps * num_models, num_models

@@ -371,6 +371,6 @@ def execute_notebook(path: str | os.PathLike, logdir: str | os.PathLike, figures
         )
         # cleanup_kc: nbclient shuts down only kernels whose manager it made itself.
         client.execute(env=env, cleanup_kc=True)
-    if output is not None:
-        nbformat.write(notebook, Path(output))
+    if output is not None:  # atomically: a kill mid-write must not truncate a committed notebook
+        rundir.atomic_write(Path(output), lambda f: nbformat.write(notebook, f), "w")
     return notebook

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lira.bench import bench_keep
+from lira.bench import bench_keep, train_config
 
 PAD = 4
 
@@ -101,8 +101,11 @@ class TorchRunner:
             make_model(case.arch, workload.input_shape, workload.num_classes).to(self.device)
             for _ in range(num_models)
         ]
+        config = train_config(workload, augment)  # the JAX cases' lr, momentum and weight decay
         self.optimizers = [
-            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            torch.optim.SGD(
+                model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
             for model in self.models
         ]
         keep = bench_keep(num_models, workload.num_examples)

@@ -43,6 +43,17 @@ def model_mesh(num_models: int) -> Mesh:
     return Mesh(np.array(devices[:count]), ("model",))
 
 
+def zero_totals(num_models: int, sharding):
+    """What the step carries per model over an epoch, at its start: (loss sum, correct count,
+    first step with a non-finite loss or -1)."""
+    totals = (
+        np.zeros(num_models, np.float32),
+        np.zeros(num_models, np.int32),
+        np.full(num_models, -1, np.int32),
+    )
+    return jax.device_put(totals, sharding)
+
+
 class _Programs:
     """The jitted programs for one model architecture and config, shared by every slice."""
 
@@ -132,10 +143,7 @@ def train_models(
                 return
             tic = time.perf_counter()
             order = programs.order(keep_slice, ids, epoch, config.seed)
-            totals = jax.device_put(
-                (np.zeros(b - a, np.float32), np.zeros(b - a, np.int32), np.full(b - a, -1, np.int32)),
-                by_model,
-            )
+            totals = zero_totals(b - a, by_model)
             for step_in_epoch in range(num_steps):
                 state, totals = programs.step(state, totals, order, num_in, ids, x, y, step_in_epoch)
                 bar.update(b - a)
