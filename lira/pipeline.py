@@ -232,7 +232,7 @@ def inference(
     def apply(state, images):  # [B, ...] -> logits [models, B, Q, C], the queries made on device
         views = augment.make_queries(images, queries)
         flat = views.reshape(-1, *views.shape[2:])
-        logits = jax.vmap(lambda s: train_lib.predict(model, s, flat))(state)
+        logits = train_lib.vmap_models(lambda s: train_lib.predict(model, s, flat), (0,))(state)
         return logits.reshape(logits.shape[0], images.shape[0], queries, -1)
 
     # About batch_size images per model per call, whatever Q: the activations (im2col patches

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from lira import checkpoint, rundir
+from lira import checkpoint, rundir, xla_flags
 from lira import train as train_lib
 from lira.models import get_model
 
@@ -27,12 +27,14 @@ class NonFiniteLossError(FloatingPointError):
 def default_models_per_step(arch: str, backend: str | None = None) -> int:
     """How many models one compiled step advances, unless --models_per_step says otherwise.
 
-    On the CPU a handful keeps the vectorized matmuls busy without growing the working set past
-    the caches; accelerators want as many as fit (see experiments/bench.py for the figures).
+    On the CPU: one conv net a step, since vmapping over conv weights makes a grouped
+    convolution, slower there than one model's (with im2col convolutions, without YNNPACK, four);
+    four MLPs, which keep the vectorized matmuls busy without outgrowing the caches.
+    Accelerators want as many as fit. experiments/bench.py has the figures.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
-        return 4
+        return 4 if arch.startswith("mlp") or not xla_flags.ynn_enabled() else 1
     return 16 if arch.startswith("wrn") else 64
 
 
@@ -60,10 +62,11 @@ class _Programs:
     def __init__(self, model, config: train_lib.TrainConfig, num_steps_per_epoch: int, sample_input):
         self.tx = train_lib.make_optimizer(config, num_steps_per_epoch)
         self.init = jax.jit(
-            jax.vmap(train_lib.make_init(model, self.tx, sample_input), in_axes=(0, None)), static_argnums=1
+            train_lib.vmap_models(train_lib.make_init(model, self.tx, sample_input), (0, None)),
+            static_argnums=1,
         )
-        step = jax.vmap(
-            train_lib.make_train_step(model, self.tx, config), in_axes=(0, 0, 0, 0, None, None, None)
+        step = train_lib.vmap_models(
+            train_lib.make_train_step(model, self.tx, config), (0, 0, 0, 0, None, None, None)
         )
 
         def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
@@ -73,8 +76,10 @@ class _Programs:
             return state, (loss_sum + loss, correct_sum + correct, first_bad)
 
         self.step = jax.jit(multi_step, donate_argnums=(0, 1))
-        self.order = jax.jit(jax.vmap(train_lib.epoch_order, in_axes=(0, 0, None, None)), static_argnums=3)
-        predict = jax.vmap(lambda state, x: train_lib.predict(model, state, x), in_axes=(0, None))
+        self.order = jax.jit(
+            train_lib.vmap_models(train_lib.epoch_order, (0, 0, None, None)), static_argnums=3
+        )
+        predict = train_lib.vmap_models(lambda state, x: train_lib.predict(model, state, x), (0, None))
         self.correct = jax.jit(
             lambda state, x, y: jnp.sum(jnp.argmax(predict(state, x), -1) == y[None], axis=1)
         )
