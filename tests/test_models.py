@@ -56,11 +56,36 @@ def test_register_model():
         models.register_model("test-linear", lambda *a: None)
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
-def test_max_pool_2x2_equals_flax_max_pool(shape):
+def test_max_pool_2x2_equals_flax_max_pool(shape, ties):
     x = jax.random.normal(jax.random.key(0), shape)
+    if ties:  # values in {0, 1, 2}: most windows have several maxima
+        x = jnp.floor(jax.nn.sigmoid(x) * 3)
     g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
     ours = lambda x: jnp.sum(models.max_pool_2x2(x) * g)
     flax = lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * g)
     np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
     np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(flax)(x))
+
+
+def test_cnn_equals_conv_relu_pool_reference():
+    """CNN pools before its bias and ReLU; the textbook order gives the same logits and grads."""
+    model = models.get_model("cnn-tiny", 10, "xla")
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 3))
+    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+
+    def reference(params, x):
+        for block in range(2):
+            conv = params[f"Conv_{block}"]
+            x = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+            x = nn.max_pool(nn.relu(x + conv["bias"]), (2, 2), (2, 2))
+        return x.mean(axis=(1, 2)) @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
+
+    ours = lambda p: model.apply({"params": p}, x)
+    np.testing.assert_allclose(ours(params), reference(params, x), rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(ours(p) ** 2))(params)
+    expected = jax.grad(lambda p: jnp.sum(reference(p, x) ** 2))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, expected)
