@@ -39,6 +39,7 @@ flags.DEFINE_integer("batch_size", 256, "Examples per model per step.")
 flags.DEFINE_integer("num_examples", 4096, "Pool size each model samples its IN half from.")
 flags.DEFINE_integer("loop_models", 4, "Models the loop and torch methods train one after another.")
 flags.DEFINE_enum("augment", "weak", ["none", "mirror", "weak"], "Training augmentation (images).")
+flags.DEFINE_list("torch_layouts", list(bench.TORCH_LAYOUTS), "Memory layouts of PyTorch's conv nets.")
 flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
 )
@@ -64,7 +65,8 @@ def case_grid(arch: str, backend: str) -> list[bench.Case]:
                     cases.append(bench.Case(arch, "vmap", k, impl, dtype))
         for impl in FLAGS.conv_impls if is_conv else [None]:
             cases.append(bench.Case(arch, "loop", 1, impl, dtype))
-    cases.append(bench.Case(arch, "torch", 1))
+    for layout in FLAGS.torch_layouts if is_conv else ["nchw"]:
+        cases.append(bench.Case(arch, "torch", 1, None if layout == "nchw" else layout))
     cases = [c for c in cases if c.method in FLAGS.methods]
     if "torch" in FLAGS.methods and importlib.util.find_spec("torch") is None:
         print("torch is not installed (pip install -r requirements-bench.txt): no PyTorch baseline.")
@@ -122,7 +124,8 @@ def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None]:
 
 def arch_ratios(rows, times, runners, default) -> dict:
     """Throughput ratios, each the median over repeats of a ratio taken within one repeat;
-    "best" and the loop and torch cases compared against are the fastest by wall-clock."""
+    "best" (of the JAX cases) and the loop and torch cases compared against are the fastest by
+    wall-clock; default_vs_torch_<layout> compares with each PyTorch layout."""
     by_name = {c.name: c for c in runners}
     speed = {r["name"]: r["model_examples_per_s"] for r in rows}
 
@@ -133,12 +136,19 @@ def arch_ratios(rows, times, runners, default) -> dict:
     fastest = lambda method: max(
         (n for n in speed if by_name[n].method == method), key=speed.get, default=None
     )
-    out = {"default": default.name if default.name in speed else None, "best": max(speed, key=speed.get)}
+    ours = [n for n in speed if by_name[n].method != "torch"]
+    out = {
+        "default": default.name if default.name in speed else None,
+        "best": max(ours, key=speed.get, default=None),
+    }
     for label, name in (("default", out["default"]), ("best", out["best"])):
         for other in ("loop", "torch"):
             if name and fastest(other):
                 out[f"{label}_vs_{other}"] = ratio(name, fastest(other))
                 out[f"{label}_vs_{other}_case"] = fastest(other)
+    torch_cases = [n for n in speed if by_name[n].method == "torch"]
+    for name in torch_cases if len(torch_cases) > 1 and out["default"] else []:
+        out[f"default_vs_torch_{by_name[name].conv_impl or 'nchw'}"] = ratio(out["default"], name)
     for name, case in by_name.items():
         if case.method == "vmap" and case.conv_impl == "im2col":
             twin = bench.Case(case.arch, "vmap", case.models_per_step, "xla", case.dtype).name
@@ -213,6 +223,9 @@ def inference_main() -> dict:
 
 def main(argv):
     del argv
+    unknown = sorted(set(FLAGS.torch_layouts) - set(bench.TORCH_LAYOUTS))
+    if unknown:
+        raise app.UsageError(f"--torch_layouts: unknown {unknown}; valid: {', '.join(bench.TORCH_LAYOUTS)}.")
     backend = jax.default_backend()
     started = time.time()
     # A fresh compilation cache: the figures here still include compiling, while the peak-memory
@@ -227,7 +240,7 @@ def main(argv):
     out["environment"] = {
         "backend": backend, "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
         "cpu_count": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "wall_s": time.time() - started, "quick": FLAGS.quick,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "xla_flags": os.environ.get("XLA_FLAGS"), "wall_s": time.time() - started, "quick": FLAGS.quick,
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     if FLAGS.json:

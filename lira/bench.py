@@ -10,7 +10,8 @@ Methods:
   loop   the same make_train_step without vmap, jitted once, the models trained one after
          another: what a user without the vectorized trainer would write.
   torch  a PyTorch model of the same widths, SGD the same way, models one after another as
-         ML Privacy Meter does (lira/torch_baseline.py).
+         ML Privacy Meter does (lira/torch_baseline.py); conv nets in PyTorch's NCHW layout,
+         as ML Privacy Meter runs them, and channels_last (faster on the CPU).
 
 All methods gather every batch from a device-resident pool by index, as the trainer does, and
 apply the same training augmentation, so they do the same work per model-example.
@@ -35,6 +36,7 @@ from lira import train as train_lib
 from lira.models import default_conv_impl, get_model
 
 METHODS = ("vmap", "loop", "torch")
+TORCH_LAYOUTS = ("nchw", "channels_last")
 CONV_ARCHS = ("cnn32", "cnn64", "cnn-tiny", "wrn28-2", "wrn28-10", "wrn10-1")
 
 
@@ -59,7 +61,9 @@ WORKLOADS = {
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One timed configuration. models_per_step is 1 for loop and torch (one model a step)."""
+    """One timed configuration. models_per_step is 1 for loop and torch (one model a step).
+    conv_impl: lira.models.CONV_IMPLS for vmap and loop; for torch, None (NCHW) or
+    "channels_last"."""
 
     arch: str
     method: str

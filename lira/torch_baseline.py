@@ -42,20 +42,26 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """lira.models.CNN: `depth` blocks of conv3x3 (SAME)-ReLU-maxpool2, widths width << block,
-    global mean, linear head. NCHW, PyTorch's native layout."""
+    """lira.models.CNN: `depth` blocks of conv3x3 (SAME), maxpool2, bias, ReLU, widths
+    width << block, global mean, linear head. The bias and ReLU come after the pool, in the
+    order lira's model applies them (the same function as conv-bias-ReLU-pool, and faster in
+    both frameworks)."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, depth: int = 3):
         super().__init__()
         widths = [in_channels] + [width << block for block in range(depth)]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(b)) for b in widths[1:])
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
-        for conv in self.convs:
-            x = F.relu(conv(x))
+        for conv, bias in zip(self.convs, self.biases):
+            x = conv(x)
             if min(x.shape[2:]) >= 2:
                 x = F.max_pool2d(x, 2)
+            x = F.relu(x + bias[:, None, None])
         return self.head(x.mean(dim=(2, 3)))
 
 
@@ -93,6 +99,10 @@ class TorchRunner:
         is_image = len(workload.input_shape) == 3
         x = np.moveaxis(x, -1, 1) if is_image else x  # NHWC -> NCHW
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        # PyTorch's layout, as ML Privacy Meter runs it, or channels_last (NHWC in memory).
+        self.memory_format = torch.channels_last if case.conv_impl == "channels_last" else None
+        if self.memory_format:
+            self.x = self.x.contiguous(memory_format=self.memory_format)
         self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
         self.augment = augment == "weak" and is_image
         self.batch_size = workload.batch_size
@@ -101,6 +111,8 @@ class TorchRunner:
             make_model(case.arch, workload.input_shape, workload.num_classes).to(self.device)
             for _ in range(num_models)
         ]
+        if self.memory_format:
+            self.models = [model.to(memory_format=self.memory_format) for model in self.models]
         config = train_config(workload, augment)  # the JAX cases' lr, momentum and weight decay
         self.optimizers = [
             torch.optim.SGD(
@@ -130,7 +142,10 @@ class TorchRunner:
         self.cursors[m] = (start + self.batch_size) % len(order)
         index = order[positions]
         images = self.x[index]
-        return (augment(images, self.generator) if self.augment else images), self.y[index]
+        images = augment(images, self.generator) if self.augment else images
+        if self.memory_format:
+            images = images.contiguous(memory_format=self.memory_format)
+        return images, self.y[index]
 
     def run(self) -> None:
         for m, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
