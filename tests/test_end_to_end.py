@@ -2,6 +2,7 @@
 multi-process JAX processes must all produce the same run directory."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -137,3 +138,15 @@ def test_two_processes_equal_one_process(single_run, tmp_path):
     script("inference.py", f"--logdir={tmp_path}", "--queries=1", "--progress=false")
     np.testing.assert_array_equal(np.load(tmp_path / "keep.npy"), np.load(single_run / "keep.npy"))
     np.testing.assert_allclose(logits(tmp_path), logits(single_run), rtol=1e-5, atol=1e-6)
+
+
+def test_inference_call_groups_do_not_change_logits(single_run, tmp_path, monkeypatch):
+    """single_run's 4 one-model slices are queried 4 models a call; one a call gives the same."""
+    from lira import pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(single_run, run, ignore=shutil.ignore_patterns("logits"))
+    monkeypatch.setattr(pipeline, "MIN_MODELS_PER_CALL", 1)
+    assert pipeline.inference(run, queries=1, progress=False) == [0, 1, 2, 3]
+    np.testing.assert_allclose(logits(run), logits(single_run), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits(run)[0], logits(run)[1])
