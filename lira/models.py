@@ -88,11 +88,13 @@ def max_pool_2x2(x):
     same values and gradient, ties included: the gradient goes to the first maximum of each
     window in row-major order, as XLA's select-and-scatter sends it.
 
-    The forward pass is a reshape and a max, and the gradient a few elementwise selects, where
-    nn.max_pool's gradient is a select-and-scatter and that of a plain reshape-and-max compares,
-    counts and divides for ties. On the CPU the reshape-and-max made cnn32's training step 1.4x
-    faster than nn.max_pool; this gradient gains another 2% (and pooling before the bias and
-    ReLU 3%; 158 -> 149 ms for cnn32's gradient at batch 256, medians of 11, 2026-11-24).
+    The forward pass is a reshape and a max; the gradient is one fused pass that finds each
+    window's first maximum and one that places the gradient there, where nn.max_pool's gradient
+    is a select-and-scatter and that of a plain reshape-and-max compares, counts and divides for
+    ties. On the CPU the reshape-and-max made cnn32's training step 1.4x faster than
+    nn.max_pool; with this gradient and the CNN pooling before its bias and ReLU, cnn32's
+    gradient went from 177 to 157 ms at batch 256 (1.13x; either change alone gained under 5%;
+    medians of 11 in one process, 2026-11-24).
     """
     return _pool_windows(x).max(axis=(2, 4))
 
@@ -110,17 +112,15 @@ def _max_pool_fwd(x):
 
 def _max_pool_bwd(residuals, grad):
     x, pooled = residuals
-    windows = _pool_windows(x)
-    taken = jnp.zeros(pooled.shape, bool)
-    parts = []
-    for i in range(2):  # window positions in row-major order: (0, 0), (0, 1), (1, 0), (1, 1)
-        row = []
-        for j in range(2):
-            first = (windows[:, :, i, :, j] == pooled) & ~taken
-            taken = taken | first
-            row.append(jnp.where(first, grad, 0).astype(x.dtype))
-        parts.append(jnp.stack(row, axis=3))
-    dx = jnp.stack(parts, axis=2).reshape(x.shape[0], windows.shape[1] * 2, windows.shape[3] * 2, x.shape[3])
+    windows = _pool_windows(x)  # [B, H/2, 2, W/2, 2, C]
+    # Each element's row-major place in its window, 0-3; the gradient goes to the first maximum.
+    place = 2 * lax.broadcasted_iota(jnp.int32, windows.shape, 2) + lax.broadcasted_iota(
+        jnp.int32, windows.shape, 4
+    )
+    is_max = windows == pooled[:, :, None, :, None]
+    first = jnp.where(is_max, place, 4).min(axis=(2, 4), keepdims=True)
+    dx = jnp.where(place == first, grad[:, :, None, :, None], 0).astype(x.dtype)
+    dx = dx.reshape(x.shape[0], windows.shape[1] * 2, windows.shape[3] * 2, x.shape[3])
     pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
     return (jnp.pad(dx, pad),)
 
