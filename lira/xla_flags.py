@@ -2,7 +2,8 @@
 
 XLA reads XLA_FLAGS once, when the first computation creates a backend, so these are added to
 the environment at `import lira`. A flag the user already set, by name, is left as the user set
-it; LIRA_XLA_FLAGS=0 adds none.
+it; LIRA_XLA_FLAGS=0 adds none. XLA aborts on a flag it does not know, and experimental flags
+come and go, so they are added only under the jaxlib versions they were tested with.
 
 YNN_DOT routes XLA:CPU's matmuls and convolutions through the YNNPACK library. Measured on the
 2-core CPU machine (experiments/bench.py, 2026-11-24): cnn32's training step with XLA's native
@@ -12,21 +13,32 @@ unchanged; its convolution layers alone are 2.5x faster. The flag does nothing o
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 YNN_DOT = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
 CPU_FLAGS = (YNN_DOT,)
 OPT_OUT = "LIRA_XLA_FLAGS"
+TESTED_JAXLIB = ("0.10.",)  # version prefixes
+
+
+def _jaxlib_version() -> str:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _name(flag: str) -> str:
     return flag.split("=", 1)[0]
 
 
-def add_cpu_flags(environ=os.environ) -> None:
+def add_cpu_flags(environ=os.environ, jaxlib_version: str | None = None) -> None:
     """Appends CPU_FLAGS to environ["XLA_FLAGS"], but a flag whose name is there already, and
-    none at all if environ[OPT_OUT] is "0". Has no effect once JAX has created its backends."""
-    if environ.get(OPT_OUT, "1") == "0":
+    none at all if environ[OPT_OUT] is "0" or jaxlib is not a TESTED_JAXLIB version. Has no
+    effect once JAX has created its backends."""
+    version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+    if environ.get(OPT_OUT, "1") == "0" or not version.startswith(TESTED_JAXLIB):
         return
     current = environ.get("XLA_FLAGS", "")
     names = {_name(flag) for flag in current.split()}

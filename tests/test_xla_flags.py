@@ -27,10 +27,16 @@ def test_import_added_the_flags():
 )  # fmt: skip
 def test_add_cpu_flags(before, after):
     environ = dict(before)
-    xla_flags.add_cpu_flags(environ)
+    xla_flags.add_cpu_flags(environ, "0.10.2")
     assert environ.get("XLA_FLAGS") == after
-    xla_flags.add_cpu_flags(environ)  # idempotent
+    xla_flags.add_cpu_flags(environ, "0.10.2")  # idempotent
     assert environ.get("XLA_FLAGS") == after
+
+
+def test_untested_jaxlib_gets_no_flags():
+    environ = {}
+    xla_flags.add_cpu_flags(environ, "0.11.0")
+    assert "XLA_FLAGS" not in environ
 
 
 def test_cpu_defaults_follow_the_flags(monkeypatch):
