@@ -280,16 +280,11 @@ def _call_groups(slices, min_models: int):
 
 def _restore_group(programs, group, config):
     """The finished states of a group's slices, stacked on the model axis and sharded over it."""
-    states = []
-    for a, b, folder in group:
-        by_model = jax.sharding.NamedSharding(trainer.model_mesh(b - a), jax.sharding.PartitionSpec("model"))
-        abstract = programs.abstract_state(jnp.arange(a, b, dtype=jnp.int32), config.seed, by_model)
-        states.append(checkpoint.restore(folder, config.epochs, abstract))
+    states = [programs.restore(folder, a, b, config.epochs, config.seed) for a, b, folder in group]
     if len(states) == 1:
         return states[0]
     stacked = jax.tree.map(lambda *leaves: np.concatenate([np.asarray(v) for v in leaves]), *states)
-    mesh = trainer.model_mesh(sum(b - a for a, b, _ in group))
-    return jax.device_put(stacked, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model")))
+    return jax.device_put(stacked, trainer.model_sharding(sum(b - a for a, b, _ in group)))
 
 
 def _logits_done(logdir: Path, model_index: int, num_examples: int, queries: int) -> bool:

@@ -45,6 +45,11 @@ def model_mesh(num_models: int) -> Mesh:
     return Mesh(np.array(devices[:count]), ("model",))
 
 
+def model_sharding(num_models: int) -> NamedSharding:
+    """Arrays with a leading axis of num_models, split over model_mesh(num_models)."""
+    return NamedSharding(model_mesh(num_models), P("model"))
+
+
 def zero_totals(num_models: int, sharding):
     """What the step carries per model over an epoch, at its start: (loss sum, correct count,
     first step with a non-finite loss or -1)."""
@@ -88,6 +93,12 @@ class _Programs:
         """Shapes, dtypes and shardings of the stacked state of models `ids`, for restoring."""
         abstract = jax.eval_shape(self.init, ids, seed)
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
+
+    def restore(self, folder: Path, start: int, stop: int, epoch: int, seed: int):
+        """The stacked state of models [start, stop) saved at `epoch` in `folder`, sharded over
+        the model axis."""
+        ids = jnp.arange(start, stop, dtype=jnp.int32)
+        return checkpoint.restore(folder, epoch, self.abstract_state(ids, seed, model_sharding(stop - start)))
 
 
 def train_models(
@@ -137,9 +148,8 @@ def train_models(
         keep_slice = jax.device_put(keep[a:b], by_model)
         num_in = jax.device_put(num_in_all[a:b], by_model)
         folder = checkpoint.slice_dir(logdir, a, b)
-        abstract = programs.abstract_state(ids, config.seed, by_model)
         if done:
-            state = checkpoint.restore(folder, done, abstract)
+            state = programs.restore(folder, a, b, done, config.seed)
         else:
             state = jax.jit(programs.init, static_argnums=1, out_shardings=by_model)(ids, config.seed)
         for epoch in range(done, config.epochs):
@@ -211,7 +221,4 @@ def load_slice_states(
     num_steps = train_lib.steps_per_epoch(num_examples, pkeep, config.batch_size)
     programs = _Programs(model, config, num_steps, jnp.asarray(sample_input))
     for a, b, folder in checkpoint.finished_slices(logdir, config.epochs):
-        ids = jnp.arange(a, b, dtype=jnp.int32)
-        by_model = NamedSharding(model_mesh(b - a), P("model"))
-        abstract = programs.abstract_state(ids, config.seed, by_model)
-        yield a, b, checkpoint.restore(folder, config.epochs, abstract)
+        yield a, b, programs.restore(folder, a, b, config.epochs, config.seed)
