@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from lira import bench, rundir
+from lira import allocator, bench, rundir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
@@ -40,6 +40,11 @@ flags.DEFINE_integer("num_examples", 4096, "Pool size each model samples its IN 
 flags.DEFINE_integer("loop_models", 4, "Models the loop and torch methods train one after another.")
 flags.DEFINE_enum("augment", "weak", ["none", "mirror", "weak"], "Training augmentation (images).")
 flags.DEFINE_list("torch_layouts", list(bench.TORCH_LAYOUTS), "Memory layouts of PyTorch's conv nets.")
+flags.DEFINE_list(
+    "torch_malloc", list(bench.TORCH_MALLOCS),
+    "malloc settings of the PyTorch worker: glibc's own, as ML Privacy Meter runs, and/or lira's "
+    "(lira/allocator.py), as lira runs.",
+)  # fmt: skip
 flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
 )
@@ -65,8 +70,9 @@ def case_grid(arch: str, backend: str) -> list[bench.Case]:
                     cases.append(bench.Case(arch, "vmap", k, impl, dtype))
         for impl in FLAGS.conv_impls if is_conv else [None]:
             cases.append(bench.Case(arch, "loop", 1, impl, dtype))
-    for layout in FLAGS.torch_layouts if is_conv else ["nchw"]:
-        cases.append(bench.Case(arch, "torch", 1, None if layout == "nchw" else layout))
+    for malloc in FLAGS.torch_malloc:
+        for layout in FLAGS.torch_layouts if is_conv else ["nchw"]:
+            cases.append(bench.Case(arch, "torch", 1, None if layout == "nchw" else layout, malloc=malloc))
     cases = [c for c in cases if c.method in FLAGS.methods]
     if "torch" in FLAGS.methods and importlib.util.find_spec("torch") is None:
         print("torch is not installed (pip install -r requirements-bench.txt): no PyTorch baseline.")
@@ -148,7 +154,9 @@ def arch_ratios(rows, times, runners, default) -> dict:
                 out[f"{label}_vs_{other}_case"] = fastest(other)
     torch_cases = [n for n in speed if by_name[n].method == "torch"]
     for name in torch_cases if len(torch_cases) > 1 and out["default"] else []:
-        out[f"default_vs_torch_{by_name[name].conv_impl or 'nchw'}"] = ratio(out["default"], name)
+        case = by_name[name]
+        suffix = "_lira_malloc" if case.malloc == "lira" else ""
+        out[f"default_vs_torch_{case.conv_impl or 'nchw'}{suffix}"] = ratio(out["default"], name)
     for name, case in by_name.items():
         if case.method == "vmap" and case.conv_impl == "im2col":
             twin = bench.Case(case.arch, "vmap", case.models_per_step, "xla", case.dtype).name
@@ -223,9 +231,10 @@ def inference_main() -> dict:
 
 def main(argv):
     del argv
-    unknown = sorted(set(FLAGS.torch_layouts) - set(bench.TORCH_LAYOUTS))
-    if unknown:
-        raise app.UsageError(f"--torch_layouts: unknown {unknown}; valid: {', '.join(bench.TORCH_LAYOUTS)}.")
+    for name, valid in (("torch_layouts", bench.TORCH_LAYOUTS), ("torch_malloc", bench.TORCH_MALLOCS)):
+        unknown = sorted(set(FLAGS[name].value) - set(valid))
+        if unknown:
+            raise app.UsageError(f"--{name}: unknown {unknown}; valid: {', '.join(valid)}.")
     backend = jax.default_backend()
     started = time.time()
     # A fresh compilation cache: the figures here still include compiling, while the peak-memory
@@ -240,7 +249,8 @@ def main(argv):
     out["environment"] = {
         "backend": backend, "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
         "cpu_count": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "xla_flags": os.environ.get("XLA_FLAGS"), "wall_s": time.time() - started, "quick": FLAGS.quick,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "lira_malloc": allocator.tuned,
+        "xla_flags": os.environ.get("XLA_FLAGS"), "wall_s": time.time() - started, "quick": FLAGS.quick,
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     if FLAGS.json:

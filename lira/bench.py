@@ -11,7 +11,9 @@ Methods:
          another: what a user without the vectorized trainer would write.
   torch  a PyTorch model of the same widths, SGD the same way, models one after another as
          ML Privacy Meter does (lira/torch_baseline.py); conv nets in PyTorch's NCHW layout,
-         as ML Privacy Meter runs them, and channels_last (faster on the CPU).
+         as ML Privacy Meter runs them, and channels_last (faster on the CPU). PyTorch runs in
+         a process of its own, with glibc's malloc as it comes ("glibc", as ML Privacy Meter
+         runs) or with lira's settings (lira/allocator.py: "lira"), which speed it up too.
 
 All methods gather every batch from a device-resident pool by index, as the trainer does, and
 apply the same training augmentation, so they do the same work per model-example.
@@ -31,12 +33,13 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lira import masks, trainer
+from lira import allocator, masks, trainer
 from lira import train as train_lib
 from lira.models import default_conv_impl, get_model
 
 METHODS = ("vmap", "loop", "torch")
 TORCH_LAYOUTS = ("nchw", "channels_last")
+TORCH_MALLOCS = ("glibc", "lira")
 CONV_ARCHS = ("cnn32", "cnn64", "cnn-tiny", "wrn28-2", "wrn28-10", "wrn10-1")
 
 
@@ -63,20 +66,30 @@ WORKLOADS = {
 class Case:
     """One timed configuration. models_per_step is 1 for loop and torch (one model a step).
     conv_impl: lira.models.CONV_IMPLS for vmap and loop; for torch, None (NCHW) or
-    "channels_last"."""
+    "channels_last". malloc, torch only: one of TORCH_MALLOCS for its worker process (None: the
+    settings of the process it runs in, as for vmap and loop)."""
 
     arch: str
     method: str
     models_per_step: int = 1
     conv_impl: str | None = None
     dtype: str = "float32"
+    malloc: str | None = None
 
     @property
     def name(self) -> str:
         parts = [self.arch, self.method, f"x{self.models_per_step}"]
         parts += [self.conv_impl] if self.conv_impl else []
         parts += [] if self.dtype == "float32" else [self.dtype]
+        parts += ["lira-malloc"] if self.malloc == "lira" else []
         return "/".join(parts)
+
+    def worker_env(self, omp_wait_policy: str = "") -> dict:
+        """Environment a process running this case gets on top of this one's."""
+        env = {"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {}
+        if self.malloc is not None:
+            env[allocator.OPT_OUT] = "1" if self.malloc == "lira" else "0"
+        return env
 
 
 def default_case(arch: str, backend: str | None = None) -> Case:
@@ -370,7 +383,7 @@ def case_peak_memory(case: Case, workload: Workload, model_steps: int, loop_mode
                      omp_wait_policy: str = "PASSIVE") -> dict:  # fmt: skip
     spec = {"job": "train", "case": dataclasses.asdict(case), "workload": dataclasses.asdict(workload),
             "model_steps": model_steps, "loop_models": loop_models, "augment": augment}  # fmt: skip
-    return in_child(spec, env={"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else None)
+    return in_child(spec, env=case.worker_env(omp_wait_policy))
 
 
 # --- Inference at scale ---------------------------------------------------------------------------

@@ -167,7 +167,8 @@ class TorchProcess:
     busy 2-core machine (measured: 1.6k vs 10k model-examples/s for the MLP), which would
     flatter the JAX cases; a separate process is also how a PyTorch user runs. The worker gets
     `omp_wait_policy` in OMP_WAIT_POLICY (PASSIVE: idle OpenMP threads sleep instead of
-    spinning, which spares the baseline from collapsing when other processes share the cores).
+    spinning, which spares the baseline from collapsing when other processes share the cores),
+    and LIRA_MALLOC as `case.malloc` asks (lira.bench.Case.worker_env).
     """
 
     def __init__(self, case, workload, model_steps: int, num_models: int, augment: str, omp_wait_policy: str):
@@ -176,7 +177,7 @@ class TorchProcess:
         import subprocess
         import sys
 
-        env = dict(os.environ, **({"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {}))
+        env = dict(os.environ, **case.worker_env(omp_wait_policy))
         env.setdefault("JAX_PLATFORMS", "cpu")  # the worker never runs JAX; keep it off accelerators
         code = "from lira import torch_baseline; torch_baseline.serve()"
         self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
