@@ -165,7 +165,7 @@ def arch_ratios(rows, times, runners, default) -> dict:
     return out
 
 
-def print_table(rows, ratios, roofline) -> None:
+def print_table(rows, ratios, roofline, projection) -> None:
     print(f"\n{'case':32s} {'model-ex/s':>11s} {'per CPU-s':>10s} {'GFLOP/s':>8s} {'%peak':>6s} "
           f"{'compile s':>9s} {'peak MB':>8s}")  # fmt: skip
     for r in rows:
@@ -182,9 +182,16 @@ def print_table(rows, ratios, roofline) -> None:
             f"{arch}: "
             + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         )
+    peaks = ", ".join(f"{d} {v:,.0f}" for d, v in roofline["peak_matmul_gflops_by_dtype"].items())
+    print(f"roofline: matmul peak GFLOP/s ({roofline['matmul_size']}^2): {peaks}")
     print(
-        f"roofline: matmul peak {roofline['peak_matmul_gflops']:.0f} GFLOP/s (float32 {roofline['matmul_size']}^2)"
+        f"the LiRA paper's CIFAR-10 experiment ({projection['models']} models x {projection['epochs']} epochs x "
+        f"{projection['examples_in']:,} examples, {projection['model_examples']:,} model-examples) would take:"
     )
+    for arch, value in projection["archs"].items():
+        times = ", ".join(f"{value[f'{k}_hours']:,.2f} h at {k} ({value[f'{k}_case']})"
+                          for k in ("default", "best") if f"{k}_hours" in value)  # fmt: skip
+        print(f"  {arch}: {times}")
 
 
 def train_main(backend: str) -> dict:
@@ -196,24 +203,48 @@ def train_main(backend: str) -> dict:
         FLAGS.memory = "default" if FLAGS.memory == "all" else FLAGS.memory
     archs = FLAGS.arch or (["mlp", "cnn32"] + ([] if backend == "cpu" else ["wrn28-2"]))
     size = 512 if FLAGS.quick else 2048
+    dtypes = sorted({"float32", *FLAGS.dtypes})
     # The matmul peak is sampled before and after every arch, as the load on a shared machine drifts.
-    samples = [bench.matmul_peak_flops(size) / 1e9]
+    sample = lambda: {dtype: bench.matmul_peak_flops(size, dtype=dtype) / 1e9 for dtype in dtypes}
+    samples = [sample()]
     per_example, rows, ratios = {}, [], {}
     for arch in archs:
         arch_rows, ratios[arch], per_example[arch] = run_arch(arch, backend)
-        samples.append(bench.matmul_peak_flops(size) / 1e9)
+        samples.append(sample())
         rows += arch_rows
-    roofline = {"matmul_size": size, "peak_matmul_gflops": statistics.median(samples),
-                "peak_matmul_gflops_samples": samples, "train_flops_per_example": per_example,
+    peaks = {dtype: statistics.median(s[dtype] for s in samples) for dtype in dtypes}
+    roofline = {"matmul_size": size, "peak_matmul_gflops": peaks["float32"], "peak_matmul_gflops_by_dtype": peaks,
+                "peak_matmul_gflops_samples": [s["float32"] for s in samples], "train_flops_per_example": per_example,
                 "flops_source": "XLA cost analysis of one model's real training step (native conv): "
                                 "forward, backward and optimizer, about 3x the forward"}  # fmt: skip
-    for r in rows:
-        r["fraction_of_peak"] = (r["train_gflops_per_s"] or 0) / roofline["peak_matmul_gflops"]
+    for r in rows:  # against the matmul peak of the case's own dtype (PyTorch's: float32)
+        r["fraction_of_peak"] = (r["train_gflops_per_s"] or 0) / peaks[r["dtype"]]
     roofline["best_fraction_of_peak"] = {
         arch: max(r["fraction_of_peak"] for r in rows if r["arch"] == arch) for arch in archs
     }
-    print_table(rows, ratios, roofline)
-    return {"cases": rows, "ratios": ratios, "roofline": roofline}
+    projection = lira_paper_projection(rows, FLAGS.batch_size)
+    print_table(rows, ratios, roofline, projection)
+    return {"cases": rows, "ratios": ratios, "roofline": roofline, "projection": projection}
+
+
+def lira_paper_projection(rows, batch_size: int) -> dict:
+    """Hours the LiRA paper's CIFAR-10 experiment (bench.LIRA_PAPER_CIFAR10) would take at each
+    arch's measured rates, for the trainer's default and the fastest JAX case; compilation, once
+    per slice of models, is not included. The paper's models are WRN-28-2; the other archs say
+    what the same number of model-examples would cost with them."""
+    work = bench.model_examples(batch_size, **bench.LIRA_PAPER_CIFAR10)
+    out = {**bench.LIRA_PAPER_CIFAR10, "batch_size": batch_size, "model_examples": work, "archs": {}}
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        ours = [r for r in rows if r["arch"] == arch and r["method"] != "torch"]
+        picks = {"default": next((r for r in ours if r["default"]), None),
+                 "best": max(ours, key=lambda r: r["model_examples_per_s"], default=None)}  # fmt: skip
+        for label, row in picks.items():
+            if row is not None:
+                out["archs"].setdefault(arch, {})[f"{label}_hours"] = (
+                    work / row["model_examples_per_s"] / 3600
+                )
+                out["archs"][arch][f"{label}_case"] = row["name"]
+    return out
 
 
 def inference_main() -> dict:

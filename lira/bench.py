@@ -236,10 +236,10 @@ def train_flops_per_example(arch: str, workload: Workload) -> float | None:
     return flops / workload.batch_size if flops else None
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a float32 [size, size] @ [size, size] matmul, the median of `repeats`:
-    the practical compute ceiling a training step can be held against."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """FLOP/s of a [size, size] @ [size, size] matmul in `dtype`, the median of `repeats`:
+    the practical compute ceiling a training step in that dtype can be held against."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     compiled = jax.jit(jnp.matmul).lower(a, a).compile()
     compiled(a, a).block_until_ready()
     times = []
@@ -248,6 +248,18 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
         compiled(a, a).block_until_ready()
         times.append(time.perf_counter() - tic)
     return 2.0 * size**3 / statistics.median(times)
+
+
+# The LiRA paper's CIFAR-10 experiment (Carlini et al., 2022, "Membership Inference Attacks From
+# First Principles"): 256 shadow WRN-28-2, each trained 100 epochs on a random half of the
+# 50,000 training images.
+LIRA_PAPER_CIFAR10 = {"models": 256, "epochs": 100, "examples_in": 25_000}
+
+
+def model_examples(batch_size: int, models: int, epochs: int, examples_in: int) -> int:
+    """Model-examples of training `models` models for `epochs` epochs of `examples_in` examples,
+    with the trainer's ceil(examples_in / batch_size) full batches per epoch."""
+    return models * epochs * math.ceil(examples_in / batch_size) * batch_size
 
 
 def time_interleaved(runners: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:

@@ -10,6 +10,8 @@ import sys
 
 from conftest import REPO_ROOT
 
+from lira import bench
+
 CASE_KEYS = {
     "arch", "backend", "method", "models_per_step", "model_examples_per_s", "peak_mem_mb", "compile_s",
     "conv_impl", "dtype", "default", "times_s", "train_gflops_per_s",
@@ -45,7 +47,20 @@ def test_quick_train_bench_writes_the_schema(tmp_path):
     roofline = report["roofline"]
     assert roofline["peak_matmul_gflops"] > 0
     assert all(v > 0 for v in roofline["train_flops_per_example"].values())
-    assert "model-ex/s" in stdout  # the table
+    assert roofline["peak_matmul_gflops_by_dtype"]["float32"] == roofline["peak_matmul_gflops"]
+    projection = report["projection"]
+    assert projection["model_examples"] == bench.model_examples(32, 256, 100, 25_000)  # --quick: batch 32
+    for arch in ("mlp-tiny", "cnn-tiny"):
+        default = next(c for c in cases if c["arch"] == arch and c["default"])
+        hours = projection["model_examples"] / default["model_examples_per_s"] / 3600
+        assert math.isclose(projection["archs"][arch]["default_hours"], hours)
+        assert 0 < projection["archs"][arch]["best_hours"] <= hours
+    assert "model-ex/s" in stdout and "LiRA paper" in stdout  # the table and the projection
+
+
+def test_model_examples_of_the_lira_paper():
+    # 256 models x 100 epochs x ceil(25,000 / 256) = 98 batches of 256.
+    assert bench.model_examples(256, **bench.LIRA_PAPER_CIFAR10) == 256 * 100 * 98 * 256
 
 
 def test_quick_inference_memory(tmp_path):
