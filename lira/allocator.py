@@ -11,7 +11,7 @@ all threads (M_ARENA_MAX=1), no mmap for large blocks (M_MMAP_MAX=0), and up to 
 memory kept at the top of the heap before it is given back (M_TRIM_THRESHOLD). Measured there:
 0-1,600 faults a step and a 1.12-1.19x faster cnn32 gradient step (141-150 against 122-143 ms,
 paired runs). The cost is memory: what the process frees stays with it, and a heap fragments
-where mapped blocks would not, so the peak RSS of cnn32's training went from 203 to 333 MB
+where mapped blocks would not, so the peak RSS of cnn32's training went from 203 to 333-353 MB
 (experiments/bench.py); that of the inference bench, which streams its logits, did not grow.
 
 Opt-outs: LIRA_MALLOC=0, or any glibc.malloc.* setting of the user's own in GLIBC_TUNABLES
