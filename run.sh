@@ -19,6 +19,9 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 PY=.venv/bin/python
+# glibc's malloc asks for transparent huge pages: XLA:CPU's large per-step buffers then fault in
+# 2 MiB at a time, not 4 KiB (README, Performance). glibc reads this only when a process starts.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 
 case "${1:-demo}" in
   test)

@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from lira import allocator, bench, rundir
+from lira import bench, rundir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
@@ -42,8 +42,8 @@ flags.DEFINE_enum("augment", "weak", ["none", "mirror", "weak"], "Training augme
 flags.DEFINE_list("torch_layouts", list(bench.TORCH_LAYOUTS), "Memory layouts of PyTorch's conv nets.")
 flags.DEFINE_list(
     "torch_malloc", list(bench.TORCH_MALLOCS),
-    "malloc settings of the PyTorch worker: glibc's own, as ML Privacy Meter runs, and/or lira's "
-    "(lira/allocator.py), as lira runs.",
+    "malloc of the PyTorch worker: glibc's as it comes, as ML Privacy Meter runs, and/or with "
+    "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), as run.sh runs lira.",
 )  # fmt: skip
 flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
@@ -155,7 +155,7 @@ def arch_ratios(rows, times, runners, default) -> dict:
     torch_cases = [n for n in speed if by_name[n].method == "torch"]
     for name in torch_cases if len(torch_cases) > 1 and out["default"] else []:
         case = by_name[name]
-        suffix = "_lira_malloc" if case.malloc == "lira" else ""
+        suffix = "_thp" if case.malloc == "thp" else ""
         out[f"default_vs_torch_{case.conv_impl or 'nchw'}{suffix}"] = ratio(out["default"], name)
     for name, case in by_name.items():
         if case.method == "vmap" and case.conv_impl == "im2col":
@@ -260,6 +260,15 @@ def inference_main() -> dict:
     return {"inference_memory": result}
 
 
+def _thp_mode() -> str | None:
+    """The kernel's transparent-huge-page mode ("always", "madvise" or "never"), if it says."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return next((word[1:-1] for word in text.split() if word.startswith("[")), None)
+
+
 def main(argv):
     del argv
     for name, valid in (("torch_layouts", bench.TORCH_LAYOUTS), ("torch_malloc", bench.TORCH_MALLOCS)):
@@ -280,7 +289,7 @@ def main(argv):
     out["environment"] = {
         "backend": backend, "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
         "cpu_count": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "lira_malloc": allocator.tuned,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "transparent_hugepage": _thp_mode(),
         "xla_flags": os.environ.get("XLA_FLAGS"), "wall_s": time.time() - started, "quick": FLAGS.quick,
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)

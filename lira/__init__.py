@@ -1,9 +1,7 @@
 """lira: vectorized shadow training and membership-inference audits in JAX."""
 
-from lira import allocator as _allocator
 from lira import xla_flags as _xla_flags
 
 _xla_flags.add_cpu_flags()  # before any JAX backend starts; see lira/xla_flags.py
-_allocator.tune()  # glibc malloc keeps XLA's large buffers; see lira/allocator.py
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ Methods:
          ML Privacy Meter does (lira/torch_baseline.py); conv nets in PyTorch's NCHW layout,
          as ML Privacy Meter runs them, and channels_last (faster on the CPU). PyTorch runs in
          a process of its own, with glibc's malloc as it comes ("glibc", as ML Privacy Meter
-         runs) or with lira's settings (lira/allocator.py: "lira"), which speed it up too.
+         runs) or with transparent huge pages ("thp": THP_TUNABLE, as run.sh runs lira).
 
 All methods gather every batch from a device-resident pool by index, as the trainer does, and
 apply the same training augmentation, so they do the same work per model-example.
@@ -33,13 +33,17 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lira import allocator, masks, trainer
+from lira import masks, trainer
 from lira import train as train_lib
 from lira.models import default_conv_impl, get_model
 
 METHODS = ("vmap", "loop", "torch")
 TORCH_LAYOUTS = ("nchw", "channels_last")
-TORCH_MALLOCS = ("glibc", "lira")
+TORCH_MALLOCS = ("glibc", "thp")
+# glibc's malloc asks the kernel for transparent huge pages (see README, Performance): XLA's
+# large per-step buffers then fault in 2 MiB at a time instead of 4 KiB. glibc reads it when a
+# process starts, so run.sh exports it.
+THP_TUNABLE = "glibc.malloc.hugetlb=1"
 CONV_ARCHS = ("cnn32", "cnn64", "cnn-tiny", "wrn28-2", "wrn28-10", "wrn10-1")
 
 
@@ -67,7 +71,7 @@ class Case:
     """One timed configuration. models_per_step is 1 for loop and torch (one model a step).
     conv_impl: lira.models.CONV_IMPLS for vmap and loop; for torch, None (NCHW) or
     "channels_last". malloc, torch only: one of TORCH_MALLOCS for its worker process (None: the
-    settings of the process it runs in, as for vmap and loop)."""
+    GLIBC_TUNABLES of the process that starts it, as for vmap and loop)."""
 
     arch: str
     method: str
@@ -81,14 +85,14 @@ class Case:
         parts = [self.arch, self.method, f"x{self.models_per_step}"]
         parts += [self.conv_impl] if self.conv_impl else []
         parts += [] if self.dtype == "float32" else [self.dtype]
-        parts += ["lira-malloc"] if self.malloc == "lira" else []
+        parts += ["thp"] if self.malloc == "thp" else []
         return "/".join(parts)
 
     def worker_env(self, omp_wait_policy: str = "") -> dict:
         """Environment a process running this case gets on top of this one's."""
         env = {"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {}
         if self.malloc is not None:
-            env[allocator.OPT_OUT] = "1" if self.malloc == "lira" else "0"
+            env["GLIBC_TUNABLES"] = THP_TUNABLE if self.malloc == "thp" else ""
         return env
 
 

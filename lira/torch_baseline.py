@@ -168,7 +168,7 @@ class TorchProcess:
     flatter the JAX cases; a separate process is also how a PyTorch user runs. The worker gets
     `omp_wait_policy` in OMP_WAIT_POLICY (PASSIVE: idle OpenMP threads sleep instead of
     spinning, which spares the baseline from collapsing when other processes share the cores),
-    and LIRA_MALLOC as `case.malloc` asks (lira.bench.Case.worker_env).
+    and GLIBC_TUNABLES as `case.malloc` asks (lira.bench.Case.worker_env).
     """
 
     def __init__(self, case, workload, model_steps: int, num_models: int, augment: str, omp_wait_policy: str):

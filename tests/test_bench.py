@@ -69,3 +69,13 @@ def test_quick_inference_memory(tmp_path):
     assert result["logits_mb"] > 0 and result["rss_mb"] > 0
     logits = sorted((tmp_path / "run" / "logits").glob("*.npy"))
     assert len(logits) == result["num_models"]
+
+
+def test_torch_worker_env():
+    nchw = bench.Case("cnn32", "torch", 1, None, malloc="glibc")
+    thp = bench.Case("cnn32", "torch", 1, "channels_last", malloc="thp")
+    assert nchw.name == "cnn32/torch/x1" and thp.name == "cnn32/torch/x1/channels_last/thp"
+    # glibc's malloc as it comes, whatever the parent process has.
+    assert nchw.worker_env("PASSIVE") == {"OMP_WAIT_POLICY": "PASSIVE", "GLIBC_TUNABLES": ""}
+    assert thp.worker_env() == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert bench.Case("cnn32", "vmap", 1, "xla").worker_env() == {}  # the parent's own settings
