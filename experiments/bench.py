@@ -12,6 +12,8 @@ memory comes from each case re-run in a fresh process (see lira.bench.PeakMemory
 PyTorch baseline needs `pip install -r requirements-bench.txt`; without torch it is skipped.
 """
 
+import functools
+import gc
 import importlib.util
 import os
 import shutil
@@ -81,18 +83,25 @@ def case_grid(arch: str, backend: str) -> list[bench.Case]:
     return cases + ([default] if "vmap" in FLAGS.methods and default not in cases else [])
 
 
-def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None]:
-    """Times every case of `arch`; returns the rows, the ratios and training FLOPs per example."""
+def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None, list[str]]:
+    """Times every case of `arch` that fits in memory; returns the rows, the ratios, training FLOPs
+    per example and the names of the cases skipped for want of memory."""
     workload = bench.Workload(bench.WORKLOADS[arch].input_shape, bench.WORKLOADS[arch].num_classes,
                               FLAGS.num_examples, FLAGS.batch_size)  # fmt: skip
     model_steps = FLAGS.steps or (4 if arch in bench.CONV_ARCHS and backend == "cpu" else 64)
     x, y = bench.synthetic_data(workload)
-    runners, compile_s = {}, {}
+    runners, compile_s, skipped = {}, {}, []
     for case in case_grid(arch, backend):
-        runners[case] = bench.make_runner(case, workload, x, y, model_steps, FLAGS.loop_models, FLAGS.augment,
-                                          FLAGS.torch_omp_wait_policy)  # fmt: skip
-        compile_s[case] = runners[case].compile()
-    wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
+        build = functools.partial(bench.make_runner, case, workload, x, y, model_steps, FLAGS.loop_models,
+                                  FLAGS.augment, FLAGS.torch_omp_wait_policy)  # fmt: skip
+        runner, compile_s[case] = bench.prepare_runner(build)
+        if runner is None:
+            print(f"{case.name}: out of memory, skipped")
+            skipped.append(case.name)
+            gc.collect()
+        else:
+            runners[case] = runner
+    wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats, warmup=0)
     native_loop = [r for c, r in runners.items() if c.method == "loop" and c.conv_impl in (None, "xla")]
     flops = native_loop[0].flops_per_step() if native_loop else None
     per_example = flops / workload.batch_size if flops else bench.train_flops_per_example(arch, workload)
@@ -125,7 +134,7 @@ def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None]:
             if "_vs_" in k and not k.endswith("_case")
         }
     )
-    return rows, ratios, per_example
+    return rows, ratios, per_example, skipped
 
 
 def arch_ratios(rows, times, runners, default) -> dict:
@@ -207,9 +216,9 @@ def train_main(backend: str) -> dict:
     # The matmul peak is sampled before and after every arch, as the load on a shared machine drifts.
     sample = lambda: {dtype: bench.matmul_peak_flops(size, dtype=dtype) / 1e9 for dtype in dtypes}
     samples = [sample()]
-    per_example, rows, ratios = {}, [], {}
+    per_example, rows, ratios, skipped = {}, [], {}, {}
     for arch in archs:
-        arch_rows, ratios[arch], per_example[arch] = run_arch(arch, backend)
+        arch_rows, ratios[arch], per_example[arch], skipped[arch] = run_arch(arch, backend)
         samples.append(sample())
         rows += arch_rows
     peaks = {dtype: statistics.median(s[dtype] for s in samples) for dtype in dtypes}
@@ -224,7 +233,8 @@ def train_main(backend: str) -> dict:
     }
     projection = lira_paper_projection(rows, FLAGS.batch_size)
     print_table(rows, ratios, roofline, projection)
-    return {"cases": rows, "ratios": ratios, "roofline": roofline, "projection": projection}
+    return {"cases": rows, "ratios": ratios, "roofline": roofline, "projection": projection,
+            "out_of_memory": skipped}  # fmt: skip
 
 
 def lira_paper_projection(rows, batch_size: int) -> dict:

@@ -218,6 +218,31 @@ def make_runner(case: Case, workload: Workload, x, y, model_steps: int, loop_mod
     raise ValueError(f"Unknown method {case.method!r}; valid: {METHODS}.")
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is XLA failing to allocate (device memory on a GPU or TPU)."""
+    text = str(error)
+    return isinstance(error, jax.errors.JaxRuntimeError) and (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
+    )
+
+
+def prepare_runner(build) -> tuple[object | None, float | None]:
+    """(runner, compile seconds) of `build()`, compiled and run once (the warm-up), so that a
+    case too big for the device fails here rather than in the middle of the timing; (None, None)
+    if it runs out of memory. Any other error propagates."""
+    runner = None
+    try:
+        runner = build()
+        compile_s = runner.compile()
+        runner.run()
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        getattr(runner, "close", lambda: None)()
+        return None, None
+    return runner, compile_s
+
+
 def _flops(compiled) -> float | None:
     analysis = compiled.cost_analysis() if compiled is not None else None
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation

@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+import jax
+import pytest
 from conftest import REPO_ROOT
 
 from lira import bench
@@ -55,6 +57,7 @@ def test_quick_train_bench_writes_the_schema(tmp_path):
         hours = projection["model_examples"] / default["model_examples_per_s"] / 3600
         assert math.isclose(projection["archs"][arch]["default_hours"], hours)
         assert 0 < projection["archs"][arch]["best_hours"] <= hours
+    assert report["out_of_memory"] == {"mlp-tiny": [], "cnn-tiny": []}
     assert "model-ex/s" in stdout and "LiRA paper" in stdout  # the table and the projection
 
 
@@ -79,3 +82,41 @@ def test_torch_worker_env():
     assert nchw.worker_env("PASSIVE") == {"OMP_WAIT_POLICY": "PASSIVE", "GLIBC_TUNABLES": ""}
     assert thp.worker_env() == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     assert bench.Case("cnn32", "vmap", 1, "xla").worker_env() == {}  # the parent's own settings
+
+
+class _Runner:
+    def __init__(self, fail_in=None):
+        self.fail_in, self.closed, self.runs = fail_in, False, 0
+
+    def _maybe_fail(self, where):
+        if self.fail_in == where:
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."
+            )
+
+    def compile(self):
+        self._maybe_fail("compile")
+        return 1.5
+
+    def run(self):
+        self._maybe_fail("run")
+        self.runs += 1
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_case_that_does_not_fit_is_skipped():
+    runner, compile_s = bench.prepare_runner(_Runner)
+    assert compile_s == 1.5 and runner.runs == 1  # compiled and warmed up
+    for where in ("compile", "run"):
+        failing = _Runner(where)
+        assert bench.prepare_runner(lambda failing=failing: failing) == (None, None)
+        assert failing.closed
+
+    def other_error():
+        raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: bad shapes")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
+        bench.prepare_runner(other_error)
+    assert not bench.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED"))  # not XLA's
