@@ -45,7 +45,7 @@ flags.DEFINE_list("torch_layouts", list(bench.TORCH_LAYOUTS), "Memory layouts of
 flags.DEFINE_list(
     "torch_malloc", list(bench.TORCH_MALLOCS),
     "malloc of the PyTorch worker: glibc's as it comes, as ML Privacy Meter runs, and/or with "
-    "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), as run.sh runs lira.",
+    f"transparent huge pages (GLIBC_TUNABLES={bench.THP_TUNABLE}), as run.sh runs lira.",
 )  # fmt: skip
 flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
@@ -101,7 +101,7 @@ def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None, l
             gc.collect()
         else:
             runners[case] = runner
-    wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats, warmup=0)
+    wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
     native_loop = [r for c, r in runners.items() if c.method == "loop" and c.conv_impl in (None, "xla")]
     flops = native_loop[0].flops_per_step() if native_loop else None
     per_example = flops / workload.batch_size if flops else bench.train_flops_per_example(arch, workload)

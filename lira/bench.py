@@ -30,8 +30,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from lira import masks, trainer
 from lira import train as train_lib
@@ -128,8 +126,7 @@ class VmapRunner:
         num_models = case.models_per_step
         spe = train_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
         programs = trainer._Programs(model, config, spe, jnp.asarray(x[0]))
-        mesh = trainer.model_mesh(num_models)
-        by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
+        by_model, replicated = trainer.model_shardings(num_models)
         keep = bench_keep(num_models, workload.num_examples)
         self.x, self.y = jax.device_put(x, replicated), jax.device_put(y, replicated)
         self.ids = jax.device_put(np.arange(num_models, dtype=np.int32), by_model)
@@ -291,18 +288,16 @@ def model_examples(batch_size: int, models: int, epochs: int, examples_in: int) 
     return models * epochs * math.ceil(examples_in / batch_size) * batch_size
 
 
-def time_interleaved(runners: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:
+def time_interleaved(runners: dict, repeats: int) -> tuple[dict, dict]:
     """({name: [wall seconds per run]}, {name: [CPU seconds per run]}).
 
-    After `warmup` untimed runs each, every repeat runs every case once, in an order rotated
-    each repeat, so that load from other processes on a shared machine falls on all cases
-    alike and ratios can be taken within a repeat. CPU seconds (all threads of the process
-    that ran the case) are the steadier figure when other processes compete for the cores.
+    The runners are warmed up already (prepare_runner). Every repeat runs every case once, in
+    an order rotated each repeat, so that load from other processes on a shared machine falls
+    on all cases alike and ratios can be taken within a repeat. CPU seconds (all threads of the
+    process that ran the case) are the steadier figure when other processes compete for the
+    cores.
     """
     names = list(runners)
-    for _ in range(warmup):
-        for name in names:
-            runners[name].run()
     wall, cpu = {name: [] for name in names}, {name: [] for name in names}
     for r in range(repeats):
         shift = r % len(names)

@@ -245,13 +245,13 @@ def inference(
     written = []
     total = sum(b - a for a, b, _ in todo) * num_examples
     bar = tqdm(total=total, unit="model-example", disable=not progress, dynamic_ncols=True)
+    # About batch_size images per model per call, whatever Q: the activations of Q * batch_size
+    # images per model would take gigabytes.
+    chunk = max(1, batch_size // queries)
     for group in _call_groups(todo, MIN_MODELS_PER_CALL):
         ids = [m for a, b, _ in group for m in range(a, b)]
         state = _restore_group(programs, group, train_config)
         outputs = {m: _open_partial(logdir, m, (num_examples, queries, dataset.num_classes)) for m in ids}
-        # About batch_size images per model per call, whatever Q: the activations of
-        # Q * batch_size images per model would take gigabytes.
-        chunk = max(1, batch_size // queries)
         for i in range(0, num_examples, chunk):
             logits = np.asarray(jax.device_get(apply(state, jnp.asarray(dataset.x_train[i : i + chunk]))))
             for offset, m in enumerate(ids):

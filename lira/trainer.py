@@ -45,9 +45,16 @@ def model_mesh(num_models: int) -> Mesh:
     return Mesh(np.array(devices[:count]), ("model",))
 
 
+def model_shardings(num_models: int) -> tuple[NamedSharding, NamedSharding]:
+    """(by model, replicated) on model_mesh(num_models): arrays with a leading axis of
+    num_models split over it, and arrays every model reads whole (the dataset)."""
+    mesh = model_mesh(num_models)
+    return NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
+
+
 def model_sharding(num_models: int) -> NamedSharding:
     """Arrays with a leading axis of num_models, split over model_mesh(num_models)."""
-    return NamedSharding(model_mesh(num_models), P("model"))
+    return model_shardings(num_models)[0]
 
 
 def zero_totals(num_models: int, sharding):
@@ -140,8 +147,7 @@ def train_models(
     for a, b, done in todo:
         if done >= config.epochs:
             continue
-        mesh = model_mesh(b - a)
-        by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
+        by_model, replicated = model_shardings(b - a)
         x, y = jax.device_put(x_train, replicated), jax.device_put(y_train, replicated)
         xt, yt = jax.device_put(x_test, replicated), jax.device_put(y_test, replicated)
         ids = jax.device_put(np.arange(a, b, dtype=np.int32), by_model)
