@@ -102,9 +102,7 @@ def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None, l
         else:
             runners[case] = runner
     wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
-    native_loop = [r for c, r in runners.items() if c.method == "loop" and c.conv_impl in (None, "xla")]
-    flops = native_loop[0].flops_per_step() if native_loop else None
-    per_example = flops / workload.batch_size if flops else bench.train_flops_per_example(arch, workload)
+    per_example = bench.train_flops_per_example(arch, workload)
     default = bench.default_case(arch, backend)
     rows = []
     for case, runner in runners.items():

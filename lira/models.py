@@ -11,12 +11,15 @@ native convolution is faster, one model a step.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lira import xla_flags
@@ -32,7 +35,14 @@ def default_conv_impl(backend: str | None = None) -> str:
 
 
 class Conv(nn.Module):
-    """2-D convolution, SAME padding, NHWC. `impl` picks the lowering (see module docstring)."""
+    """2-D convolution, SAME padding, NHWC. `impl` picks the lowering (see module docstring).
+
+    With `pool_relu`, the layer is a CNN block: relu(max_pool_2x2(conv(x)) + bias), the same
+    function as conv, bias, ReLU, max-pool (bias and ReLU are monotone), computed by
+    `pool_bias_relu` at the pooled size. A 3x3 stride-1 native convolution of an input with at
+    most SPACE_TO_DEPTH_MAX_FEATURES channels (an image stem) then runs its forward pass on 2x2
+    blocks of pixels (`_space_to_depth_conv`), whose output is already grouped by pool window.
+    """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -40,31 +50,69 @@ class Conv(nn.Module):
     use_bias: bool = True
     impl: str = "xla"
     dtype: jnp.dtype | None = None
+    pool_relu: bool = False
 
     @nn.compact
-    def __call__(self, x, pool: Callable | None = None):
-        """`pool`, if given, is applied between the convolution and the bias. For a max-pool
-        that is the same function (a max commutes with adding a per-channel constant, exactly
-        in floating point too) with a 4x smaller bias add and bias gradient."""
+    def __call__(self, x):
         in_features = x.shape[-1]
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, in_features, self.features)
         )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        if self.impl == "xla":
-            y = lax.conv_general_dilated(
-                x, kernel, self.strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        elif self.impl == "im2col":
-            y = _im2col_conv(x, kernel, self.strides)
-        else:
+        if self.impl not in CONV_IMPLS:
             raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {CONV_IMPLS}.")
-        if pool is not None:
-            y = pool(y)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
-        return y
+        if self.pool_relu:
+            bias = jnp.zeros((self.features,), dtype) if bias is None else bias.astype(dtype)
+            if self._space_to_depth(x):
+                return pool_bias_relu(_space_to_depth_conv(x, kernel), bias, (3,))
+            y = _conv(x, kernel, self.strides, self.impl)
+            if min(y.shape[1:3]) < 2:  # nothing to pool
+                return jax.nn.relu(y + bias)
+            return pool_bias_relu(_pool_windows(y), bias, (2, 4))
+        y = _conv(x, kernel, self.strides, self.impl)
+        return y if bias is None else y + bias.astype(dtype)
+
+    def _space_to_depth(self, x) -> bool:
+        return (
+            _SPACE_TO_DEPTH.get()
+            and self.impl == "xla"
+            and self.kernel_size == (3, 3)
+            and self.strides == (1, 1)
+            and x.shape[-1] <= SPACE_TO_DEPTH_MAX_FEATURES
+            and x.shape[1] % 2 == 0
+            and x.shape[2] % 2 == 0
+        )
+
+
+# Measured on the 2-core CPU (2026-11-25, cnn32, batch 256): conv 1's forward pass, 3 -> 32
+# channels on 32x32 images, took 12.3 ms natively and 7.1 ms on 2x2 blocks (12 -> 128 channels,
+# 1.8x the FLOPs); with the native weight gradient kept, the whole gradient step went from 120
+# to 113 ms (medians of 30). Conv 2 (32 channels in) on 2x2 blocks made the step slower.
+SPACE_TO_DEPTH_MAX_FEATURES = 4
+_SPACE_TO_DEPTH = contextvars.ContextVar("lira_space_to_depth", default=True)
+
+
+@contextlib.contextmanager
+def without_space_to_depth():
+    """Models traced inside run every convolution natively: for counting a model's FLOPs, which
+    the space-to-depth forward pass inflates (1.8x for its layer) without changing the function."""
+    token = _SPACE_TO_DEPTH.set(False)
+    try:
+        yield
+    finally:
+        _SPACE_TO_DEPTH.reset(token)
+
+
+def _conv(x, kernel, strides, impl):
+    if impl == "im2col":
+        return _im2col_conv(x, kernel, strides)
+    return _native_conv(x, kernel, strides)
+
+
+def _native_conv(x, kernel, strides=(1, 1)):
+    return lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _im2col_conv(x, kernel, strides):
@@ -84,50 +132,105 @@ def _im2col_conv(x, kernel, strides):
     return patches @ kernel.reshape(-1, out)
 
 
-@jax.custom_vjp
-def max_pool_2x2(x):
-    """nn.max_pool(x, (2, 2), (2, 2)) (VALID: an odd last row or column is dropped), with the
-    same values and gradient, ties included: the gradient goes to the first maximum of each
-    window in row-major order, as XLA's select-and-scatter sends it.
+def _block_taps():
+    """taps[block, sub, u, k] = 1 where row 2*block + sub of a padded 4-row band is the input
+    row that kernel row k reads for output row u of a 2x2 output block (k = 2*block + sub - u)."""
+    taps = np.zeros((2, 2, 2, 3), np.float32)
+    for block, sub, u in np.ndindex(2, 2, 2):
+        k = 2 * block + sub - u
+        if 0 <= k <= 2:
+            taps[block, sub, u, k] = 1
+    return taps
 
-    The forward pass is a reshape and a max; the gradient is one fused pass that finds each
-    window's first maximum and one that places the gradient there, where nn.max_pool's gradient
-    is a select-and-scatter and that of a plain reshape-and-max compares, counts and divides for
-    ties. On the CPU the reshape-and-max made cnn32's training step 1.4x faster than
-    nn.max_pool; with this gradient and the CNN pooling before its bias and ReLU, cnn32's
-    gradient went from 177 to 157 ms at batch 256 (1.13x; either change alone gained under 5%;
-    medians of 11 in one process, 2026-11-24).
-    """
-    return _pool_windows(x).max(axis=(2, 4))
+
+_BLOCK_TAPS = _block_taps()
+
+
+@jax.custom_vjp
+def _space_to_depth_conv(x, kernel):
+    """The SAME 3x3 convolution of x [B, H, W, I] (H, W even) grouped by 2x2 output block:
+    [B, H/2, W/2, 4, O], axis 3 the place (u, v) in the block, row-major.
+
+    Padded by one pixel, x is cut into 2x2 blocks of pixels, [B, H/2+1, W/2+1, 4I]; the 2x2
+    outputs of a block read a 4x4 patch, that is 2x2 input blocks, so the convolution is a VALID
+    2x2 convolution of the blocks with a [2, 2, 4I, 4O] kernel made from `kernel` and zeros.
+    Its weight gradient is the native convolution's (faster than the blocked one here)."""
+    batch, height, width, features = x.shape
+    out = kernel.shape[-1]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x = x.reshape(batch, height // 2 + 1, 2, width // 2 + 1, 2, features)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height // 2 + 1, width // 2 + 1, 4 * features)
+    taps = jnp.asarray(_BLOCK_TAPS, kernel.dtype)
+    blocked = jnp.einsum("aiuk,bjvl,klco->abijcuvo", taps, taps, kernel)
+    blocked = blocked.reshape(2, 2, 4 * features, 4 * out)
+    y = lax.conv_general_dilated(x, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(batch, height // 2, width // 2, 4, out)
+
+
+def _space_to_depth_conv_fwd(x, kernel):
+    return _space_to_depth_conv(x, kernel), (x, kernel)
+
+
+def _space_to_depth_conv_bwd(residuals, grad):
+    x, kernel = residuals
+    batch, half_h, half_w, _, out = grad.shape
+    grad = grad.reshape(batch, half_h, half_w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
+    grad = grad.reshape(batch, 2 * half_h, 2 * half_w, out)
+    _, vjp = jax.vjp(_native_conv, x, kernel)
+    return vjp(grad)
+
+
+_space_to_depth_conv.defvjp(_space_to_depth_conv_fwd, _space_to_depth_conv_bwd)
 
 
 def _pool_windows(x):
+    """[B, H, W, C] -> [B, H/2, 2, W/2, 2, C], an odd last row or column dropped (VALID)."""
     batch, height, width, channels = x.shape
     x = x[:, : height // 2 * 2, : width // 2 * 2]
     return x.reshape(batch, height // 2, 2, width // 2, 2, channels)
 
 
-def _max_pool_fwd(x):
-    pooled = max_pool_2x2(x)
-    return pooled, (x, pooled)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pool_bias_relu(windows, bias, axes):
+    """relu(max over each pool window + bias): `windows` holds the windows on `axes` (row-major
+    place order) and channels last, e.g. [B, H/2, 2, W/2, 2, C] with axes (2, 4).
+
+    The same values and gradients as relu(nn.max_pool(y) + bias), ties included: the gradient
+    goes to the first maximum of each window in row-major order, as XLA's select-and-scatter
+    sends it. Computed as one reduction, max(0, max(window + bias)), which equals
+    relu(max(window) + bias) exactly since rounding is monotone; the gradient is one fused pass
+    that finds each window's first maximum and one that places the gradient there.
+
+    Measured on the CPU (cnn32, batch 256, medians of 11 in one process, 2026-11-24): pooling
+    before the bias and ReLU with this kind of gradient took the gradient step from 177 to
+    157 ms, against nn.max_pool after them. Fusing the bias and ReLU into the pool's reduction
+    (2026-11-25, medians of 40) took it from 123 to 119 ms: the pooled activations are then a
+    reduction's output, which XLA does not recompute inside the transposes that feed the next
+    layer's weight gradient, and a bare transpose runs 4x faster than one fused with them.
+    """
+    return lax.reduce(windows + bias, jnp.zeros((), windows.dtype), lax.max, axes)
 
 
-def _max_pool_bwd(residuals, grad):
-    x, pooled = residuals
-    windows = _pool_windows(x)  # [B, H/2, 2, W/2, 2, C]
-    # Each element's row-major place in its window, 0-3; the gradient goes to the first maximum.
-    place = 2 * lax.broadcasted_iota(jnp.int32, windows.shape, 2) + lax.broadcasted_iota(
-        jnp.int32, windows.shape, 4
-    )
-    is_max = windows == pooled[:, :, None, :, None]
-    first = jnp.where(is_max, place, 4).min(axis=(2, 4), keepdims=True)
-    dx = jnp.where(place == first, grad[:, :, None, :, None], 0).astype(x.dtype)
-    dx = dx.reshape(x.shape[0], windows.shape[1] * 2, windows.shape[3] * 2, x.shape[3])
-    pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]), (0, 0))
-    return (jnp.pad(dx, pad),)
+def _pool_bias_relu_fwd(windows, bias, axes):
+    out = pool_bias_relu(windows, bias, axes)
+    return out, (windows, bias, out)
 
 
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+def _pool_bias_relu_bwd(axes, residuals, grad):
+    windows, bias, out = residuals
+    grad = jnp.where(out > 0, grad, 0)
+    place, size = 0, 1
+    for axis in axes:  # each element's row-major place in its window
+        place = place * windows.shape[axis] + lax.broadcasted_iota(jnp.int32, windows.shape, axis)
+        size *= windows.shape[axis]
+    is_max = windows + bias == jnp.expand_dims(out, axes)
+    first = jnp.where(is_max, place, size).min(axis=axes, keepdims=True)
+    d_windows = jnp.where(place == first, jnp.expand_dims(grad, axes), 0).astype(windows.dtype)
+    d_bias = grad.sum(axis=tuple(range(grad.ndim - 1))).astype(bias.dtype)
+    return d_windows, d_bias
+
+
+pool_bias_relu.defvjp(_pool_bias_relu_fwd, _pool_bias_relu_bwd)
 
 
 class MLP(nn.Module):
@@ -158,10 +261,7 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         for block in range(self.depth):
-            # conv, max-pool, bias, ReLU: the same function as conv, bias, ReLU, max-pool, since
-            # bias and ReLU are monotone; pooled first, they and their gradients are 4x smaller.
-            pool = max_pool_2x2 if min(x.shape[1:3]) >= 2 else None
-            x = nn.relu(Conv(self.width << block, impl=self.conv_impl, dtype=self.dtype)(x, pool))
+            x = Conv(self.width << block, impl=self.conv_impl, dtype=self.dtype, pool_relu=True)(x)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 

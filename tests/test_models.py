@@ -58,21 +58,56 @@ def test_register_model():
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
-def test_max_pool_2x2_equals_flax_max_pool(shape, ties):
-    x = jax.random.normal(jax.random.key(0), shape)
-    if ties:  # values in {0, 1, 2}: most windows have several maxima
-        x = jnp.floor(jax.nn.sigmoid(x) * 3)
+def test_pool_bias_relu_equals_flax_reference(shape, ties):
+    """relu(max_pool(y) + bias) with flax's max-pool: the same values and gradients, ties
+    included (the gradient goes to the first maximum of each window in row-major order)."""
+    y = jax.random.normal(jax.random.key(0), shape)
+    bias = jnp.linspace(-1.0, 1.0, shape[-1])
+    if ties:  # y in {0, 1, 2} and bias in {-1, 0, 1}: sums are exact, most windows tie
+        y, bias = jnp.floor(jax.nn.sigmoid(y) * 3), jnp.round(bias)
     g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
-    ours = lambda x: jnp.sum(models.max_pool_2x2(x) * g)
-    flax = lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) * g)
-    np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
-    np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(flax)(x))
+    ours = lambda y, b: models.pool_bias_relu(models._pool_windows(y), b, (2, 4))
+    flax = lambda y, b: nn.relu(nn.max_pool(y, (2, 2), (2, 2)) + b)
+    np.testing.assert_array_equal(ours(y, bias), flax(y, bias))
+    assert (ours(y, bias) == 0).any() and (ours(y, bias) > 0).any()  # both sides of the ReLU
+    loss = lambda f: lambda y, b: jnp.sum(f(y, b) * g)
+    got = jax.grad(loss(ours), (0, 1))(y, bias)
+    expected = jax.grad(loss(flax), (0, 1))(y, bias)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-6)
 
 
-def test_cnn_equals_conv_relu_pool_reference():
+def test_space_to_depth_convolution_equals_native():
+    """An RGB stem with even sides runs its forward pass on 2x2 blocks of pixels: the same
+    convolution, grouped by pool window, with the native weight and input gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    native = models._native_conv(x, kernel)  # [2, 8, 6, 5]
+    blocks = models._space_to_depth_conv(x, kernel)  # [2, 4, 3, 4, 5]
+    np.testing.assert_allclose(
+        blocks, models._pool_windows(native).transpose(0, 1, 3, 2, 4, 5).reshape(blocks.shape),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    g = jax.random.normal(jax.random.key(2), blocks.shape)
+    got = jax.grad(lambda x, k: jnp.sum(models._space_to_depth_conv(x, k) * g), (0, 1))(x, kernel)
+    expected = jax.grad(
+        lambda x, k: jnp.sum(models._pool_windows(models._native_conv(x, k)).transpose(0, 1, 3, 2, 4, 5).reshape(g.shape) * g),
+        (0, 1),
+    )(x, kernel)  # fmt: skip
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    layer = models.Conv(5, pool_relu=True)
+    assert layer._space_to_depth(x) and not layer._space_to_depth(x[:, :7])
+    assert not models.Conv(5, pool_relu=True, impl="im2col")._space_to_depth(x)
+    assert not layer._space_to_depth(jnp.zeros((2, 8, 6, 8)))
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+@pytest.mark.parametrize("shape", [(3, 9, 8, 3), (3, 8, 8, 3)])  # odd; even (space-to-depth stem)
+def test_cnn_equals_conv_relu_pool_reference(shape, conv_impl):
     """CNN pools before its bias and ReLU; the textbook order gives the same logits and grads."""
-    model = models.get_model("cnn-tiny", 10, "xla")
-    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 3))
+    model = models.get_model("cnn-tiny", 10, conv_impl)
+    x = jax.random.normal(jax.random.key(0), shape)
     params = model.init(jax.random.key(1), x)["params"]
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
 
