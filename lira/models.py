@@ -37,7 +37,7 @@ def default_conv_impl(backend: str | None = None) -> str:
 class Conv(nn.Module):
     """2-D convolution, SAME padding, NHWC. `impl` picks the lowering (see module docstring).
 
-    With `pool_relu`, the layer is a CNN block: relu(max_pool_2x2(conv(x)) + bias), the same
+    With `pool_relu`, the layer is a CNN block: relu(2x2 max-pool(conv(x)) + bias), the same
     function as conv, bias, ReLU, max-pool (bias and ReLU are monotone), computed by
     `pool_bias_relu` at the pooled size. A 3x3 stride-1 native convolution of an input with at
     most SPACE_TO_DEPTH_MAX_FEATURES channels (an image stem) then runs its forward pass on 2x2
@@ -58,23 +58,24 @@ class Conv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, in_features, self.features)
         )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        bias = None if bias is None else bias.astype(dtype)
         if self.impl not in CONV_IMPLS:
             raise ValueError(f"Unknown conv impl {self.impl!r}; valid: {CONV_IMPLS}.")
         if self.pool_relu:
-            bias = jnp.zeros((self.features,), dtype) if bias is None else bias.astype(dtype)
-            if self._space_to_depth(x):
+            bias = jnp.zeros((self.features,), dtype) if bias is None else bias
+            if self._uses_space_to_depth(x):
                 return pool_bias_relu(_space_to_depth_conv(x, kernel), bias, (3,))
             y = _conv(x, kernel, self.strides, self.impl)
             if min(y.shape[1:3]) < 2:  # nothing to pool
                 return jax.nn.relu(y + bias)
             return pool_bias_relu(_pool_windows(y), bias, (2, 4))
         y = _conv(x, kernel, self.strides, self.impl)
-        return y if bias is None else y + bias.astype(dtype)
+        return y if bias is None else y + bias
 
-    def _space_to_depth(self, x) -> bool:
+    def _uses_space_to_depth(self, x) -> bool:
         return (
             _SPACE_TO_DEPTH.get()
             and self.impl == "xla"
@@ -132,6 +133,21 @@ def _im2col_conv(x, kernel, strides):
     return patches @ kernel.reshape(-1, out)
 
 
+def _to_blocks(x):
+    """[B, H, W, C] (H, W even) -> [B, H/2, W/2, 4, C]: 2x2 blocks of pixels, axis 3 the place
+    (u, v) in the block, row-major."""
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height // 2, 2, width // 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, height // 2, width // 2, 4, channels)
+
+
+def _from_blocks(x):
+    """The inverse of _to_blocks: [B, H/2, W/2, 4, C] -> [B, H, W, C]."""
+    batch, half_h, half_w, _, channels = x.shape
+    x = x.reshape(batch, half_h, half_w, 2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, 2 * half_h, 2 * half_w, channels)
+
+
 def _block_taps():
     """taps[block, sub, u, k] = 1 where row 2*block + sub of a padded 4-row band is the input
     row that kernel row k reads for output row u of a 2x2 output block (k = 2*block + sub - u)."""
@@ -155,16 +171,14 @@ def _space_to_depth_conv(x, kernel):
     outputs of a block read a 4x4 patch, that is 2x2 input blocks, so the convolution is a VALID
     2x2 convolution of the blocks with a [2, 2, 4I, 4O] kernel made from `kernel` and zeros.
     Its weight gradient is the native convolution's (faster than the blocked one here)."""
-    batch, height, width, features = x.shape
-    out = kernel.shape[-1]
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    x = x.reshape(batch, height // 2 + 1, 2, width // 2 + 1, 2, features)
-    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height // 2 + 1, width // 2 + 1, 4 * features)
+    features, out = kernel.shape[2:]
+    x = _to_blocks(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+    x = x.reshape(*x.shape[:3], 4 * features)
     taps = jnp.asarray(_BLOCK_TAPS, kernel.dtype)
     blocked = jnp.einsum("aiuk,bjvl,klco->abijcuvo", taps, taps, kernel)
     blocked = blocked.reshape(2, 2, 4 * features, 4 * out)
     y = lax.conv_general_dilated(x, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y.reshape(batch, height // 2, width // 2, 4, out)
+    return y.reshape(*y.shape[:3], 4, out)
 
 
 def _space_to_depth_conv_fwd(x, kernel):
@@ -173,11 +187,8 @@ def _space_to_depth_conv_fwd(x, kernel):
 
 def _space_to_depth_conv_bwd(residuals, grad):
     x, kernel = residuals
-    batch, half_h, half_w, _, out = grad.shape
-    grad = grad.reshape(batch, half_h, half_w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
-    grad = grad.reshape(batch, 2 * half_h, 2 * half_w, out)
     _, vjp = jax.vjp(_native_conv, x, kernel)
-    return vjp(grad)
+    return vjp(_from_blocks(grad))
 
 
 _space_to_depth_conv.defvjp(_space_to_depth_conv_fwd, _space_to_depth_conv_bwd)

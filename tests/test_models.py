@@ -84,22 +84,18 @@ def test_space_to_depth_convolution_equals_native():
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
     native = models._native_conv(x, kernel)  # [2, 8, 6, 5]
     blocks = models._space_to_depth_conv(x, kernel)  # [2, 4, 3, 4, 5]
-    np.testing.assert_allclose(
-        blocks, models._pool_windows(native).transpose(0, 1, 3, 2, 4, 5).reshape(blocks.shape),
-        rtol=1e-5, atol=1e-5,
-    )  # fmt: skip
+    np.testing.assert_allclose(blocks, models._to_blocks(native), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(models._from_blocks(models._to_blocks(native)), native)
     g = jax.random.normal(jax.random.key(2), blocks.shape)
+    blocked_native = lambda x, k: models._to_blocks(models._native_conv(x, k))
     got = jax.grad(lambda x, k: jnp.sum(models._space_to_depth_conv(x, k) * g), (0, 1))(x, kernel)
-    expected = jax.grad(
-        lambda x, k: jnp.sum(models._pool_windows(models._native_conv(x, k)).transpose(0, 1, 3, 2, 4, 5).reshape(g.shape) * g),
-        (0, 1),
-    )(x, kernel)  # fmt: skip
+    expected = jax.grad(lambda x, k: jnp.sum(blocked_native(x, k) * g), (0, 1))(x, kernel)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     layer = models.Conv(5, pool_relu=True)
-    assert layer._space_to_depth(x) and not layer._space_to_depth(x[:, :7])
-    assert not models.Conv(5, pool_relu=True, impl="im2col")._space_to_depth(x)
-    assert not layer._space_to_depth(jnp.zeros((2, 8, 6, 8)))
+    assert layer._uses_space_to_depth(x) and not layer._uses_space_to_depth(x[:, :7])
+    assert not models.Conv(5, pool_relu=True, impl="im2col")._uses_space_to_depth(x)
+    assert not layer._uses_space_to_depth(jnp.zeros((2, 8, 6, 8)))
 
 
 @pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
