@@ -8,10 +8,14 @@ risk even at an AUC near 0.5. Such a figure is only measured when the FPR level 
 
 Confidence intervals are percentile bootstraps, computed from one sort of the scores: a
 resample is a vector of multiplicities, and the weighted ROC of every resample comes out of
-cumulative sums over the score groups, so no resample is sorted again.
+cumulative sums over the score groups, so no resample is sorted again. Two attacks are compared
+by a paired bootstrap of their difference (both weighed by the same resamples); "a beats b" is
+claimed only when that interval lies above 0.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse
@@ -101,6 +105,78 @@ def weighted_roc_figures(scores: np.ndarray, is_member: np.ndarray, weights: np.
     return {"auc": auc, "tpr_at_fpr": at_level}
 
 
+BOOTSTRAP_UNITS = ("examples", "targets", "both")
+
+
+def _resample_weights(
+    num_targets: int, num_examples: int, unit: str, num_resamples: int, seed: int, chunk: int
+) -> Iterator[np.ndarray]:
+    """Yields the weights [b, T * N] (b <= chunk; num_resamples rows in all) of the flattened
+    scores [T, N]: how often (target t, example n), at t * N + n, appears in each resample.
+
+    "both" weighs (t, n) by count_targets[t] * count_examples[n]: every drawn copy of a target
+    carries every drawn copy of an example, the two draws independent. Within a chunk it draws
+    the target counts first, then the example counts. A weight depends only on the shapes, the
+    unit, the seed and the chunk, never on the scores, so two attacks see the same resamples.
+    """
+    if unit not in BOOTSTRAP_UNITS:
+        raise ValueError(f"bootstrap unit must be one of {', '.join(BOOTSTRAP_UNITS)}; got {unit!r}")
+    rng = np.random.default_rng(seed)
+    for start in range(0, num_resamples, chunk):
+        size = min(chunk, num_resamples - start)
+        if unit == "examples":
+            yield np.tile(_multiplicities(num_examples, size, rng).astype(np.float64), (1, num_targets))
+        elif unit == "targets":
+            counts = _multiplicities(num_targets, size, rng).astype(np.float64)
+            yield np.repeat(counts, num_examples, axis=1)
+        else:
+            count_targets = _multiplicities(num_targets, size, rng).astype(np.float64)
+            count_examples = _multiplicities(num_examples, size, rng).astype(np.float64)
+            yield (count_targets[:, :, None] * count_examples[:, None, :]).reshape(size, -1)
+
+
+def bootstrap_figures(
+    score_sets: list[np.ndarray],
+    membership: np.ndarray,
+    unit: str,
+    num_resamples: int,
+    seed: int,
+    chunk: int = 25,
+) -> list[dict]:
+    """Pooled AUC [B] and TPR at each FPR level [B] of every resample, for each set of scores.
+
+    score_sets: K arrays [T, N]; membership: [T, N]. Every set is weighed by the same resamples,
+    which is what pairs two attacks. A resample without members or non-members gives NaN.
+    Returns K dicts {"auc": [B], "tpr_at_fpr": {level (float): [B]}}.
+    """
+    num_targets, num_examples = membership.shape
+    is_member = np.ravel(membership).astype(bool)
+    figures = [{"auc": [], "tpr_at_fpr": {v: [] for v in FPR_LEVELS}} for _ in score_sets]
+    for weights in _resample_weights(num_targets, num_examples, unit, num_resamples, seed, chunk):
+        for scores, collected in zip(score_sets, figures):
+            with np.errstate(invalid="ignore", divide="ignore"):  # a resample without members is NaN
+                chunk_figures = weighted_roc_figures(np.ravel(scores), is_member, weights)
+            collected["auc"].append(chunk_figures["auc"])
+            for v in FPR_LEVELS:
+                collected["tpr_at_fpr"][v].append(chunk_figures["tpr_at_fpr"][v])
+    return [
+        {
+            "auc": np.concatenate(collected["auc"]),
+            "tpr_at_fpr": {v: np.concatenate(collected["tpr_at_fpr"][v]) for v in FPR_LEVELS},
+        }
+        for collected in figures
+    ]
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    return [float(x) for x in np.nanpercentile(values, [2.5, 97.5])]
+
+
+def _too_few_targets(unit: str, num_targets: int) -> bool:
+    """Whether `unit` resamples targets but there is only one (every resample would be it)."""
+    return unit in ("targets", "both") and num_targets < 2
+
+
 def bootstrap_intervals(
     scores: np.ndarray, membership: np.ndarray, unit: str, num_resamples: int, seed: int, chunk: int = 25
 ) -> dict | None:
@@ -108,34 +184,79 @@ def bootstrap_intervals(
 
     scores, membership: [T, N]. unit = "examples" resamples the N examples (the same draw for
     every target, which keeps an example's scores under different targets together);
-    "targets" resamples whole targets (None when T < 2). Levels the point estimate cannot resolve
-    get None.
+    "targets" resamples whole targets; "both" resamples targets and, independently, examples,
+    so the interval covers a fresh target model and a fresh pool at once (the honest one when
+    the claim is about the attack, not about these models or these examples). "targets" and
+    "both" are None when T < 2. Levels the point estimate cannot resolve get None.
     """
-    num_targets, num_examples = scores.shape
-    if num_resamples <= 0 or (unit == "targets" and num_targets < 2):
+    if num_resamples <= 0 or _too_few_targets(unit, scores.shape[0]):
         return None
-    rng = np.random.default_rng(seed)
-    draws = {"examples": num_examples, "targets": num_targets}[unit]
-    aucs, tprs = [], {v: [] for v in FPR_LEVELS}
-    for start in range(0, num_resamples, chunk):
-        counts = _multiplicities(draws, min(chunk, num_resamples - start), rng).astype(np.float64)
-        if unit == "examples":
-            weights = np.tile(counts, (1, num_targets))
-        else:
-            weights = np.repeat(counts, num_examples, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):  # a resample without members is NaN
-            figures = weighted_roc_figures(scores.ravel(), membership.ravel().astype(bool), weights)
-        aucs.append(figures["auc"])
-        for v in FPR_LEVELS:
-            tprs[v].append(figures["tpr_at_fpr"][v])
-    interval = lambda values: [float(x) for x in np.nanpercentile(np.concatenate(values), [2.5, 97.5])]
+    (figures,) = bootstrap_figures([scores], membership, unit, num_resamples, seed, chunk)
     num_nonmembers = int((~membership.astype(bool)).sum())
     return {
-        "auc": interval(aucs),
+        "auc": _interval(figures["auc"]),
         "tpr_at_fpr": {
-            level_key(v): interval(tprs[v]) if v >= 1.0 / num_nonmembers else None for v in FPR_LEVELS
+            level_key(v): _interval(figures["tpr_at_fpr"][v]) if v >= 1.0 / num_nonmembers else None
+            for v in FPR_LEVELS
         },
     }
+
+
+def paired_difference(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    membership: np.ndarray,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    unit: str = "both",
+) -> dict:
+    """Attack a minus attack b, with a paired percentile bootstrap of the difference.
+
+    scores_a, scores_b, membership: [T, N]. Both attacks are weighed by the same resamples, so
+    the noise they share (which targets, which examples) cancels and the interval is that of the
+    difference itself, not two overlapping intervals. "A beats B" should be said only when the
+    interval excludes 0 (see `beats`). Returns, None marking an FPR level below 1/#non-members:
+
+        auc: {"difference": float (pooled, as `summarize`), "ci95": [low, high] | None,
+              "p_a_better": float | None (the fraction of resamples where a > b)}
+        tpr_at_fpr: {level: same | None}
+        unit: str; resamples: int
+
+    ci95 and p_a_better are None without resamples, or when `unit` resamples targets and T < 2.
+    """
+    scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    membership = np.asarray(membership, dtype=bool)
+    point_a, point_b = summarize(scores_a, membership), summarize(scores_b, membership)
+    differences = None  # figure (AUC or an FPR level) -> a - b in each resample [B]
+    if num_resamples > 0 and not _too_few_targets(unit, membership.shape[0]):
+        figures_a, figures_b = bootstrap_figures([scores_a, scores_b], membership, unit, num_resamples, seed)
+        differences = {v: figures_a["tpr_at_fpr"][v] - figures_b["tpr_at_fpr"][v] for v in FPR_LEVELS}
+        differences["auc"] = figures_a["auc"] - figures_b["auc"]
+
+    def entry(a: float | None, b: float | None, figure) -> dict | None:
+        if a is None:  # the same membership leaves the same levels unresolvable for b
+            return None
+        if differences is None:
+            return {"difference": a - b, "ci95": None, "p_a_better": None}
+        resampled = differences[figure]
+        finite = resampled[np.isfinite(resampled)]
+        return {"difference": a - b, "ci95": _interval(resampled), "p_a_better": float(np.mean(finite > 0))}
+
+    return {
+        "auc": entry(point_a["auc"], point_b["auc"], "auc"),
+        "tpr_at_fpr": {
+            level_key(v): entry(point_a["tpr_at_fpr"][level_key(v)], point_b["tpr_at_fpr"][level_key(v)], v)
+            for v in FPR_LEVELS
+        },
+        "unit": unit,
+        "resamples": int(num_resamples),
+    }
+
+
+def beats(difference: dict | None) -> bool:
+    """Whether a `paired_difference` entry says attack a beats attack b: its 95% interval lies
+    above 0. A higher point estimate alone is not a win; an unmeasured figure never is."""
+    return difference is not None and difference["ci95"] is not None and difference["ci95"][0] > 0
 
 
 def attack_metrics(
@@ -144,7 +265,8 @@ def attack_metrics(
     """The metrics.json entry of one attack. scores float [T, N]; membership bool [T, N].
 
     Top-level figures pool all T targets' scores; `per_target` lists each target's own; `ci95`
-    holds bootstrap intervals over examples and over targets. Keys (None = JSON null):
+    holds bootstrap intervals over examples, over targets, and over both at once (see
+    `bootstrap_intervals`). Keys (None = JSON null):
 
         auc, balanced_acc: float
         tpr_at_fpr: {"1e-05": float | None, "0.0001": .., "0.001": .., "0.01": .., "0.1": ..}
@@ -152,7 +274,8 @@ def attack_metrics(
         per_target: {"auc": [T], "balanced_acc": [T], "tpr_at_fpr": {level: [T] (None inside)},
                      "min_resolvable_fpr": [T]}
         ci95: {"examples": {"auc": [low, high], "tpr_at_fpr": {level: [low, high] | None}} | None,
-               "targets": same | None (fewer than 2 targets, or no bootstrap)}
+               "targets": same | None (fewer than 2 targets, or no bootstrap),
+               "both": same | None (as "targets")}
         bootstrap_resamples: int
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -166,8 +289,7 @@ def attack_metrics(
         "min_resolvable_fpr": [t["min_resolvable_fpr"] for t in per_target],
     }
     pooled["ci95"] = {
-        unit: bootstrap_intervals(scores, membership, unit, num_resamples, seed)
-        for unit in ("examples", "targets")
+        unit: bootstrap_intervals(scores, membership, unit, num_resamples, seed) for unit in BOOTSTRAP_UNITS
     }
     pooled["bootstrap_resamples"] = int(num_resamples)
     return pooled
