@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags
 
 from lira import audit, report, rundir
-from lira.attacks import ATTACKS, rmia, shokri
+from lira.attacks import ATTACKS, lira_attacks, rmia, shokri
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -30,11 +30,35 @@ flags.DEFINE_integer(
     "Use only K references per target (offline attacks: K OUT references per example).",
 )
 flags.DEFINE_float("rmia_gamma", rmia.DEFAULT_GAMMA, "RMIA: LR(x) / LR(z) threshold.")
-flags.DEFINE_float(
-    "rmia_offline_a", rmia.DEFAULT_OFFLINE_A, "RMIA offline: p = ((1 + a) p_out + (1 - a)) / 2."
-)
+flags.DEFINE_string(
+    "rmia_offline_a", str(rmia.DEFAULT_OFFLINE_A),
+    "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, in [0, 1], or 'auto' (fitted from the references).",
+)  # fmt: skip
 flags.DEFINE_integer(
-    "rmia_num_population", rmia.DEFAULT_NUM_POPULATION, "RMIA: population examples z (0 = all non-members)."
+    "rmia_num_population",
+    0,
+    "RMIA: population examples z (0 = every non-member of the target, as the authors).",
+)
+flags.DEFINE_enum(
+    "rmia_signal", "taylor", ["taylor", "softmax"], "RMIA: the authors' Taylor soft-margin or p_y."
+)
+flags.DEFINE_float("rmia_temperature", 2.0, "RMIA: logits are divided by this before the signal.")
+flags.DEFINE_float("rmia_margin", 0.6, "RMIA: the Taylor signal's soft margin m.")
+flags.DEFINE_integer("rmia_terms", 4, "RMIA: terms of the truncated exponential (4: a cubic).")
+flags.DEFINE_float(
+    "rmia_trim", rmia.DEFAULT_TRIM, "RMIA: fraction trimmed from each end of the reference mean."
+)
+flags.DEFINE_enum(
+    "rmia_aggregation",
+    "vote",
+    list(rmia.AGGREGATIONS),
+    "RMIA: a test per query and a majority vote, or p averaged over queries.",
+)
+flags.DEFINE_enum(
+    "lira_likelihood",
+    "gaussian",
+    list(lira_attacks.LIKELIHOODS),
+    "The four LiRA attacks: the paper's Gaussian or the Student-t predictive.",
 )
 flags.DEFINE_enum(
     "shokri_classifier", shokri.DEFAULT_CLASSIFIER, sorted(shokri.CLASSIFIERS), "Shokri attack model."
@@ -43,16 +67,33 @@ flags.DEFINE_integer("bootstrap", 200, "Bootstrap resamples for the 95% interval
 flags.DEFINE_integer("seed", 0, "Seed of the reference order, subsamples and bootstrap.")
 
 
+def offline_a() -> float | str:
+    if FLAGS.rmia_offline_a == "auto":
+        return "auto"
+    try:
+        value = float(FLAGS.rmia_offline_a)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise app.UsageError(f"--rmia_offline_a={FLAGS.rmia_offline_a}: give a number in [0, 1] or 'auto'.")
+    return value
+
+
 def attack_options() -> dict[str, dict]:
-    population = FLAGS.rmia_num_population or None
+    rmia_options = {
+        "gamma": FLAGS.rmia_gamma, "num_population": FLAGS.rmia_num_population or None, "trim": FLAGS.rmia_trim,
+        "aggregation": FLAGS.rmia_aggregation, "signal": FLAGS.rmia_signal, "temperature": FLAGS.rmia_temperature,
+        "margin": FLAGS.rmia_margin, "terms": FLAGS.rmia_terms,
+    }  # fmt: skip
+    lira_options = {"likelihood": FLAGS.lira_likelihood}
     return {
-        "rmia_online": {"gamma": FLAGS.rmia_gamma, "num_population": population},
-        "rmia_offline": {
-            "gamma": FLAGS.rmia_gamma,
-            "offline_a": FLAGS.rmia_offline_a,
-            "num_population": population,
-        },
+        "rmia_online": rmia_options,
+        "rmia_offline": {**rmia_options, "offline_a": offline_a()},
         "shokri": {"classifier": FLAGS.shokri_classifier},
+        **{
+            name: lira_options
+            for name in ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var")
+        },
     }
 
 
@@ -64,8 +105,15 @@ def check_flags() -> list[str]:
         raise app.UsageError(str(error)) from error
     if FLAGS.num_targets < 1 or FLAGS.bootstrap < 0 or FLAGS.rmia_num_population < 0:
         raise app.UsageError("--num_targets must be >= 1; --bootstrap and --rmia_num_population >= 0.")
-    if not FLAGS.rmia_gamma > 0 or not 0 <= FLAGS.rmia_offline_a <= 1:
-        raise app.UsageError("--rmia_gamma must be > 0 and --rmia_offline_a in [0, 1].")
+    if not FLAGS.rmia_gamma > 0 or not 0 <= FLAGS.rmia_trim < 0.5:
+        raise app.UsageError(
+            f"--rmia_gamma={FLAGS.rmia_gamma} must be > 0 and --rmia_trim={FLAGS.rmia_trim} in [0, 0.5)."
+        )
+    if not FLAGS.rmia_temperature > 0 or FLAGS.rmia_terms < 1:
+        raise app.UsageError(
+            f"--rmia_temperature={FLAGS.rmia_temperature} must be > 0 and --rmia_terms={FLAGS.rmia_terms} >= 1."
+        )
+    offline_a()
     return attacks
 
 

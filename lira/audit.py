@@ -2,14 +2,24 @@
 
 Protocol (DESIGN.md): models 0..T-1 are the targets in turn; a target's references are all the
 other models, in one fixed order (a permutation of the model indices drawn from `seed`, with
-the target removed). With `num_shadows_used = K`:
-- attacks with IN and OUT references (online) use the first K references of that order;
-- attacks with OUT references only (offline) use, for each example, the first K references of
-  that order that are OUT for it.
-The same choice holds for every attack, so attacks are compared on the same shadow models.
+the target removed). Equal reference counts: with balanced masks a member of the target has one
+IN reference fewer than a non-member and one OUT reference more, so the counts alone would
+reveal membership and bias every count-dependent statistic. So, per example n:
 
-The target's own signals reach an attack only as `target`; `References` are built from the
-other models' rows, so no statistic of a target's references can depend on its outputs.
+- online attacks use the first n IN and the first n OUT references in that order, with
+  n = min(#IN, #OUT) - 1 counted over all M models (M/2 - 1 with balanced masks): the same for
+  members and non-members of the target, whatever the masks;
+- offline attacks use the first #OUT - 1 OUT references (M/2 - 1 with balanced masks): the
+  count a non-member of the target has, so a member's extra OUT reference is left out;
+- with `num_shadows_used = K`, online attacks draw only on the first K references of the order
+  (n is then also at most min(#IN, #OUT) among those K), and offline attacks use at most K OUT
+  references per example.
+
+The LiRA code truncates to the smallest count and the RMIA code keeps `num_ref_models // 2` of
+each kind; this is the same rule, applied once, here, for every attack.
+
+The target's own signals reach an attack only as the target: its row is False in every
+reference mask, which `run_attacks` asserts.
 """
 
 from __future__ import annotations
@@ -19,19 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
+from lira import augment, report, rundir
 from lira import metrics as metrics_lib
-from lira import rundir
-from lira.attacks import ATTACKS, AttackContext, References, option_names
+from lira.attacks import ATTACKS, AttackInputs, option_names, probability_signal
 from lira.signals import Signals, run_signals
 
 
 @dataclasses.dataclass
 class AttackResult:
     """scores float [T, N] (larger = more likely member); row i is the attack on model targets[i],
-    whose membership truth is keep[targets[i]]."""
+    whose membership truth is keep[targets[i]]. info: what the attack chose from the data (for
+    example RMIA's fitted offline a per target), for the report."""
 
     scores: np.ndarray
     targets: list[int]
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 def check_attack_names(attacks: list[str]) -> list[str]:
@@ -51,6 +63,7 @@ def check_options(attacks: list[str], attack_options: dict[str, dict]) -> None:
         unknown = set(options) - set(option_names(name))
         if unknown:
             raise ValueError(f"{name} has no options {sorted(unknown)}; it takes {option_names(name)}.")
+    probability_signal(attacks, attack_options)  # RMIA's signal options are valid and agree
 
 
 def reference_order(num_models: int, seed: int) -> np.ndarray:
@@ -63,17 +76,48 @@ def reference_rows(order: np.ndarray, target: int) -> np.ndarray:
     return order[order != target]
 
 
-def first_out_per_example(reference_keep: np.ndarray, num_shadows_used: int | None) -> np.ndarray:
-    """bool [R, N]: per example (column), the first K references that are OUT for it."""
-    is_out = ~reference_keep
-    if num_shadows_used is None:
-        return is_out
-    return is_out & (np.cumsum(is_out, axis=0) <= num_shadows_used)
+@dataclasses.dataclass
+class Selection:
+    """Which models are a target's references for each example: bool [T, M, N] each."""
+
+    is_in: np.ndarray
+    is_out: np.ndarray
+    offline_out: np.ndarray
+
+
+def _first(mask: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """bool [R, N]: per column, the first `count` [N] True entries of mask [R, N]."""
+    return mask & (np.cumsum(mask, axis=0) <= count)
+
+
+def select_references(keep: np.ndarray, targets: list[int], num_shadows_used: int | None = None,
+                      seed: int = 0, order: np.ndarray | None = None) -> Selection:  # fmt: skip
+    """The equal-count reference masks of every target (module docstring). keep: bool [M, N];
+    `order` (a permutation of the models) replaces the seeded reference order."""
+    num_models, num_examples = keep.shape
+    order = reference_order(num_models, seed) if order is None else np.asarray(order)
+    num_in_all = keep.sum(axis=0)
+    balanced = np.minimum(num_in_all, num_models - num_in_all) - 1  # [N], as a member or non-member has
+    offline_count = num_models - num_in_all - 1
+    if num_shadows_used is not None:
+        offline_count = np.minimum(offline_count, num_shadows_used)
+    shape = (len(targets), num_models, num_examples)
+    selection = Selection(np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool))
+    for row, target in enumerate(targets):
+        rows = reference_rows(order, target)
+        used = rows[:num_shadows_used]
+        used_keep = keep[used]
+        count = np.minimum(np.minimum(used_keep.sum(axis=0), (~used_keep).sum(axis=0)), balanced)
+        selection.is_in[row, used] = _first(used_keep, count)
+        selection.is_out[row, used] = _first(~used_keep, count)
+        selection.offline_out[row, rows] = _first(~keep[rows], offline_count)
+    return selection
 
 
 def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
-                     seed: int) -> None:  # fmt: skip
-    """Fails, before any work, if some attack lacks the references it needs for some example."""
+                     seed: int) -> Selection:  # fmt: skip
+    """Fails, before any work, if some attack lacks the references it needs for some example;
+    returns the reference selection it checked."""
     num_models = keep.shape[0]
     if num_shadows_used is not None and not 1 <= num_shadows_used <= num_models - 1:
         raise ValueError(
@@ -82,40 +126,44 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
         )
     if num_models < 2 and any(ATTACKS[name].references != "none" for name in attacks):
         raise ValueError(f"Attacks with references need >= 2 models; the run has {num_models}.")
-    order = reference_order(num_models, seed)
-    for target in targets:
-        rows = reference_rows(order, target)
-        online_keep = keep[rows[:num_shadows_used]]
-        num_out_available = (~keep[rows]).sum(axis=0)
-        for name in attacks:
-            spec = ATTACKS[name]
-            if spec.references == "out":
-                if num_shadows_used is not None and num_out_available.min() < num_shadows_used:
-                    example = int(np.argmin(num_out_available))
-                    raise ValueError(
-                        f"num_shadows_used={num_shadows_used} is too large for offline attack {name}: for target "
-                        f"{target}, example {example} has only {num_out_available[example]} OUT references."
-                    )
-                num_in = np.zeros(keep.shape[1], int)
-                num_out = np.minimum(num_out_available, num_shadows_used or num_models)
-            elif spec.references == "in_and_out":
-                num_in, num_out = online_keep.sum(axis=0), (~online_keep).sum(axis=0)
-            else:
-                continue
-            for kind, count, needed in (("IN", num_in, spec.min_in), ("OUT", num_out, spec.min_out)):
-                if count.min() < needed:
-                    example = int(np.argmin(count))
-                    raise ValueError(
-                        f"{name} needs >= {needed} {kind} references per example, but for target {target} "
-                        f"example {example} has {count[example]} (of {len(online_keep)} references used); "
-                        "train more shadow models or raise num_shadows_used."
-                    )
-                if spec.pooled and needed and count.max() < 2:
-                    raise ValueError(
-                        f"{name} pools one {kind} variance from examples with >= 2 {kind} references, but for "
-                        f"target {target} no example has more than {count.max()}; train more shadow models "
-                        "or raise num_shadows_used."
-                    )
+    if num_shadows_used is not None and any(ATTACKS[name].references == "out" for name in attacks):
+        available = num_models - keep.sum(axis=0) - 1  # OUT references every example has, member or not
+        if available.min() < num_shadows_used:
+            example = int(np.argmin(available))
+            name = next(name for name in attacks if ATTACKS[name].references == "out")
+            raise ValueError(
+                f"num_shadows_used={num_shadows_used} is too large for offline attack {name}: example {example} "
+                f"has only {available[example]} OUT references for a target that is not trained on it "
+                f"(equal counts for members and non-members); choose at most {available.min()}."
+            )
+    selection = select_references(keep, targets, num_shadows_used, seed)
+    for name in attacks:
+        spec = ATTACKS[name]
+        if spec.references == "none":
+            continue
+        if spec.references == "out":
+            counts = {"OUT": selection.offline_out.sum(axis=1)}
+            needed = {"OUT": spec.min_out}
+        else:
+            counts = {"IN": selection.is_in.sum(axis=1), "OUT": selection.is_out.sum(axis=1)}
+            needed = {"IN": spec.min_in, "OUT": spec.min_out}
+        for kind, count in counts.items():  # count: [T, N]
+            if count.min() < needed[kind]:
+                row, example = np.unravel_index(np.argmin(count), count.shape)
+                raise ValueError(
+                    f"{name} needs >= {needed[kind]} {kind} references per example, but for target "
+                    f"{targets[row]} example {example} has {count[row, example]} (equal IN/OUT counts, "
+                    f"{num_shadows_used or num_models - 1} references used); train more shadow models or "
+                    "raise num_shadows_used."
+                )
+            if spec.pooled and count.max(axis=1).min() < 2:
+                row = int(np.argmin(count.max(axis=1)))
+                raise ValueError(
+                    f"{name} pools one {kind} variance from examples with >= 2 {kind} references, but for "
+                    f"target {targets[row]} no example has more than {count[row].max()}; train more shadow "
+                    "models or raise num_shadows_used."
+                )
+    return selection
 
 
 def _target_seed(seed: int, target: int) -> int:
@@ -129,40 +177,34 @@ def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks:
     attack_options = attack_options or {}
     attacks = check_attack_names(attacks)
     check_options(attacks, attack_options)
-    check_references(keep, targets, attacks, num_shadows_used, seed)
-    order = reference_order(keep.shape[0], seed)
-    scores = {name: np.empty((len(targets), keep.shape[1])) for name in attacks}
-    for row, target in enumerate(targets):
-        rows = reference_rows(order, target)
-        assert target not in rows  # leave-one-out, by construction
-        reference_signals = signals.select(rows)  # a copy: nothing below can reach the target's rows
-        reference_keep = keep[rows]
-        online = References(
-            reference_signals.select(slice(0, num_shadows_used)),
-            reference_keep[:num_shadows_used],
-            ~reference_keep[:num_shadows_used],
-        )
-        offline = References(
-            reference_signals,
-            np.zeros_like(reference_keep),
-            first_out_per_example(reference_keep, num_shadows_used),
-        )
-        context = AttackContext(
-            labels=labels, seed=_target_seed(seed, target), population=np.flatnonzero(~keep[target])
-        )
-        target_signals = signals.select(target)
-        for name in attacks:
-            spec = ATTACKS[name]
-            references = offline if spec.references == "out" else online
-            result = np.asarray(spec.fn(target_signals, references, context, **attack_options.get(name, {})))
-            bad = np.flatnonzero(~np.isfinite(result))
-            if len(bad):
-                raise FloatingPointError(
-                    f"{name} gave {len(bad)} non-finite scores against target {target} (examples "
-                    f"{rundir.format_ranges(bad.tolist()[:20])}...); check that model's logits."
-                )
-            scores[name][row] = result
-    return {name: AttackResult(scores[name], list(targets)) for name in attacks}
+    selection = check_references(keep, targets, attacks, num_shadows_used, seed)
+    for mask in (selection.is_in, selection.is_out, selection.offline_out):  # leave-one-out
+        assert not mask[np.arange(len(targets)), targets].any()
+    inputs = AttackInputs(
+        signals=signals,
+        targets=np.asarray(targets),
+        labels=np.asarray(labels),
+        is_in=selection.is_in,
+        is_out=selection.is_out,
+        offline_out=selection.offline_out,
+        seeds=[_target_seed(seed, target) for target in targets],
+        populations=[np.flatnonzero(~keep[target]) for target in targets],
+        order=reference_order(keep.shape[0], seed),
+    )
+    results = {}
+    for name in attacks:
+        output = ATTACKS[name].fn(inputs, **attack_options.get(name, {}))
+        scores, info = output if isinstance(output, tuple) else (output, {})
+        scores = np.asarray(scores, dtype=np.float64)
+        bad = np.argwhere(~np.isfinite(scores))
+        if len(bad):
+            row, example = bad[0]
+            raise FloatingPointError(
+                f"{name} gave {len(bad)} non-finite scores (first: target {targets[row]}, example {example}); "
+                "check that model's logits."
+            )
+        results[name] = AttackResult(scores, list(targets), info)
+    return results
 
 
 def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_queries: int, bootstrap: int = 200,
@@ -176,7 +218,10 @@ def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_querie
         "num_examples": int(keep.shape[1]),
         "targets": list(targets),
         "attacks": {
-            name: metrics_lib.attack_metrics(result.scores, keep[result.targets], bootstrap, seed)
+            name: {
+                **metrics_lib.attack_metrics(result.scores, keep[result.targets], bootstrap, seed),
+                **result.info,
+            }
             for name, result in results.items()
         },
     }
@@ -199,8 +244,31 @@ def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_sha
         raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
     targets = list(range(min(num_targets, keep.shape[0])))
     check_references(keep, targets, attacks, num_shadows_used, seed)
-    signals = run_signals(logdir, with_softmax=any(ATTACKS[a].needs_softmax for a in attacks))
+    signals = run_signals(logdir, probability_signal(attacks, attack_options))
     results = run_attacks(signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options)
     metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed)
     metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
+    metrics["models"] = model_accuracy(
+        signals, keep, labels, rundir.read_jsonl(Path(logdir) / rundir.TRAIN_LOG)
+    )
     return metrics, results
+
+
+def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train_log: list[dict]) -> dict:
+    """How well the attacked models fit, mean over all M models (fractions):
+
+    train_acc: accuracy on each model's own training examples (IN), plain query, BatchNorm in
+      inference mode, from the logits: how much of its training half the model memorized;
+    test_acc: the test accuracy the training stage logged at each model's last epoch (None if
+      it logged none).
+    """
+    plain = augment.query_offsets(signals.num_queries).index((False, 0, 0)) if signals.num_queries > 1 else 0
+    train = [
+        float(np.mean(np.argmax(signals.logits(m)[keep[m], plain], axis=-1) == labels[keep[m]]))
+        for m in range(keep.shape[0])
+    ]
+    logged = report.model_accuracies(train_log)
+    return {
+        "train_acc": float(np.mean(train)),
+        "test_acc": logged["test_acc"][0] if "test_acc" in logged else None,
+    }

@@ -8,12 +8,13 @@ file at a time, so that the attack stage never holds the full `[M, N, Q, C]` log
   LiRA's signal (Carlini et al. 2022): it is log(p_y / (1 - p_y)) but computed without ever
   forming 1 - p_y, which rounds to 0 for a confident model and would make phi infinite.
 - cross-entropy  CE = logsumexp(z) - z_y
-- true-class probability  p_y = softmax(z)_y = exp(-CE)
+- RMIA's probability: the authors' soft-margin Taylor softmax by default (`ProbabilitySignal`)
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,54 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _logsumexp(logits) - true_logit
 
 
-def true_class_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """p_y [...] from logits [..., C], as exp(-CE) so it is exactly consistent with the loss."""
-    return np.exp(-cross_entropy(logits, labels))
+def taylor_soft_margin(logits: np.ndarray, labels: np.ndarray, temperature: float = 2.0, margin: float = 0.6,
+                       terms: int = 4) -> np.ndarray:  # fmt: skip
+    """RMIA's probability signal as its authors' configs compute it (ml_privacy_meter,
+    research/2024_rmia/signals.py, 'taylor-soft-margin'): with u = z / temperature and the
+    truncated exponential t(v) = sum_{i < terms} v^i / i! (`terms` terms: a cubic for 4),
+
+        p = t(u_y - margin) / (t(u_y - margin) + sum_{c != y} t(u_c)).
+
+    logits [..., C], labels broadcasting to [...] -> p [...]. Exactly their formula, which for an
+    even number of terms is not a positive function everywhere (their choice, kept)."""
+    u = np.asarray(logits, dtype=np.float64) / temperature
+    true_logit, is_true = _true_class(u, labels)
+
+    def truncated_exp(v):
+        total, term = np.ones_like(v), np.ones_like(v)
+        for i in range(1, terms):
+            term = term * v / i
+            total = total + term
+        return total
+
+    true_term = truncated_exp(true_logit - margin)
+    others = np.sum(np.where(is_true, 0.0, truncated_exp(u)), axis=-1)
+    return true_term / (true_term + others)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbabilitySignal:
+    """Which probability RMIA compares: "taylor" (the authors' soft-margin Taylor softmax, their
+    CIFAR-10 defaults) or "softmax" (p_y = softmax(z / temperature)_y; temperature 1 is the
+    plain probability). margin and terms apply to "taylor" only."""
+
+    kind: str = "taylor"
+    temperature: float = 2.0
+    margin: float = 0.6
+    terms: int = 4
+
+    def __post_init__(self):
+        if self.kind not in ("taylor", "softmax"):
+            raise ValueError(f"Unknown RMIA signal {self.kind!r}; valid: 'taylor', 'softmax'.")
+        if not self.temperature > 0 or self.terms < 1:
+            raise ValueError(
+                f"RMIA's signal needs temperature > 0 and terms >= 1, got {self.temperature}, {self.terms}."
+            )
+
+    def __call__(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if self.kind == "taylor":
+            return taylor_soft_margin(logits, labels, self.temperature, self.margin, self.terms)
+        return np.exp(-cross_entropy(np.asarray(logits, dtype=np.float64) / self.temperature, labels))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,42 +112,63 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Signals:
-    """Per-model membership signals of a run (or of one model, with the leading axis dropped).
+    """Per-model membership signals of a run.
 
-    phi, ce, prob: float32 [M, N, Q].
-    softmax: float32 [M, N, Q, C], only when an attack needs prediction vectors (Shokri);
-      it is C times larger than the others, so it is not computed by default.
+    phi, ce: float32 [M, N, Q].
+    probability: float32 [M, N, Q], RMIA's probability signal (`probability_signal` says which),
+      or None when no RMIA attack runs.
+    logits: model index -> float32 [N, Q, C], that model's logits (memory-mapped from the run
+      directory): Shokri's attack reads prediction vectors of a sample of (model, example)
+      pairs from them, so the [M, N, Q, C] stack is never held in memory.
     """
 
     phi: np.ndarray
     ce: np.ndarray
-    prob: np.ndarray
-    softmax: np.ndarray | None = None
+    probability: np.ndarray | None = None
+    probability_signal: ProbabilitySignal | None = None
+    logits: Callable[[int], np.ndarray] | None = None
 
-    def select(self, index) -> Signals:
-        """Indexes every array along its leading axes (`index` is a model index or a list of them)."""
-        pick = lambda array: None if array is None else array[index]
-        return Signals(pick(self.phi), pick(self.ce), pick(self.prob), pick(self.softmax))
+    @property
+    def num_queries(self) -> int:
+        return self.phi.shape[-1]
+
+    def select_queries(self, indices: list[int]) -> Signals:
+        """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]."""
+        pick = lambda array: None if array is None else np.ascontiguousarray(np.take(array, indices, axis=-1))
+        logits = None if self.logits is None else (lambda m: self.logits(m)[:, indices])
+        return Signals(pick(self.phi), pick(self.ce), pick(self.probability), self.probability_signal, logits)
 
 
-def model_signals(logits: np.ndarray, labels: np.ndarray, with_softmax: bool = False) -> Signals:
-    """Signals of one model: logits float [N, Q, C], labels int [N] -> Signals with [N, Q] arrays."""
+def model_signals(logits: np.ndarray, labels: np.ndarray,
+                  probability_signal: ProbabilitySignal | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Signals of one model: logits float [N, Q, C], labels int [N] -> {name: float32 [N, Q]}."""
     labels = np.asarray(labels)[:, None]
-    ce = cross_entropy(logits, labels)
-    return Signals(
-        phi=logit_scaled_confidence(logits, labels).astype(np.float32),
-        ce=ce.astype(np.float32),
-        prob=np.exp(-ce).astype(np.float32),
-        softmax=softmax(logits).astype(np.float32) if with_softmax else None,
-    )
+    out = {
+        "phi": logit_scaled_confidence(logits, labels).astype(np.float32),
+        "ce": cross_entropy(logits, labels).astype(np.float32),
+    }
+    if probability_signal is not None:
+        out["probability"] = probability_signal(logits, labels).astype(np.float32)
+    return out
 
 
-def run_signals(logdir: Path, with_softmax: bool = False, model_indices: list[int] | None = None) -> Signals:
+def signals_from_logits(logits: np.ndarray, labels: np.ndarray,
+                        probability_signal: ProbabilitySignal | None = None) -> Signals:  # fmt: skip
+    """Signals of logits held in memory: logits float [M, N, Q, C], labels int [N]."""
+    per_model = [model_signals(one, labels, probability_signal) for one in logits]
+    stack = lambda name: np.stack([one[name] for one in per_model]) if name in per_model[0] else None
+    return Signals(stack("phi"), stack("ce"), stack("probability"), probability_signal,
+                   lambda m: np.asarray(logits[m], dtype=np.float32))  # fmt: skip
+
+
+def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = None,
+                model_indices: list[int] | None = None) -> Signals:  # fmt: skip
     """Signals [M, N, Q] of every model of a run directory (or of `model_indices`).
 
-    Streams one logits file at a time (read fully, converted, released), so peak memory is the
-    output plus one model's logits, not the [M, N, Q, C] stack. Files are checked against
-    keep.npy and labels.npy first, so a missing or mis-shaped file is named before any work.
+    Streams one logits file at a time (read, converted, released), so peak memory is the
+    output plus one model's logits, not the [M, N, Q, C] stack; `logits` reads the files again,
+    memory-mapped, when an attack needs prediction vectors. Files are checked against keep.npy
+    and labels.npy first, so a missing or mis-shaped file is named before any work.
     """
     keep = rundir.load_keep(logdir)
     labels = rundir.load_labels(logdir)
@@ -126,15 +193,13 @@ def run_signals(logdir: Path, with_softmax: bool = False, model_indices: list[in
             )
     _, num_queries, num_classes = first
     shape = (len(model_indices), num_examples, num_queries)
-    out = Signals(
-        phi=np.empty(shape, np.float32),
-        ce=np.empty(shape, np.float32),
-        prob=np.empty(shape, np.float32),
-        softmax=np.empty((*shape, num_classes), np.float32) if with_softmax else None,
-    )
+    names = ["phi", "ce"] + (["probability"] if probability_signal is not None else [])
+    arrays = {name: np.empty(shape, np.float32) for name in names}
     for row, m in enumerate(model_indices):
-        one = model_signals(np.load(rundir.logits_path(logdir, m)), labels, with_softmax)
-        out.phi[row], out.ce[row], out.prob[row] = one.phi, one.ce, one.prob
-        if with_softmax:
-            out.softmax[row] = one.softmax
-    return out
+        for name, values in model_signals(
+            np.load(rundir.logits_path(logdir, m)), labels, probability_signal
+        ).items():
+            arrays[name][row] = values
+    paths = [rundir.logits_path(logdir, m) for m in model_indices]
+    return Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
+                   lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip

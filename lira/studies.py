@@ -30,11 +30,12 @@ import numpy as np
 from lira import audit, augment, data, plots, report, rundir
 from lira import metrics as metrics_lib
 from lira.attacks import ATTACKS
-from lira.attacks.common import masked_moments
-from lira.signals import Signals, run_signals
+from lira.attacks.common import reference_moments
+from lira.signals import ProbabilitySignal, Signals, run_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOGDIR = "exp/c10_6k"
+DEFAULT_PROBABILITY = ProbabilitySignal()  # RMIA's signal as the attack stage's defaults
 TABLE_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2)  # 0.001%, 0.01%, 0.1%, 1%: the LiRA paper's table
 LIRA_AND_RMIA = (
     "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia_online", "rmia_offline",
@@ -91,15 +92,18 @@ class Run:
         return self.signals.phi.shape[-1]
 
 
-def load_run(logdir: str | os.PathLike, with_softmax: bool = False) -> Run:
-    """Reads a run directory once; softmax (C times larger) only for the Shokri attack."""
+def load_run(
+    logdir: str | os.PathLike, probability_signal: ProbabilitySignal | None = DEFAULT_PROBABILITY
+) -> Run:
+    """Reads a run directory's signals once (RMIA's probability signal as the attack stage's
+    default; None leaves it out, and the RMIA attacks with it)."""
     logdir = resolve_path(logdir)
     return Run(
         logdir=logdir,
         config=rundir.load_config(logdir),
         keep=rundir.load_keep(logdir),
         labels=rundir.load_labels(logdir),
-        signals=run_signals(logdir, with_softmax=with_softmax),
+        signals=run_signals(logdir, probability_signal),
     )
 
 
@@ -142,20 +146,17 @@ def query_indices(num_available: int, count: int) -> list[int]:
 
 def select_queries(signals: Signals, indices: list[int]) -> Signals:
     """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]."""
-    pick = lambda array, axis: None if array is None else np.take(array, indices, axis=axis)
-    return Signals(
-        phi=pick(signals.phi, -1), ce=pick(signals.ce, -1), prob=pick(signals.prob, -1),
-        softmax=pick(signals.softmax, -2),
-    )  # fmt: skip
+    return signals.select_queries(indices)
 
 
 def compare_attacks(run: Run, attacks=("all",), num_targets: int | None = None,
                     seed: int = 0) -> tuple[dict, dict[str, audit.AttackResult]]:  # fmt: skip
     """(metrics.json-shaped dict without intervals, {attack: AttackResult}) of every attack, with
-    the defaults of experiments/attack.py. Shokri is left out when the run has no softmax."""
+    the defaults of experiments/attack.py. RMIA is left out when the run was loaded without its
+    probability signal."""
     names = audit.check_attack_names(list(attacks))
-    if run.signals.softmax is None:
-        names = [name for name in names if not ATTACKS[name].needs_softmax]
+    if run.signals.probability is None:
+        names = [name for name in names if not ATTACKS[name].needs_probability]
     targets = targets_of(run, num_targets)
     results = audit.run_attacks(run.signals, run.keep, run.labels, names, targets, seed=seed)
     return audit.audit_metrics(results, run.keep, run.num_queries, bootstrap=0, seed=seed), results
@@ -187,6 +188,62 @@ def tpr_table(metrics: dict, levels=TABLE_LEVELS) -> str:
         f"below 1/{num_nonmembers:,} = {100 / num_nonmembers:.3g}% cannot be resolved (n/r); a level "
         "just above it rests on a handful of false positives.",
     ]
+    return "\n".join(lines)
+
+
+def paired_comparisons(results: dict[str, audit.AttackResult], keep: np.ndarray, pairs, level: float = 1e-3,
+                       num_resamples: int = 1000, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Rows {a, b, auc: difference entry, tpr: difference entry at FPR `level`, beats_auc,
+    beats_tpr} for each (a, b) in `pairs`: the paired bootstrap of a - b over targets and examples
+    (lira.metrics.paired_difference); "beats" only where the 95% interval excludes 0."""
+    rows = []
+    for a, b in pairs:
+        if a not in results or b not in results:
+            continue
+        membership = keep[results[a].targets]
+        difference = metrics_lib.paired_difference(
+            results[a].scores, results[b].scores, membership, num_resamples, seed,
+            "both" if len(results[a].targets) > 1 else "examples",
+        )  # fmt: skip
+        tpr = difference["tpr_at_fpr"][metrics_lib.level_key(level)]
+        rows.append({"a": a, "b": b, "auc": difference["auc"], "tpr": tpr, "level": level,
+                     "beats_auc": metrics_lib.beats(difference["auc"]), "beats_tpr": metrics_lib.beats(tpr)})  # fmt: skip
+    return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Markdown table of `paired_comparisons` rows: differences with 95% intervals, and a verdict."""
+
+    def cell(entry, scale, digits):
+        if entry is None:
+            return "n/r"
+        text = f"{scale * entry['difference']:+.{digits}f}"
+        if entry["ci95"] is not None:
+            text += f" [{scale * entry['ci95'][0]:+.{digits}f}, {scale * entry['ci95'][1]:+.{digits}f}]"
+        return text
+
+    def verdict(row):
+        if row["beats_tpr"] or row["beats_auc"]:
+            which = " and ".join(k for k, v in (("TPR", row["beats_tpr"]), ("AUC", row["beats_auc"])) if v)
+            return f"{row['a']} beats {row['b']} ({which})"
+        reverse = [
+            k
+            for k, key in (("TPR", "tpr"), ("AUC", "auc"))
+            if row[key] and row[key]["ci95"] and row[key]["ci95"][1] < 0
+        ]
+        if reverse:
+            return f"{row['b']} beats {row['a']} ({' and '.join(reverse)})"
+        return "no difference shown"
+
+    level = rows[0]["level"] if rows else 1e-3
+    lines = [
+        f"| A | B | AUC A - B | TPR @ {100 * level:g}% FPR, A - B (points) | paired 95% verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['a']} | {row['b']} | {cell(row['auc'], 1, 3)} | {cell(row['tpr'], 100, 2)} | {verdict(row)} |"
+        )
     return "\n".join(lines)
 
 
@@ -301,8 +358,9 @@ def separation(run: Run, query: int | None = None) -> np.ndarray:
     example: how far apart its IN and OUT Gaussians sit (large = easy to attack)."""
     query = plain_query(run) if query is None else query
     phi = run.signals.phi[:, :, query : query + 1]
-    mean_in, var_in, _ = masked_moments(phi, run.keep)
-    mean_out, var_out, _ = masked_moments(phi, ~run.keep)
+    first = np.array([0])  # a shift model for the variances; every model counts as IN or OUT here
+    (mean_in,), (var_in,), _ = reference_moments(phi, run.keep[None], first)
+    (mean_out,), (var_out,), _ = reference_moments(phi, ~run.keep[None], first)
     return (np.abs(mean_in - mean_out) / np.sqrt((var_in + var_out) / 2))[:, 0]
 
 

@@ -12,13 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lira import rundir
-
-
-def balanced_keep(num_models: int, num_examples: int, seed: int) -> np.ndarray:
-    """bool [M, N]: every example IN for exactly M // 2 models (ranks of a uniform matrix per column)."""
-    uniform = np.random.default_rng(seed).random((num_models, num_examples))
-    return np.argsort(np.argsort(uniform, axis=0), axis=0) < num_models // 2
+from lira import masks, rundir
 
 
 def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int = 64, num_queries: int = 2,
@@ -32,7 +26,7 @@ def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int =
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
     difficulty = rng.normal(2.0, 1.5, num_examples).astype(np.float32)
-    keep = balanced_keep(num_models, num_examples, seed) if keep is None else np.asarray(keep, bool)
+    keep = masks.make_keep(num_models, num_examples, 0.5, seed) if keep is None else np.asarray(keep, bool)
     config = {
         "flags": {
             "dataset": "synthetic",

@@ -1,6 +1,5 @@
 """The driver: leave-one-out, num_shadows_used, checks before work, and the metrics it returns."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -9,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from lira import attacks, audit, rundir, signals, synthetic
-from lira.attacks import ATTACKS, AttackSpec, References
+from lira.attacks import ATTACKS, AttackSpec, rmia
 
 
 @pytest.fixture
@@ -21,12 +21,20 @@ def run(tmp_path):
 
 
 def spy(monkeypatch, references_kind):
-    """Registers an attack "spy" that records the references it is given (and scores 0)."""
+    """Registers an attack "spy" that records what it is given (and scores 0): the reference
+    masks and the reference statistics every attack family builds on."""
     seen = []
 
-    def fn(target, references, context):
-        seen.append(dataclasses.replace(references, signals=references.signals.select(slice(None))))
-        return np.zeros(len(context.labels))
+    def fn(inputs):
+        seen.append(
+            {
+                "targets": inputs.targets.copy(),
+                "masks": {kind: inputs.mask(kind).copy() for kind in ("in", "out", "offline_out")},
+                "moments": [inputs.moments(name, kind) for name in ("phi", "ce") for kind in ("in", "out")],
+                "trimmed": rmia.trimmed_reference_mean(inputs.signals.ce, inputs.is_in | inputs.is_out, 0.2),
+            }
+        )
+        return np.zeros((inputs.num_targets, len(inputs.labels)))
 
     monkeypatch.setitem(ATTACKS, "spy", AttackSpec(fn, references_kind, 0, 1))
     return seen
@@ -39,45 +47,59 @@ def load(run):
 def test_target_outputs_never_reach_its_references(run, monkeypatch):
     seen = spy(monkeypatch, "in_and_out")
     run_signals, keep, labels = load(run)
-    audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[0, 1])
-    poisoned = signals.Signals(*(a.copy() for a in (run_signals.phi, run_signals.ce, run_signals.prob)))
-    poisoned.phi[0], poisoned.ce[0], poisoned.prob[0] = 1e6, -1e6, np.nan  # only target 0's outputs change
-    audit.run_attacks(poisoned, keep, labels, ["spy"], targets=[0])
-    first, _, again = seen
-    np.testing.assert_array_equal(first.signals.phi, again.signals.phi)
-    np.testing.assert_array_equal(first.signals.ce, again.signals.ce)
-    assert len(first.is_in) == 9 and np.isfinite(first.signals.prob).all()
-    order = audit.reference_order(10, seed=0)
-    np.testing.assert_array_equal(first.signals.phi, run_signals.phi[order[order != 0]])
+    audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[0, 3])
+    poisoned = signals.Signals(run_signals.phi.copy(), run_signals.ce.copy())
+    poisoned.phi[0], poisoned.ce[0] = 1e30, -1e30  # only target 0's outputs change
+    audit.run_attacks(poisoned, keep, labels, ["spy"], targets=[0, 3])  # (same shapes: same summation order)
+    clean, dirty = seen
+    for kind, mask in clean["masks"].items():
+        assert not mask[0, 0].any() and not mask[1, 3].any(), kind  # never the target's own row
+    for before, after in zip(clean["moments"], dirty["moments"]):
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a[0], b[0])  # target 0's statistics, bit for bit
+    np.testing.assert_array_equal(clean["trimmed"][0], dirty["trimmed"][0])
+    assert not np.array_equal(clean["moments"][0][0][1], dirty["moments"][0][0][1])  # target 3 reads model 0
 
 
-def test_lira_scores_equal_the_attack_on_hand_built_leave_one_out_references(run):
+def test_lira_scores_equal_the_attack_on_hand_built_equal_count_references(run):
     run_signals, keep, labels = load(run)
-    result = audit.run_attacks(run_signals, keep, labels, ["lira_online", "lira_offline"], targets=[3])
-    others = [m for m in range(10) if m != 3]  # the order of references does not matter without K
-    refs = References(run_signals.select(others), keep[others], ~keep[others])
-    for name in ("lira_online", "lira_offline"):
-        expected = ATTACKS[name].fn(run_signals.select(3), refs, None)
-        np.testing.assert_allclose(result[name].scores[0], expected, rtol=1e-10)
-        assert result[name].targets == [3]
+    result = audit.run_attacks(
+        run_signals, keep, labels, ["lira_online", "lira_offline"], targets=[3], seed=2
+    )
+    order = audit.reference_order(10, seed=2)
+    references = [m for m in order if m != 3]
+    phi = run_signals.phi.astype(np.float64)
+    for n in range(keep.shape[1]):
+        ins = [m for m in references if keep[m, n]][:4]  # 10 models, 5 IN: M/2 - 1 = 4 of each kind
+        outs = [m for m in references if not keep[m, n]][:4]
+        x = phi[3, n]
+        online = stats.norm.logpdf(x, phi[ins, n].mean(0), phi[ins, n].std(0, ddof=1)) - stats.norm.logpdf(
+            x, phi[outs, n].mean(0), phi[outs, n].std(0, ddof=1)
+        )
+        offline = stats.norm.logcdf(x, phi[outs, n].mean(0), phi[outs, n].std(0, ddof=1))
+        assert result["lira_online"].scores[0, n] == pytest.approx(online.mean(), rel=1e-7)
+        assert result["lira_offline"].scores[0, n] == pytest.approx(offline.mean(), rel=1e-7)
 
 
-def test_num_shadows_used_picks_the_same_first_k_for_online_and_first_k_out_for_offline(run, monkeypatch):
+def test_equal_counts_and_num_shadows_used_follow_the_fixed_order(run, monkeypatch):
     run_signals, keep, labels = load(run)
     order = audit.reference_order(10, seed=5)
     seen = spy(monkeypatch, "in_and_out")
     audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=6, seed=5)
     chosen = order[order != 2][:6]
-    np.testing.assert_array_equal(seen[0].signals.phi, run_signals.phi[chosen])
-    np.testing.assert_array_equal(seen[0].is_in, keep[chosen])
+    masks = seen[0]["masks"]
+    for n in range(keep.shape[1]):
+        ins = [m for m in chosen if keep[m, n]]
+        outs = [m for m in chosen if not keep[m, n]]
+        count = min(len(ins), len(outs))  # equal counts among the first K, in the order
+        assert sorted(np.flatnonzero(masks["in"][0, :, n])) == sorted(ins[:count])
+        assert sorted(np.flatnonzero(masks["out"][0, :, n])) == sorted(outs[:count])
+        rows = [m for m in order if m != 2]
+        first_out = [m for m in rows if not keep[m, n]][:4]  # offline: min(K, M/2 - 1) = 4 OUT references
+        assert sorted(np.flatnonzero(masks["offline_out"][0, :, n])) == sorted(first_out)
     seen = spy(monkeypatch, "out")
     audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=3, seed=5)
-    is_out = seen[0].is_out
-    assert (is_out.sum(axis=0) == 3).all() and not seen[0].is_in.any()
-    rows = order[order != 2]
-    for example in range(keep.shape[1]):
-        first_out = [r for r, m in enumerate(rows) if not keep[m, example]][:3]
-        assert np.flatnonzero(is_out[:, example]).tolist() == first_out
+    assert (seen[0]["masks"]["offline_out"].sum(axis=1) == 3).all()
 
 
 def test_num_shadows_used_changes_online_scores_reproducibly(run):
@@ -99,7 +121,7 @@ def test_errors_come_before_work_and_name_the_problem(run, monkeypatch):
     with pytest.raises(ValueError, match="num_shadows_used=10"):
         audit.run_audit(run, ["loss"], num_shadows_used=10)
     with pytest.raises(
-        ValueError, match=r"too large for offline attack lira_offline: for target 0, example \d+"
+        ValueError, match=r"too large for offline attack lira_offline: example \d+ has only 4"
     ):
         audit.run_audit(run, ["lira_offline"], num_shadows_used=5)
     with pytest.raises(
@@ -115,13 +137,19 @@ def test_errors_come_before_work_and_name_the_problem(run, monkeypatch):
 
 
 def test_run_audit_returns_metrics_for_every_attack(run):
-    options = {"rmia_offline": {"offline_a": 0.5, "gamma": 1.5}, "shokri": {"classifier": "logreg"}}
+    options = {"rmia_offline": {"offline_a": "auto", "gamma": 1.5}, "shokri": {"classifier": "logreg"}}
     metrics, results = audit.run_audit(run, ["all"], num_targets=20, bootstrap=20, attack_options=options)
     assert set(results) == set(attacks.ATTACKS) and set(metrics["attacks"]) == set(attacks.ATTACKS)
     assert metrics["num_models"] == 10 and metrics["num_targets"] == 10 and metrics["num_queries"] == 2
     assert results["loss"].scores.shape == (10, 40) and results["loss"].targets == list(range(10))
     figures = metrics["attacks"]["lira_online"]
-    assert len(figures["per_target"]["auc"]) == 10 and set(figures["ci95"]) == {"examples", "targets"}
+    assert len(figures["per_target"]["auc"]) == 10 and set(figures["ci95"]) == {"examples", "targets", "both"}
+    fitted = metrics["attacks"]["rmia_offline"]
+    assert (
+        fitted["offline_a_fitted"]
+        and len(fitted["offline_a"]) == 10
+        and all(0 <= a <= 1 for a in fitted["offline_a"])
+    )
     assert figures["tpr_at_fpr"]["1e-05"] is None  # 200 non-members cannot resolve 1e-5
 
 
@@ -159,10 +187,14 @@ def test_attack_script_rejects_unknown_attacks_before_work(run):
 
 def test_benchmark_quick(tmp_path):
     finished = run_script(
-        "experiments/bench_attacks.py", "--quick", "--noisolate", "--attacks=loss,lira_online,rmia_offline",
+        "experiments/bench_attacks.py", "--quick", "--attacks=loss,lira_online,rmia_offline",
         "--bootstrap=10", f"--json={tmp_path / 'bench.json'}", f"--workdir={tmp_path}",
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert set(result["attacks"]) == {"loss", "lira_online", "rmia_offline"}
-    assert result["all"]["peak_rss_gib"] > 0 and "lira_online" in finished.stdout
+    assert (
+        set(result["attack_s"]) == {"loss", "lira_online", "rmia_offline"}
+        and result["shape"]["num_models"] == 16
+    )
+    assert result["peak_rss_gib"] > 0 and result["total_s"] > 0 and "lira_online" in finished.stdout
+    assert all(auc > 0.55 for auc in result["auc"].values())  # the planted signal is found

@@ -12,7 +12,13 @@ def test_signals_match_definitions_on_moderate_logits():
     labels = rng.integers(0, 4, 7)[:, None]  # [N, 1] broadcasts against [M, N, Q]
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     p_true = np.take_along_axis(probs, np.broadcast_to(labels, (5, 7, 2))[..., None], -1)[..., 0]
-    np.testing.assert_allclose(signals.true_class_probability(logits, labels), p_true, rtol=1e-12)
+    softmax_signal = signals.ProbabilitySignal("softmax", temperature=1.0)
+    np.testing.assert_allclose(softmax_signal(logits, labels), p_true, rtol=1e-12)
+    cooler = np.exp(logits / 2) / np.exp(logits / 2).sum(-1, keepdims=True)
+    p_cool = np.take_along_axis(cooler, np.broadcast_to(labels, (5, 7, 2))[..., None], -1)[..., 0]
+    np.testing.assert_allclose(
+        signals.ProbabilitySignal("softmax", temperature=2.0)(logits, labels), p_cool, rtol=1e-12
+    )
     np.testing.assert_allclose(signals.cross_entropy(logits, labels), -np.log(p_true), rtol=1e-12)
     np.testing.assert_allclose(
         signals.logit_scaled_confidence(logits, labels), np.log(p_true / (1 - p_true)), rtol=1e-9
@@ -32,14 +38,18 @@ def test_confidence_is_finite_and_exact_where_the_naive_formula_breaks():
 
 def test_run_signals_streams_each_model_like_model_signals(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10, num_queries=2, num_classes=4)
-    run = signals.run_signals(tmp_path, with_softmax=True)
+    run = signals.run_signals(tmp_path, signals.ProbabilitySignal())
     labels = rundir.load_labels(tmp_path)
-    assert run.phi.shape == (3, 10, 2) and run.softmax.shape == (3, 10, 2, 4) and run.phi.dtype == np.float32
+    assert run.phi.shape == (3, 10, 2) and run.probability.shape == (3, 10, 2) and run.phi.dtype == np.float32
     for m in range(3):
-        one = signals.model_signals(np.load(rundir.logits_path(tmp_path, m)), labels, with_softmax=True)
-        for name in ("phi", "ce", "prob", "softmax"):
-            np.testing.assert_array_equal(getattr(run, name)[m], getattr(one, name))
-    assert signals.run_signals(tmp_path).softmax is None
+        logits = np.load(rundir.logits_path(tmp_path, m))
+        one = signals.model_signals(logits, labels, signals.ProbabilitySignal())
+        for name in ("phi", "ce", "probability"):
+            np.testing.assert_array_equal(getattr(run, name)[m], one[name])
+        np.testing.assert_array_equal(run.logits(m), logits)  # prediction vectors, read back on demand
+    assert signals.run_signals(tmp_path).probability is None
+    with pytest.raises(ValueError, match="Unknown RMIA signal 'sofmax'"):
+        signals.ProbabilitySignal("sofmax")
 
 
 def test_run_signals_names_missing_and_misshapen_files(tmp_path):

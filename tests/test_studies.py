@@ -54,15 +54,16 @@ def test_query_indices_pick_the_same_views():
 
 def test_select_queries_takes_the_query_axis():
     rng = np.random.default_rng(0)
-    signals = Signals(*(rng.normal(size=(3, 4, 5)) for _ in range(3)), softmax=rng.random((3, 4, 5, 2)))
+    logits = rng.normal(size=(3, 4, 5, 2))
+    signals = Signals(*(rng.normal(size=(3, 4, 5)) for _ in range(3)), logits=lambda m: logits[m])
     picked = studies.select_queries(signals, [3, 0])
     for m, n in itertools.product(range(3), range(4)):
         for new, old in enumerate([3, 0]):
             assert picked.phi[m, n, new] == signals.phi[m, n, old]
             assert picked.ce[m, n, new] == signals.ce[m, n, old]
-            assert picked.prob[m, n, new] == signals.prob[m, n, old]
-            np.testing.assert_array_equal(picked.softmax[m, n, new], signals.softmax[m, n, old])
-    assert studies.select_queries(Signals(signals.phi, signals.ce, signals.prob), [1]).softmax is None
+            assert picked.probability[m, n, new] == signals.probability[m, n, old]
+            np.testing.assert_array_equal(picked.logits(m)[n, new], logits[m, n, old])
+    assert studies.select_queries(Signals(signals.phi, signals.ce), [1]).probability is None
 
 
 def test_separation_and_gaussians_match_a_loop(run):
@@ -140,13 +141,13 @@ def reference_is_valid(keep, targets, attack, count, seed=0):
         references = [m for m in order if m != target]
         most_in = most_out = 0
         for j in range(keep.shape[1]):
-            if spec.references == "in_and_out":
+            total_in = int(keep[:, j].sum())
+            if spec.references == "in_and_out":  # equal counts among the first K references
                 used = references[:count]
                 num_in = sum(keep[m, j] for m in used)
-                num_out = len(used) - num_in
-            else:  # offline: the first K of the references that are OUT for j, if there are K
-                out = [m for m in references if not keep[m, j]]
-                if len(out) < count:
+                num_in = num_out = min(num_in, len(used) - num_in, min(total_in, len(keep) - total_in) - 1)
+            else:  # offline: K OUT references, if a non-member of the target has K
+                if len(keep) - total_in - 1 < count:
                     return False
                 num_in, num_out = 0, count
             if num_in < spec.min_in or num_out < spec.min_out:
@@ -165,7 +166,8 @@ def test_shadow_sweep_rows_follow_the_validity_rules(run):
         (a, k) for a in studies.LIRA_AND_RMIA for k in range(1, 6) if reference_is_valid(run.keep, targets, a, k)
     }  # fmt: skip
     assert set(got) == expected
-    assert ("rmia_online", 1) in got and ("lira_online", 1) not in got and ("lira_offline", 3) not in got
+    assert ("rmia_offline", 1) in got and ("rmia_online", 1) not in got and ("lira_online", 1) not in got
+    assert ("lira_offline", 3) not in got
     for attack, count in itertools.product(studies.LIRA_AND_RMIA, range(1, 7)):
         assert studies.is_valid(run.keep, targets, attack, count) == ((attack, count) in expected)
     for (attack, count), row in got.items():
@@ -181,7 +183,7 @@ def test_query_sweep_runs_the_attacks_on_query_subsets(tmp_path):
     assert [(r["attack"], r["queries"]) for r in rows] == [
         ("lira_offline", 1), ("rmia_online", 1), ("lira_offline", 2), ("rmia_online", 2),
     ]  # fmt: skip
-    plain = Signals(run.signals.phi[..., :1], run.signals.ce[..., :1], run.signals.prob[..., :1])
+    plain = run.signals.select_queries([0])
     for row in rows:
         signals = plain if row["queries"] == 1 else run.signals
         result = audit.run_attacks(signals, run.keep, run.labels, [row["attack"]], [0, 1])[row["attack"]]
@@ -229,9 +231,14 @@ def test_tpr_table_marks_unresolvable_levels():
     assert f"{num_nonmembers:,} non-member scores" in lines[-1]
 
 
-def test_compare_attacks_leaves_out_shokri_without_softmax(run):
+def test_compare_attacks_runs_every_attack_and_leaves_out_rmia_without_its_signal(run, tmp_path):
     metrics, results = studies.compare_attacks(run, num_targets=2)
-    assert list(results) == [name for name in ATTACKS if name != "shokri"]
+    assert list(results) == list(ATTACKS)
+    without = studies.load_run(run.logdir, probability_signal=None)
+    assert (
+        "rmia_online"
+        not in studies.compare_attacks(without, attacks=("loss", "rmia_online"), num_targets=2)[1]
+    )
     assert metrics["num_targets"] == 2 and metrics["attacks"]["lira_online"]["ci95"]["examples"] is None
     expected = audit.run_attacks(run.signals, run.keep, run.labels, ["rmia_online"], [0, 1])["rmia_online"]
     np.testing.assert_array_equal(results["rmia_online"].scores, expected.scores)
@@ -266,3 +273,23 @@ def test_class_names_only_for_cifar10(run):
     assert studies.class_name(named("cifar10", 10), 0) == "airplane"
     assert studies.class_name(named("cifar100", 100), 3) == "3"
     assert studies.class_name(named("digits", 10), 3) == "3"
+
+
+def test_paired_comparisons_say_beats_only_when_the_interval_excludes_zero(tmp_path):
+    synthetic.make_synthetic_rundir(tmp_path, num_models=8, num_examples=400, signal=1.5, seed=3)
+    run = studies.load_run(tmp_path)
+    _, results = studies.compare_attacks(run, ["loss", "lira_online", "lira_online_student"], num_targets=4)
+    pairs = [("lira_online_student", "lira_online"), ("lira_online", "lira_online_student")]
+    rows = studies.paired_comparisons(results, run.keep, pairs, level=1e-2, num_resamples=200)
+    forward, backward = rows
+    # 3 references of a kind per example: the plug-in Gaussian's tails are too thin, the predictive's are not
+    assert forward["beats_auc"] and not backward["beats_auc"]
+    assert forward["auc"]["difference"] == pytest.approx(-backward["auc"]["difference"])
+    assert forward["auc"]["ci95"][0] > 0
+    table = studies.paired_table(rows)
+    assert "| lira_online_student beats lira_online (" in table
+    assert (
+        "| lira_online | lira_online_student |" in table
+        and "lira_online_student beats lira_online (AUC" in table
+    )
+    assert studies.paired_comparisons(results, run.keep, [("lira_online", "rmia_online")]) == []  # not run

@@ -1,13 +1,14 @@
 """The attacks, by name: `ATTACKS[name]` is an `AttackSpec`.
 
-Every attack is `fn(target, references, context, **options) -> scores float [N]` (larger = more
-likely member; see `lira.attacks.common`). The spec tells the driver what the attack reads, so
-it can choose references, check there are enough of them, and compute only the signals needed:
+Every attack is `fn(inputs, **options) -> scores float [T, N]` (or `(scores, info)`, info being
+what it chose from the data, for the report), for all T targets at once; see
+`lira.attacks.common`. The spec tells the driver what the attack reads, so it can check there
+are enough references and compute only the signals needed:
 
 - references = "none": no references (the plain loss attack);
-- "in_and_out": the first K references of the fixed order, each IN or OUT per example (online);
-- "out": per example, the first K OUT references in that order (offline: the attack must work
-  with references trained without the example).
+- "in_and_out": per example, equal numbers of IN and OUT references (online);
+- "out": per example, OUT references only (offline: the attack must work with references
+  trained without the example).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import inspect
 from collections.abc import Callable
 
 from lira.attacks import baselines, lira_attacks, rmia, shokri
-from lira.attacks.common import AttackContext, References
+from lira.attacks.common import AttackInputs
+from lira.signals import ProbabilitySignal
 
-__all__ = ["ATTACKS", "AttackContext", "AttackSpec", "References", "option_names"]
+__all__ = ["ATTACKS", "AttackInputs", "AttackSpec", "option_names", "probability_signal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,8 @@ class AttackSpec:
     references: str  # "none" | "in_and_out" | "out"
     min_in: int  # IN references each example needs
     min_out: int  # OUT references each example needs
-    needs_softmax: bool = False
+    needs_logits: bool = False  # reads prediction vectors (Signals.logits)
+    needs_probability: bool = False  # reads RMIA's probability signal
     pooled: bool = False  # one variance pooled over examples: some example needs 2 of each kind
 
 
@@ -36,7 +39,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "loss": AttackSpec(baselines.loss, "none", 0, 0),
     "calibrated_loss": AttackSpec(baselines.calibrated_loss, "out", 0, 1),
     "attack_r": AttackSpec(baselines.attack_r, "out", 0, 1),
-    "shokri": AttackSpec(shokri.shokri, "in_and_out", 1, 1, needs_softmax=True),
+    "shokri": AttackSpec(shokri.shokri, "in_and_out", 1, 1, needs_logits=True),
     # Two of each, because the per-example variances are unbiased (ddof=1). The fixed-variance
     # variants need only a mean per example, so one of each; their pooled variance needs some
     # example with two. This is why they work with very few shadow models (LiRA, Sec. VI).
@@ -44,14 +47,42 @@ ATTACKS: dict[str, AttackSpec] = {
     "lira_online_fixed_var": AttackSpec(lira_attacks.lira_online_fixed_var, "in_and_out", 1, 1, pooled=True),
     "lira_offline": AttackSpec(lira_attacks.lira_offline, "out", 0, 2),
     "lira_offline_fixed_var": AttackSpec(lira_attacks.lira_offline_fixed_var, "out", 0, 1, pooled=True),
-    # p(u) is a mean over references: online needs one reference of either kind (min_in = 0,
-    # min_out = 0 but at least one selected; checked by the driver), offline one OUT reference.
-    "rmia_online": AttackSpec(rmia.rmia_online, "in_and_out", 0, 0),
-    "rmia_offline": AttackSpec(rmia.rmia_offline, "out", 0, 1),
+    "lira_online_student": AttackSpec(lira_attacks.lira_online_student, "in_and_out", 2, 2),
+    "lira_offline_student": AttackSpec(lira_attacks.lira_offline_student, "out", 0, 2),
+    "rmia_online": AttackSpec(rmia.rmia_online, "in_and_out", 1, 1, needs_probability=True),
+    "rmia_offline": AttackSpec(rmia.rmia_offline, "out", 0, 1, needs_probability=True),
 }
+
+SIGNAL_OPTIONS = ("signal", "temperature", "margin", "terms")  # RMIA's, consumed when signals load
 
 
 def option_names(name: str) -> list[str]:
-    """The keyword options attack `name` accepts beyond (target, references, context)."""
+    """The keyword options attack `name` accepts beyond its inputs."""
     parameters = list(inspect.signature(ATTACKS[name].fn).parameters)
-    return parameters[3:]
+    return parameters[1:]
+
+
+def _option_defaults(name: str) -> dict:
+    parameters = inspect.signature(ATTACKS[name].fn).parameters
+    return {key: parameters[key].default for key in SIGNAL_OPTIONS}
+
+
+def probability_signal(
+    attacks: list[str], attack_options: dict[str, dict] | None = None
+) -> ProbabilitySignal | None:
+    """The probability signal the RMIA attacks among `attacks` read (None if none of them runs).
+
+    It is computed once, when the signals load, so every RMIA attack of one audit must ask for
+    the same one."""
+    attack_options = attack_options or {}
+    wanted = {}
+    for name in attacks:
+        if ATTACKS[name].needs_probability:
+            options = {**_option_defaults(name), **attack_options.get(name, {})}
+            wanted[name] = tuple(options[key] for key in SIGNAL_OPTIONS)
+    if len(set(wanted.values())) > 1:
+        raise ValueError(f"The RMIA attacks must use one probability signal {SIGNAL_OPTIONS}; got {wanted}.")
+    if not wanted:
+        return None
+    kind, temperature, margin, terms = next(iter(wanted.values()))
+    return ProbabilitySignal(kind, float(temperature), float(margin), int(terms))

@@ -1,61 +1,57 @@
 """RMIA (Zarifzadeh, Liu, Shokri 2024, "Low-Cost High-Power Membership Inference Attacks").
 
-    LR(u) = p(u | target) / p(u),   score(x) = fraction of population z with LR(x) / LR(z) >= gamma
+    LR_q(u) = p_q(u | target) / p_q(u),   score(x) = fraction of population z with a majority of
+                                                     queries q where LR_q(x) / LR_q(z) >= gamma
 
-p(u | target) is the target's true-class probability p_y, averaged over the Q queries
-(augmentations) before the ratio is taken, and p(u) is the mean of the same over reference
-models. Averaging the probabilities over queries (rather than scoring each query and averaging
-the scores) is our reading of the paper; we could not check it against their code here.
+Defaults are the authors' CIFAR-10 configuration (ml_privacy_meter, research/2024_rmia:
+its attack_configs for CIFAR-10, signals.py, main.py):
+- p is their soft-margin Taylor softmax of the logits at temperature 2, margin 0.6, 4 terms
+  (`lira.signals.ProbabilitySignal`);
+- p_q(u) is the 20% trimmed mean of p_q over the reference models of u; online over its IN and
+  OUT references (equal numbers), offline over its OUT references, corrected to
+  ((1 + a) p_out + (1 - a)) / 2 with a = 0.3 (their CIFAR-10 value; 0.6 for CIFAR-100, 0.2 for
+  Purchase-100), or `offline_a="auto"`, fitted from the reference models (`fit_offline_a`);
+- gamma = 2; with Q queries, the pairwise test per query and a majority vote over queries;
+- the population is the target's non-members (all of them, as their code; `num_population`
+  draws a subsample), with x left out of its own population. Their code instead rescales
+  non-members' fractions with a line that credits each one comparison it never won (with
+  gamma > 1 the self-pair is never counted), which drives the AUC of saturated models below 0.5.
 
-Online: p(u) is the mean over all references (IN and OUT for u alike). Offline: only OUT
-references exist, and p(u) = ((1 + a) p_out(u) + (1 - a)) / 2 approximates the online mean from
-them (the paper's linear approximation; a is tuned per dataset).
+The vote fraction takes few distinct values, so many examples tie (on the digits demo, 16
+non-members tied with 88 members at 1.0); ties are broken by the query-mean LR(x), which keeps
+every fraction's order and makes low FPRs resolvable.
 
-The population z is the pool examples outside the target's training set, as in the paper's
-code; `num_population` of them are drawn without replacement from the seed.
-
-Defaults (from memory of the paper and its code's CIFAR-10 configs, not re-checked here, so
-treat them as starting points): gamma = 2, offline a = 0.3, population 10,000.
-
-Computed in log space: log p comes from the cross-entropy signal (log p_y = -CE), so an
-underflowed probability (CE > 104 in float32) cannot produce 0/0. The pairwise comparison
-is a sort of the population's log LR and a binary search per example: log LR(z) <= log LR(x) -
-log gamma, never an N x Z matrix.
+Our earlier configuration stays as options: `signal="softmax", temperature=1` (plain p_y),
+`trim=0` (plain mean), `aggregation="mean"` (p averaged over queries, then one test).
 """
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lira.attacks.common import AttackContext, References
-from lira.signals import Signals
+from lira.attacks.common import EXAMPLE_CHUNK, AttackInputs
 
 DEFAULT_GAMMA = 2.0
 DEFAULT_OFFLINE_A = 0.3
-DEFAULT_NUM_POPULATION = 10_000
+DEFAULT_NUM_POPULATION = None  # every non-member of the target, as the authors' code
+DEFAULT_TRIM = 0.2
+AGGREGATIONS = ("vote", "mean")
+PAIR_BLOCK = 256  # examples x compared against the whole population in one compiled call
 
 
-def _log_mean_exp(log_values: np.ndarray, axis: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """log mean exp along `axis` (over the entries `mask` selects), shifted by the maximum so that
-    nothing overflows or underflows to 0; plain numpy to keep temporaries few at [R, N] size."""
-    if mask is not None:
-        log_values = np.where(mask, log_values, -np.inf)
-    peak = np.max(log_values, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    total = np.sum(np.exp(log_values - peak), axis=axis)
-    count = log_values.shape[axis] if mask is None else np.maximum(mask.sum(axis=axis), 1)
-    with np.errstate(divide="ignore"):  # an empty selection is log 0 = -inf; the driver prevents it
-        return np.log(total / count) + np.squeeze(peak, axis)
-
-
-def _log_query_mean_probability(ce: np.ndarray) -> np.ndarray:
-    """log mean_q p_y from CE [..., Q] -> [...]."""
-    return _log_mean_exp(-np.asarray(ce, dtype=np.float64), axis=-1)
-
-
-def _log_reference_mean(log_probability: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """log of the mean over selected references: log_probability [R, N], mask [R, N] -> [N]."""
-    return _log_mean_exp(log_probability, axis=0, mask=mask)
+def check_options(gamma: float, trim: float, aggregation: str, offline_a=None) -> None:
+    if not gamma > 0:
+        raise ValueError(f"RMIA's gamma must be positive, got {gamma}.")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"RMIA's trim must lie in [0, 0.5), got {trim}.")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"Unknown RMIA aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}.")
+    if offline_a is not None and offline_a != "auto" and not 0.0 <= float(offline_a) <= 1.0:
+        raise ValueError(f"RMIA's offline a must lie in [0, 1] or be 'auto', got {offline_a}.")
 
 
 def choose_population(population: np.ndarray, num_population: int | None, seed: int) -> np.ndarray:
@@ -67,52 +63,166 @@ def choose_population(population: np.ndarray, num_population: int | None, seed: 
     return population
 
 
-def pairwise_scores(log_ratio: np.ndarray, population: np.ndarray, gamma: float) -> np.ndarray:
-    """Fraction of population z with LR(x) / LR(z) >= gamma, for every x.
+@jax.jit
+def _trimmed_mean_chunk(values, mask, cut):
+    """values [M, c, Q]; mask bool [T, M, c]; cut int [T, c] -> [T, c, Q]: per target, example and
+    query, the mean of the selected values after dropping the `cut` smallest and largest."""
+    order = jnp.argsort(values, axis=0)
+    ordered = jnp.take_along_axis(values, order, axis=0)
 
-    log_ratio: float [N] (log LR of every pool example); population: int [P] -> float [N].
+    def one_target(mask_t, cut_t):
+        selected = jnp.take_along_axis(jnp.broadcast_to(mask_t[..., None], values.shape), order, axis=0)
+        rank = jnp.cumsum(selected, axis=0)  # 1-based rank among the selected
+        size = rank[-1]  # [c, Q]
+        kept = selected & (rank > cut_t[:, None]) & (rank <= size - cut_t[:, None])
+        total = jnp.sum(jnp.where(kept, ordered, 0.0), axis=0)
+        return total / jnp.maximum(size - 2 * cut_t[:, None], 1)
+
+    return jax.vmap(one_target)(mask, cut)
+
+
+def trimmed_reference_mean(values: np.ndarray, mask: np.ndarray, trim: float,
+                           chunk: int = EXAMPLE_CHUNK) -> np.ndarray:  # fmt: skip
+    """Per target, the `trim`-trimmed mean over its selected references, as scipy.stats.trim_mean
+    cuts (int(trim * n) from each end): values [M, N, Q], mask bool [T, M, N] -> [T, N, Q]."""
+    count = mask.sum(axis=1)  # [T, N]
+    cut = np.array([[int(trim * n) for n in row] for row in count], dtype=np.int32)
+    num_examples = values.shape[1]
+    out = np.empty((mask.shape[0], num_examples, values.shape[-1]))
+    for start in range(0, num_examples, chunk):
+        stop = min(start + chunk, num_examples)
+        pad = chunk - (stop - start)  # one compiled shape for every chunk
+        block = np.pad(values[:, start:stop], ((0, 0), (0, pad), (0, 0)))
+        block_mask = np.pad(mask[:, :, start:stop], ((0, 0), (0, 0), (0, pad)))
+        block_cut = np.pad(cut[:, start:stop], ((0, 0), (0, pad)))
+        result = _trimmed_mean_chunk(jnp.asarray(block, jnp.float32), block_mask, block_cut)
+        out[:, start:stop] = np.asarray(result)[:, : stop - start]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames="num_queries")
+def _vote_counts(ratio_x, inverse_ratio_z, valid_z, gamma, num_queries):
+    """ratio_x [B, Q], inverse_ratio_z [P, Q], valid_z bool [P] -> int [B]: how many z win the
+    majority of the Q per-query tests LR_q(x) * (1 / LR_q(z)) >= gamma."""
+    passed = (ratio_x[:, None, :] * inverse_ratio_z[None, :, :]) >= gamma
+    majority = 2 * jnp.sum(passed, axis=-1) > num_queries
+    return jnp.sum(majority & valid_z[None, :], axis=-1)
+
+
+def vote_fractions(ratio: np.ndarray, population: np.ndarray, gamma: float) -> np.ndarray:
+    """For every pool example x, the fraction of population z (x itself left out) with
+    LR_q(x) / LR_q(z) >= gamma on a majority of the Q queries.
+
+    ratio: float [N, Q], LR_q of every pool example; population: int [P] -> float [N]. The
+    division is made as the authors' code makes it, LR_q(x) * (1 / LR_q(z)), in float32.
     """
     if not gamma > 0:
         raise ValueError(f"RMIA's gamma must be positive, got {gamma}.")
     if len(population) == 0:
         raise ValueError("RMIA needs at least one population example (a pool example outside the target).")
-    sorted_population = np.sort(log_ratio[population])
-    counts = np.searchsorted(sorted_population, log_ratio - np.log(gamma), side="right")
-    return counts / len(population)
-
-
-def _rmia(log_target: np.ndarray, log_reference: np.ndarray, context, gamma, num_population):
-    population = choose_population(context.population, num_population, context.seed)
-    return pairwise_scores(log_target - log_reference, population, gamma)
-
-
-def rmia_online(
-    target: Signals,
-    references: References,
-    context: AttackContext,
-    gamma: float = DEFAULT_GAMMA,
-    num_population: int | None = DEFAULT_NUM_POPULATION,
-) -> np.ndarray:
-    """target.ce [N, Q], references ce [R, N, Q] -> scores [N]; p(u) over all selected references."""
-    log_reference = _log_reference_mean(
-        _log_query_mean_probability(references.signals.ce), references.is_in | references.is_out
+    num_examples, num_queries = ratio.shape
+    ratio = ratio.astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inverse = (1.0 / ratio[population]).astype(np.float32)
+    # One compiled shape for populations of similar size: pad to a multiple of PAIR_BLOCK.
+    padding = -len(population) % PAIR_BLOCK
+    valid = jnp.asarray(np.arange(len(population) + padding) < len(population))
+    padded_inverse = jnp.asarray(np.pad(inverse, ((0, padding), (0, 0)), constant_values=1.0))
+    counts = np.empty(num_examples, np.int64)
+    padded = np.pad(ratio, ((0, -num_examples % PAIR_BLOCK), (0, 0)), constant_values=1.0)
+    for start in range(0, num_examples, PAIR_BLOCK):
+        stop = min(start + PAIR_BLOCK, num_examples)
+        block = jnp.asarray(padded[start : start + PAIR_BLOCK])
+        votes = _vote_counts(block, padded_inverse, valid, gamma, num_queries)
+        counts[start:stop] = np.asarray(votes)[: stop - start]
+    in_population = np.zeros(num_examples, bool)
+    in_population[population] = True
+    self_pair = np.zeros(num_examples, np.int64)  # x's comparison with itself, where it was counted
+    self_pair[population] = (
+        2 * np.sum(ratio[population] * inverse >= np.float32(gamma), axis=-1) > num_queries
     )
-    return _rmia(_log_query_mean_probability(target.ce), log_reference, context, gamma, num_population)
+    return (counts - self_pair) / np.maximum(len(population) - in_population, 1)
 
 
-def rmia_offline(
-    target: Signals,
-    references: References,
-    context: AttackContext,
-    gamma: float = DEFAULT_GAMMA,
-    offline_a: float = DEFAULT_OFFLINE_A,
-    num_population: int | None = DEFAULT_NUM_POPULATION,
-) -> np.ndarray:
-    """As rmia_online with OUT references only and p(u) = ((1 + a) p_out(u) + (1 - a)) / 2."""
-    if not 0.0 <= offline_a <= 1.0:
-        raise ValueError(f"RMIA's offline a must lie in [0, 1], got {offline_a}.")
-    log_out = _log_reference_mean(_log_query_mean_probability(references.signals.ce), references.is_out)
-    with np.errstate(divide="ignore"):  # a = 1 makes the constant term log 0 = -inf, which is right
-        log_constant = np.log(1.0 - offline_a)
-    log_reference = np.logaddexp(np.log1p(offline_a) + log_out, log_constant) - np.log(2.0)
-    return _rmia(_log_query_mean_probability(target.ce), log_reference, context, gamma, num_population)
+def break_ties(fraction: np.ndarray, tie_breaker: np.ndarray) -> np.ndarray:
+    """fraction [N] plus less than half the smallest gap between two distinct fractions, in the
+    order of tie_breaker [N]: distinct fractions keep their order, equal ones are ordered."""
+    distinct = np.unique(fraction)
+    gap = np.min(np.diff(distinct)) if len(distinct) > 1 else 1.0
+    rank = np.argsort(np.argsort(tie_breaker, kind="stable"), kind="stable") / len(fraction)
+    return fraction + 0.5 * gap * rank
+
+
+def fit_offline_a(probability: np.ndarray, is_in: np.ndarray, is_out: np.ndarray) -> float:
+    """The offline a that best maps OUT references' mean p to the online mean, from references alone.
+
+    The offline correction assumes p_online = ((1 + a) p_out + (1 - a)) / 2, the online mean
+    being (p_in + p_out) / 2, that is p_in - 1 = a (p_out - 1). Least squares over every example
+    and query of one target's references: probability [M, N, Q]; is_in, is_out bool [M, N].
+    Clipped to [0, 1]. The target's outputs are not used.
+    """
+    values = probability.astype(np.float64)
+
+    def mean(mask):
+        return np.sum(np.where(mask[..., None], values, 0.0), axis=0) / np.maximum(mask.sum(0), 1)[:, None]
+
+    mean_in, mean_out = mean(is_in).ravel(), mean(is_out).ravel()
+    has_both = np.repeat((is_in.sum(0) > 0) & (is_out.sum(0) > 0), values.shape[-1])
+    x, y = mean_out[has_both] - 1.0, mean_in[has_both] - 1.0
+    denominator = float(np.sum(x * x))
+    return float(np.clip(np.sum(x * y) / denominator, 0.0, 1.0)) if denominator > 0 else 1.0
+
+
+def _check_signal(inputs: AttackInputs, signal: str, temperature: float, margin: float, terms: int) -> None:
+    computed = inputs.signals.probability_signal
+    wanted = (signal, float(temperature), float(margin), int(terms))
+    if computed is None or inputs.signals.probability is None:
+        raise ValueError("RMIA needs the probability signal: load signals with probability_signal set.")
+    have = (computed.kind, float(computed.temperature), float(computed.margin), int(computed.terms))
+    if have != wanted:
+        raise ValueError(f"RMIA was asked for signal {wanted} but the signals hold {have}.")
+
+
+def _rmia(inputs, reference_mask, gamma, trim, aggregation, num_population, offline_a=None):
+    probability = inputs.signals.probability
+    if aggregation == "mean":
+        probability = probability.mean(axis=-1, keepdims=True)
+    reference = trimmed_reference_mean(probability, reference_mask, trim)  # [T, N, Q]
+    if offline_a is not None:
+        reference = (1.0 + offline_a)[:, None, None] / 2 * reference + (1.0 - offline_a)[:, None, None] / 2
+    target = probability[inputs.targets].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = target / reference
+    scores = np.empty((inputs.num_targets, probability.shape[1]))
+    for row in range(inputs.num_targets):
+        population = choose_population(inputs.populations[row], num_population, inputs.seeds[row])
+        fraction = vote_fractions(ratio[row], population, gamma)
+        scores[row] = break_ties(fraction, ratio[row].mean(axis=-1))
+    return scores
+
+
+def rmia_online(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, num_population: int | None = DEFAULT_NUM_POPULATION,
+                trim: float = DEFAULT_TRIM, aggregation: str = "vote", signal: str = "taylor",
+                temperature: float = 2.0, margin: float = 0.6, terms: int = 4) -> np.ndarray:  # fmt: skip
+    """-> scores [T, N]; p(u) over each example's IN and OUT references (equal numbers)."""
+    check_options(gamma, trim, aggregation)
+    _check_signal(inputs, signal, temperature, margin, terms)
+    return _rmia(inputs, inputs.is_in | inputs.is_out, gamma, trim, aggregation, num_population)
+
+
+def rmia_offline(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, offline_a: float | str = DEFAULT_OFFLINE_A,
+                 num_population: int | None = DEFAULT_NUM_POPULATION, trim: float = DEFAULT_TRIM,
+                 aggregation: str = "vote", signal: str = "taylor", temperature: float = 2.0, margin: float = 0.6,
+                 terms: int = 4):  # fmt: skip
+    """-> (scores [T, N], {"offline_a": [a per target]}); OUT references only, with
+    p(u) = ((1 + a) p_out(u) + (1 - a)) / 2 and a given or fitted ("auto")."""
+    check_options(gamma, trim, aggregation, offline_a)
+    _check_signal(inputs, signal, temperature, margin, terms)
+    if offline_a == "auto":
+        probability = inputs.signals.probability
+        a = np.array([fit_offline_a(probability, inputs.is_in[row], inputs.is_out[row])
+                      for row in range(inputs.num_targets)])  # fmt: skip
+    else:
+        a = np.full(inputs.num_targets, float(offline_a))
+    scores = _rmia(inputs, inputs.offline_out, gamma, trim, aggregation, num_population, a)
+    return scores, {"offline_a": [float(v) for v in a], "offline_a_fitted": offline_a == "auto"}
