@@ -63,9 +63,21 @@ def _percent(value, interval=None) -> str:
     return text
 
 
+CI_UNITS = {"both": "targets (models) and examples", "targets": "targets (models)", "examples": "examples"}
+
+
+def _unit(metrics: dict, unit: str) -> str:
+    """`unit`, or "examples" when the run has no intervals of that unit (one target)."""
+    entries = [entry.get("ci95") or {} for entry in metrics["attacks"].values()]
+    if unit != "examples" and entries and not any(ci.get(unit) for ci in entries):
+        return "examples"
+    return unit
+
+
 def _intervals(entry: dict, unit: str) -> dict:
     """The 95% intervals of one attack: metrics.json nests them by bootstrap unit
-    ({"examples": {...}, "targets": {...}}); a flat {"auc": .., "tpr_at_fpr": ..} is taken as is."""
+    ({"examples": {...}, "targets": {...}, "both": {...}}); a flat {"auc": .., "tpr_at_fpr": ..}
+    is taken as is."""
     ci = entry.get("ci95") or {}
     if "auc" in ci or "tpr_at_fpr" in ci:
         return ci
@@ -77,11 +89,13 @@ def _levels(metrics: dict) -> list[str]:
     return sorted(keys, key=float) if keys else list(TABLE_LEVELS)
 
 
-def table_rows(metrics: dict, ci_unit: str = "examples") -> tuple[list[str], list[list[str]]]:
+def table_rows(metrics: dict, ci_unit: str = "both") -> tuple[list[str], list[list[str]]]:
     """Header and rows of the attack table: AUC, best balanced accuracy and TPR at each FPR level
-    as percentages, with 95% intervals (bootstrap over `ci_unit`) when present and `n/r` where
-    the level is below 1 / #non-members."""
+    as percentages, with 95% intervals (bootstrap over `ci_unit`: by default targets and examples
+    together, examples alone for one target) when present and `n/r` where the level is below
+    1 / #non-members."""
     levels = _levels(metrics)
+    ci_unit = _unit(metrics, ci_unit)
     header = ["attack", "AUC", "bal. acc"] + [f"TPR@{100 * float(level):g}%" for level in levels]
     rows = []
     for name, entry in metrics["attacks"].items():
@@ -97,11 +111,23 @@ def table_rows(metrics: dict, ci_unit: str = "examples") -> tuple[list[str], lis
     return header, rows
 
 
-def _footnote(metrics: dict, ci_unit: str = "examples") -> str:
+def _footnote(metrics: dict, ci_unit: str = "both") -> str:
     attacks = metrics["attacks"].values()
     text = "TPR@x%: true-positive rate at false-positive rate x% (all targets pooled)."
     if any(entry.get("ci95") for entry in attacks):
-        text += f" Brackets: 95% bootstrap interval, resampling {ci_unit}."
+        text += (
+            f" Brackets: 95% bootstrap interval, resampling {CI_UNITS.get(_unit(metrics, ci_unit), ci_unit)}."
+        )
+    for name, entry in metrics["attacks"].items():
+        if entry.get("offline_a"):
+            values = entry["offline_a"]
+            how = "fitted from each target's references" if entry.get("offline_a_fitted") else "given"
+            spread = (
+                f"{min(values):.3g}"
+                if min(values) == max(values)
+                else f"{min(values):.3g} to {max(values):.3g}"
+            )
+            text += f" {name}: offline a = {spread} ({how})."
     if any(v is None for entry in attacks for v in entry.get("tpr_at_fpr", {}).values()):
         floors = sorted({e["min_resolvable_fpr"] for e in attacks if e.get("min_resolvable_fpr")})
         where = ""
@@ -115,7 +141,16 @@ def _footnote(metrics: dict, ci_unit: str = "examples") -> str:
     return text
 
 
-def format_table(metrics: dict, ci_unit: str = "examples") -> str:
+def _accuracy_note(metrics: dict) -> str:
+    """'; models: 99.6% train (own training examples), 61.2% test accuracy' when known."""
+    models = metrics.get("models") or {}
+    if models.get("train_acc") is None:
+        return ""
+    test = f", {100 * models['test_acc']:.1f}% test" if models.get("test_acc") is not None else ""
+    return f"; models (mean): {100 * models['train_acc']:.1f}% train accuracy on their own training examples{test}"
+
+
+def format_table(metrics: dict, ci_unit: str = "both") -> str:
     """The attack table as aligned plain text, for the terminal."""
     header, rows = table_rows(metrics, ci_unit)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -125,12 +160,12 @@ def format_table(metrics: dict, ci_unit: str = "examples") -> str:
     title = (
         f"{metrics.get('num_targets', '?')} targets, {metrics.get('num_models', '?')} models, "
         f"{metrics.get('num_queries', '?')} queries"
-    )
+    ) + _accuracy_note(metrics)
     body = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
     return "\n".join([title, *body, _footnote(metrics, ci_unit)])
 
 
-def markdown_table(metrics: dict, ci_unit: str = "examples") -> str:
+def markdown_table(metrics: dict, ci_unit: str = "both") -> str:
     header, rows = table_rows(metrics, ci_unit)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -323,6 +358,14 @@ def _run_lines(metrics: dict, config: dict, train_log: list[dict]) -> list[str]:
         f"test {fmt('test_acc')}"
         if accuracy["models"]
         else "- **Accuracy**: no training log",
+        *(
+            [
+                f"- **Memorization**: {100 * metrics['models']['train_acc']:.1f}% accuracy on each model's own "
+                "training examples (plain query, inference mode; mean over models)"
+            ]
+            if (metrics.get("models") or {}).get("train_acc") is not None
+            else []
+        ),
         f"- **Attack**: {metrics.get('num_targets')} target models, each attacked with the other models as "
         f"references (leave-one-out); queries per example: {queries}"
         + (f"; {metrics['num_shadows_used']} references used" if metrics.get("num_shadows_used") else ""),

@@ -72,3 +72,4 @@ def test_notebook_runs_and_saves_its_figures(name, logdir, tmp_path, monkeypatch
         assert "| attack \\ queries | 1 | 2 | 18 |" in tables
     if name == "attack_comparison":
         assert "| shokri |" in tables and "3 targets pooled" in tables
+        assert "| lira_online_student | lira_online |" in tables and "paired 95% verdict" in tables
