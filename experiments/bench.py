@@ -51,6 +51,10 @@ flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
 )
 flags.DEFINE_enum("memory", "all", ["all", "default", "none"], "Which cases get a peak-memory run.")
+flags.DEFINE_bool(
+    "add_default", True, "Also time the trainer's default case when the other flags leave it out."
+)
+flags.DEFINE_integer("matmul_size", 0, "Side of the roofline's matmul (0: 512 with --quick, else 2048).")
 flags.DEFINE_integer("inference_models", 64, "inference_memory: models.")
 flags.DEFINE_integer("inference_examples", 50_000, "inference_memory: pool examples.")
 flags.DEFINE_integer("inference_queries", 18, "inference_memory: queries per example.")
@@ -80,7 +84,8 @@ def case_grid(arch: str, backend: str) -> list[bench.Case]:
         print("torch is not installed (pip install -r requirements-bench.txt): no PyTorch baseline.")
         cases = [c for c in cases if c.method != "torch"]
     default = bench.default_case(arch, backend)
-    return cases + ([default] if "vmap" in FLAGS.methods and default not in cases else [])
+    add = FLAGS.add_default and "vmap" in FLAGS.methods and default not in cases
+    return cases + ([default] if add else [])
 
 
 def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None, list[str]]:
@@ -209,7 +214,7 @@ def train_main(backend: str) -> dict:
         FLAGS.batch_size, FLAGS.num_examples = 32, 256
         FLAGS.memory = "default" if FLAGS.memory == "all" else FLAGS.memory
     archs = FLAGS.arch or (["mlp", "cnn32"] + ([] if backend == "cpu" else ["wrn28-2"]))
-    size = 512 if FLAGS.quick else 2048
+    size = FLAGS.matmul_size or (512 if FLAGS.quick else 2048)
     dtypes = sorted({"float32", *FLAGS.dtypes})
     # The matmul peak is sampled before and after every arch, as the load on a shared machine drifts.
     sample = lambda: {dtype: bench.matmul_peak_flops(size, dtype=dtype) / 1e9 for dtype in dtypes}
