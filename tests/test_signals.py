@@ -60,3 +60,22 @@ def test_run_signals_names_missing_and_misshapen_files(tmp_path):
     rundir.save_npy(rundir.logits_path(tmp_path, 1), np.zeros((9, 2, 3), np.float32))
     with pytest.raises(rundir.RunDirError, match="00001.npy has shape"):
         signals.run_signals(tmp_path)
+
+
+def test_model_signals_equal_the_definitions():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, size=(50, 3, 6))
+    logits[0, 0] = [300.0, -5, 0, 1, 2, 3]  # a saturated model: 1 - p rounds to 0
+    labels = rng.integers(0, 6, 50)
+    labels[0] = 0
+    one = signals.model_signals(logits, labels, signals.ProbabilitySignal())
+    np.testing.assert_allclose(
+        one["phi"], signals.logit_scaled_confidence(logits, labels[:, None]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        one["ce"], signals.cross_entropy(logits, labels[:, None]), rtol=1e-5, atol=1e-30
+    )
+    np.testing.assert_allclose(
+        one["probability"], signals.taylor_soft_margin(logits, labels[:, None]), rtol=1e-6
+    )
+    assert np.isfinite(one["phi"]).all() and one["phi"][0, 0] > 290
