@@ -1,0 +1,44 @@
+"""Checks the LiRA and RMIA papers' findings on a run directory, one paired verdict each.
+
+    python experiments/findings.py --logdir=exp/c10_cpu --num_targets=8
+
+Prints the markdown table of lira.findings (finding, paper figure, our TPRs, the paired 95%
+interval of the difference, reproduced or not) and writes it to report/findings.md.
+"""
+
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from lira import findings, rundir, studies
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "logdir", None, "Run directory with logits (after experiments/inference.py).", required=True
+)
+flags.DEFINE_integer("num_targets", 8, "Models 0..T-1 are attacked in turn.")
+flags.DEFINE_integer("bootstrap", 1000, "Paired bootstrap resamples.")
+flags.DEFINE_integer("seed", 0, "Seed of the reference order and the bootstrap.")
+
+
+def main(argv):
+    del argv
+    if FLAGS.num_targets < 1 or FLAGS.bootstrap < 1:
+        print(f"findings.py: --num_targets={FLAGS.num_targets} and --bootstrap={FLAGS.bootstrap} must be >= 1.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        run = studies.load_run(FLAGS.logdir)
+    except rundir.RunDirError as error:
+        print(f"findings.py: {error}", file=sys.stderr)
+        return 2
+    rows = findings.check(run, FLAGS.num_targets, num_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
+    text = f"{studies.describe(run)}; {min(FLAGS.num_targets, run.num_models)} targets.\n\n{findings.table(rows, run)}\n"
+    rundir.save_text(Path(run.logdir) / rundir.REPORT_DIR / "findings.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,152 @@
+"""The LiRA and RMIA papers' findings, checked one by one on a run, each with a paired interval.
+
+A finding is "attack A beats attack B" in some setting (all references, K references, a number
+of queries), at TPR at one FPR level. It reproduces when the paired bootstrap of A - B over
+targets and examples (lira.metrics.paired_difference) has a 95% interval above 0; a finding
+whose interval holds 0 or lies below it does not, and stays in the table with its numbers.
+
+    rows = findings.check(studies.load_run("exp/c10_cpu"), num_targets=8)
+    print(findings.table(rows))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from lira import audit, studies
+from lira import metrics as metrics_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How the attacks are run: K references per target (None: all), Q queries (None: all)."""
+
+    num_shadows_used: int | None = None
+    queries: int | None = None
+
+    def describe(self, run: studies.Run) -> str:
+        references = f"K = {self.num_shadows_used}" if self.num_shadows_used else f"all {run.num_models - 1}"
+        queries = self.queries or run.num_queries
+        return f"{references} references, {queries} quer{'y' if queries == 1 else 'ies'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    claim: str
+    source: str
+    a: str
+    b: str
+    setting_a: Setting = Setting()
+    setting_b: Setting = Setting()
+    level: float = 1e-3
+
+
+# The papers' claims, as the issue lists them. Numbers quoted are the papers' (their models and
+# data), not a target for ours.
+PAPER_FINDINGS = (
+    Finding("LiRA online beats LOSS at low FPR", "LiRA Table I: 8.4% vs 0.0% TPR @ 0.1% FPR (256 WRN-28-2, CIFAR-10)",
+            "lira_online", "loss"),
+    Finding("online LiRA beats offline LiRA at low FPR", "LiRA Sec. VI, Table I", "lira_online", "lira_offline"),
+    Finding("offline LiRA beats LOSS at low FPR", "LiRA Table I", "lira_offline", "loss"),
+    Finding("fixed variance beats per-example variance with few references",
+            "LiRA Fig. 9; its code's 16-model demo: 5.9% vs 1.7% TPR @ 0.1% FPR",
+            "lira_online_fixed_var", "lira_online", Setting(16), Setting(16)),
+    Finding("RMIA beats LiRA with few references (offline, K = 2)",
+            "RMIA Table 2 (quoted in ml_privacy_meter issue 151): offline, 4 references, AUC 71.0, 2.9% TPR @ 0.01% FPR",
+            "rmia_offline", "lira_offline_fixed_var", Setting(2), Setting(2)),
+    Finding("RMIA beats LiRA with few references (offline, K = 4)", "RMIA Table 2", "rmia_offline",
+            "lira_offline_fixed_var", Setting(4), Setting(4)),
+    Finding("RMIA beats LiRA online (all references)", "RMIA Table 2", "rmia_online", "lira_online"),
+    Finding("2 queries beat 1 (online LiRA)", "LiRA Sec. VI (augmented queries)", "lira_online", "lira_online",
+            Setting(queries=2), Setting(queries=1)),
+    Finding("18 queries beat 2 (online LiRA)", "LiRA Sec. VI (augmented queries)", "lira_online", "lira_online",
+            Setting(queries=18), Setting(queries=2)),
+    Finding("more references raise TPR at low FPR (online LiRA, all vs 16)", "LiRA Fig. 9", "lira_online",
+            "lira_online", Setting(), Setting(16)),
+)  # fmt: skip
+
+
+class _Scores:
+    """Attack results of one run under several settings, each computed once."""
+
+    def __init__(self, run: studies.Run, targets: list[int], seed: int):
+        self.run, self.targets, self.seed = run, targets, seed
+        self.cache: dict = {}
+
+    def get(self, attack: str, setting: Setting) -> audit.AttackResult | None:
+        key = (attack, setting)
+        if key not in self.cache:
+            self.cache[key] = self._compute(attack, setting)
+        return self.cache[key]
+
+    def _compute(self, attack: str, setting: Setting) -> audit.AttackResult | None:
+        signals = self.run.signals
+        if setting.queries is not None:
+            try:
+                signals = signals.select_queries(studies.query_indices(self.run.num_queries, setting.queries))
+            except ValueError:
+                return None  # the run has fewer queries
+        if not studies.is_valid(self.run.keep, self.targets, attack, setting.num_shadows_used, self.seed):
+            return None
+        results = audit.run_attacks(signals, self.run.keep, self.run.labels, [attack], self.targets,
+                                    setting.num_shadows_used, self.seed)  # fmt: skip
+        return results[attack]
+
+
+def check(run: studies.Run, num_targets: int | None = None, findings=PAPER_FINDINGS, num_resamples: int = 1000,
+          seed: int = 0) -> list[dict]:  # fmt: skip
+    """One row per finding: {finding, a, b (TPR of each at the level), difference: the paired
+    entry of lira.metrics.paired_difference at that level, reproduced: bool | None (None: the run
+    cannot test it, e.g. too few references or queries, or the level is not resolvable)}."""
+    targets = studies.targets_of(run, num_targets)
+    scores = _Scores(run, targets, seed)
+    membership = run.keep[targets]
+    rows = []
+    for finding in findings:
+        result_a, result_b = (
+            scores.get(finding.a, finding.setting_a),
+            scores.get(finding.b, finding.setting_b),
+        )
+        row = {"finding": finding, "a": None, "b": None, "difference": None, "reproduced": None}
+        if result_a is not None and result_b is not None:
+            key = metrics_lib.level_key(finding.level)
+            row["a"] = metrics_lib.summarize(result_a.scores, membership)["tpr_at_fpr"][key]
+            row["b"] = metrics_lib.summarize(result_b.scores, membership)["tpr_at_fpr"][key]
+            unit = "both" if len(targets) > 1 else "examples"
+            paired = metrics_lib.paired_difference(result_a.scores, result_b.scores, membership, num_resamples,
+                                                   seed, unit)  # fmt: skip
+            row["difference"] = paired["tpr_at_fpr"][key]
+            row["reproduced"] = None if row["difference"] is None else metrics_lib.beats(row["difference"])
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], run: studies.Run | None = None) -> str:
+    """Markdown: finding, paper figure, our A vs B (TPR at the level), paired difference, verdict."""
+    lines = [
+        "| finding | paper | ours: A vs B, TPR @ FPR | A - B, paired 95% interval (points) | reproduced |",
+        "|---|---|---|---|---|",
+    ]
+    percent = lambda value: "n/r" if value is None else f"{100 * value:.2f}%"
+    for row in rows:
+        finding = row["finding"]
+        setting = ""
+        if run is not None:
+            a, b = finding.setting_a.describe(run), finding.setting_b.describe(run)
+            setting = f" ({a})" if a == b else f" (A: {a}; B: {b})"
+        ours = f"{finding.a} {percent(row['a'])} vs {finding.b} {percent(row['b'])} @ {100 * finding.level:g}%{setting}"
+        difference = row["difference"]
+        if difference is None:
+            interval, verdict = "n/a", "not testable here"
+        else:
+            low, high = (
+                (100 * np.asarray(difference["ci95"])).tolist() if difference["ci95"] else (np.nan, np.nan)
+            )
+            interval = f"{100 * difference['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+            verdict = (
+                "yes" if row["reproduced"] else ("no: B beats A" if high < 0 else "no: interval holds 0")
+            )
+        lines.append(f"| {finding.claim} | {finding.source} | {ours} | {interval} | {verdict} |")
+    return "\n".join(lines)
