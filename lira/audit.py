@@ -170,17 +170,12 @@ def _target_seed(seed: int, target: int) -> int:
     return int(np.random.SeedSequence([seed, target]).generate_state(1)[0])
 
 
-def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks: list[str], targets: list[int],
-                num_shadows_used: int | None = None, seed: int = 0,
-                attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
-    """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N]."""
-    attack_options = attack_options or {}
-    attacks = check_attack_names(attacks)
-    check_options(attacks, attack_options)
-    selection = check_references(keep, targets, attacks, num_shadows_used, seed)
+def attack_inputs(signals: Signals, keep: np.ndarray, labels: np.ndarray, targets: list[int], selection: Selection,
+                  seed: int = 0) -> AttackInputs:  # fmt: skip
+    """What every attack reads, for all targets (see lira.attacks.common.AttackInputs)."""
     for mask in (selection.is_in, selection.is_out, selection.offline_out):  # leave-one-out
         assert not mask[np.arange(len(targets)), targets].any()
-    inputs = AttackInputs(
+    return AttackInputs(
         signals=signals,
         targets=np.asarray(targets),
         labels=np.asarray(labels),
@@ -191,6 +186,17 @@ def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks:
         populations=[np.flatnonzero(~keep[target]) for target in targets],
         order=reference_order(keep.shape[0], seed),
     )
+
+
+def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks: list[str], targets: list[int],
+                num_shadows_used: int | None = None, seed: int = 0,
+                attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
+    """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N]."""
+    attack_options = attack_options or {}
+    attacks = check_attack_names(attacks)
+    check_options(attacks, attack_options)
+    selection = check_references(keep, targets, attacks, num_shadows_used, seed)
+    inputs = attack_inputs(signals, keep, labels, targets, selection, seed)
     results = {}
     for name in attacks:
         output = ATTACKS[name].fn(inputs, **attack_options.get(name, {}))

@@ -1,6 +1,7 @@
 """Each attack against a direct loop-by-loop reference, and on cases with a known answer."""
 
 import importlib.util
+import itertools
 import math
 from pathlib import Path
 
@@ -342,3 +343,37 @@ def test_the_masked_moments_equal_numpy_on_each_selection():
     shifted = common.reference_moments(phi, inputs.is_out, common.shift_models(inputs.targets, inputs.order))
     values = phi[selected(inputs, "out", 0, 0), 0, 0].astype(np.float64)
     assert shifted[1][0, 0, 0] == pytest.approx(values.var(ddof=1), rel=1e-6)
+
+
+@pytest.mark.parametrize("num_queries", [1, 4, 162])
+def test_vote_fractions_match_a_loop_for_any_number_of_queries(num_queries):
+    rng = np.random.default_rng(num_queries)
+    ratio = rng.lognormal(0, 1, size=(40, num_queries))
+    population = np.flatnonzero(rng.random(40) < 0.5)
+    fractions = rmia.vote_fractions(ratio, population, 1.5)
+    r32 = ratio.astype(np.float32)
+    for x in range(40):
+        wins = [
+            2 * np.sum(r32[x] * (np.float32(1) / r32[z]) >= 1.5) > num_queries for z in population if z != x
+        ]
+        assert fractions[x] == pytest.approx(np.mean(wins)), x
+
+
+@pytest.mark.parametrize("num_shadows_used", [None, 5])
+@pytest.mark.parametrize("max_removed", [rmia.MAX_REMOVED, 0])  # 0: every chunk takes the general path
+def test_trimmed_reference_mean_equals_scipy_on_both_paths(num_shadows_used, max_removed, monkeypatch):
+    monkeypatch.setattr(rmia, "MAX_REMOVED", max_removed)
+    rng = np.random.default_rng(11)
+    keep = masks.make_keep(12, 300, 0.5, 1)
+    selection = audit.select_references(keep, [0, 3, 7, 11], num_shadows_used)
+    values = rng.random((12, 300, 3)).astype(np.float32)
+    values[:, :30] = np.round(values[:, :30], 1)  # ties
+    unrelated = rng.random((4, 12, 300)) < 0.6  # selections far apart: the general path
+    for mask in (selection.is_in | selection.is_out, selection.offline_out, unrelated):
+        ours = rmia.trimmed_reference_mean(values, mask, 0.2)
+        for t, n in itertools.product(range(4), range(300)):
+            chosen = values[mask[t, :, n], n].astype(np.float64)
+            if len(chosen):
+                np.testing.assert_allclose(
+                    ours[t, n], stats.trim_mean(chosen, 0.2, axis=0), rtol=1e-6, atol=1e-7
+                )

@@ -40,7 +40,8 @@ DEFAULT_OFFLINE_A = 0.3
 DEFAULT_NUM_POPULATION = None  # every non-member of the target, as the authors' code
 DEFAULT_TRIM = 0.2
 AGGREGATIONS = ("vote", "mean")
-PAIR_BLOCK = 256  # examples x compared against the whole population in one compiled call
+PAIR_BLOCK = 256  # examples x ...
+POPULATION_BLOCK = 8192  # ... compared with this many z in one compiled call
 
 
 def check_options(gamma: float, trim: float, aggregation: str, offline_a=None) -> None:
@@ -84,29 +85,109 @@ def _trimmed_mean_chunk(values, mask, cut):
 def trimmed_reference_mean(values: np.ndarray, mask: np.ndarray, trim: float,
                            chunk: int = EXAMPLE_CHUNK) -> np.ndarray:  # fmt: skip
     """Per target, the `trim`-trimmed mean over its selected references, as scipy.stats.trim_mean
-    cuts (int(trim * n) from each end): values [M, N, Q], mask bool [T, M, N] -> [T, N, Q]."""
+    cuts (int(trim * n) from each end): values [M, N, Q], mask bool [T, M, N] -> [T, N, Q].
+
+    The targets' selections differ from one shared set (the models any target selects for that
+    example) by a few models each: the target itself and the reference that equal counts drop,
+    or one OUT reference offline. So each chunk of examples sorts the shared set once, with prefix
+    sums, and a target's trimmed sum is a difference of two prefix sums less the few removed
+    values inside the kept range (`_trimmed_by_removal`). A selection that removes more than
+    MAX_REMOVED models from the shared set takes the general path (`_trimmed_mean_chunk`).
+    """
     count = mask.sum(axis=1)  # [T, N]
     cut = np.array([[int(trim * n) for n in row] for row in count], dtype=np.int32)
     num_examples = values.shape[1]
     out = np.empty((mask.shape[0], num_examples, values.shape[-1]))
     for start in range(0, num_examples, chunk):
         stop = min(start + chunk, num_examples)
+        block, block_mask = values[:, start:stop], mask[:, :, start:stop]
+        removed = block_mask.any(axis=0)[None] & ~block_mask  # [T, M, c]
+        if removed.sum(axis=1).max() <= MAX_REMOVED:
+            out[:, start:stop] = _trimmed_by_removal(
+                block, block_mask.any(axis=0), removed, cut[:, start:stop]
+            )
+            continue
         pad = chunk - (stop - start)  # one compiled shape for every chunk
-        block = np.pad(values[:, start:stop], ((0, 0), (0, pad), (0, 0)))
-        block_mask = np.pad(mask[:, :, start:stop], ((0, 0), (0, 0), (0, pad)))
-        block_cut = np.pad(cut[:, start:stop], ((0, 0), (0, pad)))
-        result = _trimmed_mean_chunk(jnp.asarray(block, jnp.float32), block_mask, block_cut)
+        padded = np.pad(block, ((0, 0), (0, pad), (0, 0)))
+        padded_mask = np.pad(block_mask, ((0, 0), (0, 0), (0, pad)))
+        padded_cut = np.pad(cut[:, start:stop], ((0, 0), (0, pad)))
+        result = _trimmed_mean_chunk(jnp.asarray(padded, jnp.float32), padded_mask, padded_cut)
         out[:, start:stop] = np.asarray(result)[:, : stop - start]
+    return out
+
+
+MAX_REMOVED = 8
+
+
+def _sorted_position(rank: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The 0-based position in the shared sorted order of the rank-th (1-based) selected model:
+    rank [c, 1]; removed [c, Q, r] the removed models' positions, ascending -> [c, Q]. Walking
+    the removed positions in order, each one at or before the index pushes it one further."""
+    index = np.broadcast_to(rank - 1, removed.shape[:2]).copy()
+    for r in range(removed.shape[-1]):
+        index += removed[..., r] <= index
+    return index
+
+
+def _trimmed_by_removal(
+    values: np.ndarray, shared: np.ndarray, removed: np.ndarray, cut: np.ndarray
+) -> np.ndarray:
+    """values [M, c, Q]; shared bool [M, c]: the models some target selects; removed bool
+    [T, M, c]: those a target does not (at most MAX_REMOVED); cut int [T, c] -> [T, c, Q]."""
+    num_models, num_examples, num_queries = values.shape
+    layout = np.ascontiguousarray(np.where(shared[..., None], values, np.inf).transpose(1, 2, 0))  # [c, Q, M]
+    order = np.argsort(layout, axis=-1).astype(np.int32)
+    ordered = np.take_along_axis(layout, order, axis=-1)
+    position = np.empty_like(order)  # position[c, q, m]: where model m sits in the sorted order
+    np.put_along_axis(position, order, np.arange(num_models)[None, None], axis=-1)
+    finite = np.where(np.isfinite(ordered), ordered, 0.0)
+    prefix = np.concatenate([np.zeros((num_examples, num_queries, 1)), np.cumsum(finite, axis=-1, dtype=np.float64)], axis=-1)  # fmt: skip
+    shared_count = shared.sum(axis=0)  # [c]
+    out = np.empty((len(removed), num_examples, num_queries))
+    examples = np.arange(num_examples)[:, None, None]
+    queries = np.arange(num_queries)[None, :, None]
+    for row, (gone, row_cut) in enumerate(zip(removed, cut)):
+        # Up to MAX_REMOVED removed models per example, as sorted positions [c, Q, r] (padding: past the end).
+        width = max(int(gone.sum(axis=0).max()), 1)
+        slots = np.argsort(~gone, axis=0, kind="stable")[:width].T  # [c, r] model indices, removed first
+        present = np.take_along_axis(gone.T, slots, axis=1)  # [c, r]
+        where = np.where(present[:, None, :], position[examples, queries, slots[:, None, :]], num_models)
+        where = np.sort(where, axis=-1)  # [c, Q, r], ascending
+        removed_values = np.where(
+            where < num_models, np.take_along_axis(ordered, np.minimum(where, num_models - 1), axis=-1), 0.0
+        )
+        size = (shared_count - present.sum(axis=1))[:, None]  # [c, 1] models selected
+        keep_low, keep_high = row_cut[:, None], size - row_cut[:, None]  # kept ranks (1-based) low+1 .. high
+
+        low, high = _sorted_position(keep_low + 1, where), _sorted_position(keep_high, where)
+        total = (
+            np.take_along_axis(prefix, (high + 1)[..., None], -1)[..., 0]
+            - np.take_along_axis(prefix, low[..., None], -1)[..., 0]
+        )
+        inside = (where >= low[..., None]) & (where <= high[..., None])
+        total -= np.sum(np.where(inside, removed_values, 0.0), axis=-1)
+        out[row] = total / np.maximum(keep_high - keep_low, 1)
     return out
 
 
 @functools.partial(jax.jit, static_argnames="num_queries")
 def _vote_counts(ratio_x, inverse_ratio_z, valid_z, gamma, num_queries):
-    """ratio_x [B, Q], inverse_ratio_z [P, Q], valid_z bool [P] -> int [B]: how many z win the
-    majority of the Q per-query tests LR_q(x) * (1 / LR_q(z)) >= gamma."""
-    passed = (ratio_x[:, None, :] * inverse_ratio_z[None, :, :]) >= gamma
-    majority = 2 * jnp.sum(passed, axis=-1) > num_queries
-    return jnp.sum(majority & valid_z[None, :], axis=-1)
+    """ratio_x [Q, B], inverse_ratio_z [Q, P], valid_z bool [P] -> int [B]: how many z win the
+    majority of the Q per-query tests LR_q(x) * (1 / LR_q(z)) >= gamma.
+
+    Queries are the outer loop, adding one int8 [B, P] of passes at a time: the pass counts stay
+    in cache and every comparison runs along the contiguous population axis (2.3x faster on the
+    CPU than reducing over the short query axis of a [B, P, Q] block)."""
+
+    dtype = jnp.int8 if num_queries < 128 else jnp.int16  # 162 queries overflow int8
+
+    def add_query(q, count):
+        passed = ratio_x[q][:, None] * inverse_ratio_z[q][None, :] >= gamma
+        return count + passed.astype(dtype)
+
+    shape = (ratio_x.shape[1], inverse_ratio_z.shape[1])
+    count = jax.lax.fori_loop(0, num_queries, add_query, jnp.zeros(shape, dtype))
+    return jnp.sum((2 * count.astype(jnp.int32) > num_queries) & valid_z[None, :], axis=-1)
 
 
 def vote_fractions(ratio: np.ndarray, population: np.ndarray, gamma: float) -> np.ndarray:
@@ -124,17 +205,25 @@ def vote_fractions(ratio: np.ndarray, population: np.ndarray, gamma: float) -> n
     ratio = ratio.astype(np.float32)
     with np.errstate(divide="ignore"):
         inverse = (1.0 / ratio[population]).astype(np.float32)
-    # One compiled shape for populations of similar size: pad to a multiple of PAIR_BLOCK.
-    padding = -len(population) % PAIR_BLOCK
-    valid = jnp.asarray(np.arange(len(population) + padding) < len(population))
-    padded_inverse = jnp.asarray(np.pad(inverse, ((0, padding), (0, 0)), constant_values=1.0))
-    counts = np.empty(num_examples, np.int64)
-    padded = np.pad(ratio, ((0, -num_examples % PAIR_BLOCK), (0, 0)), constant_values=1.0)
-    for start in range(0, num_examples, PAIR_BLOCK):
-        stop = min(start + PAIR_BLOCK, num_examples)
-        block = jnp.asarray(padded[start : start + PAIR_BLOCK])
-        votes = _vote_counts(block, padded_inverse, valid, gamma, num_queries)
-        counts[start:stop] = np.asarray(votes)[: stop - start]
+    # Blocks of PAIR_BLOCK examples x against POPULATION_BLOCK z: one compiled shape, and a pass
+    # count block that fits the cache. The population is padded with invalid z.
+    block = min(POPULATION_BLOCK, 1 << max(8, int(np.ceil(np.log2(len(population))))))  # few shapes
+    padding = -len(population) % block
+    valid = np.arange(len(population) + padding) < len(population)
+    inverse = np.ascontiguousarray(np.pad(inverse, ((0, padding), (0, 0)), constant_values=1.0).T)  # [Q, P]
+    padded = np.ascontiguousarray(
+        np.pad(ratio, ((0, -num_examples % PAIR_BLOCK), (0, 0)), constant_values=1.0).T
+    )
+    counts = np.zeros(num_examples, np.int64)
+    for z in range(0, inverse.shape[1], block):
+        block_z = jnp.asarray(inverse[:, z : z + block])
+        valid_z = jnp.asarray(valid[z : z + block])
+        for start in range(0, num_examples, PAIR_BLOCK):
+            stop = min(start + PAIR_BLOCK, num_examples)
+            votes = _vote_counts(jnp.asarray(padded[:, start : start + PAIR_BLOCK]), block_z, valid_z, gamma,
+                                 num_queries)  # fmt: skip
+            counts[start:stop] += np.asarray(votes)[: stop - start]
+    inverse = inverse[:, : len(population)].T  # [P, Q] again, for the self-pairs
     in_population = np.zeros(num_examples, bool)
     in_population[population] = True
     self_pair = np.zeros(num_examples, np.int64)  # x's comparison with itself, where it was counted
