@@ -15,10 +15,10 @@ claimed only when that interval lies above 0.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
-import scipy.sparse
 from sklearn import metrics as sk_metrics
 
 FPR_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -77,62 +77,102 @@ def _multiplicities(num_items: int, num_resamples: int, rng: np.random.Generator
     return np.bincount(flat, minlength=num_resamples * num_items).reshape(num_resamples, num_items)
 
 
-def weighted_roc_figures(scores: np.ndarray, is_member: np.ndarray, weights: np.ndarray) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """One sort of a set of scores, reused by every resample: items by decreasing score
+    (`order` [n]), where each group of equal scores starts in that order (`starts` [G]), and
+    membership in that order."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    is_member: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, is_member: np.ndarray) -> Ranking:
+        order = np.argsort(-scores, kind="stable")
+        ordered = scores[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        return cls(order, starts, is_member[order])
+
+
+def weighted_roc_figures(scores: np.ndarray, is_member: np.ndarray, weights: np.ndarray,
+                         ranking: Ranking | None = None) -> dict:  # fmt: skip
     """AUC [B] and TPR at each FPR level [B] of B weighted copies of one set of scores.
 
-    scores, is_member: [n]; weights: [B, n] (bootstrap multiplicities). Equal to the ROC of the
-    data with item i repeated weights[b, i] times; ties count half in the AUC, as in sklearn.
+    scores, is_member: [n]; weights: [B, n] (bootstrap multiplicities); ranking: the scores'
+    Ranking, when the caller reuses it over several calls. Equal to the ROC of the data with
+    item i repeated weights[b, i] times; ties count half in the AUC, as in sklearn. The weights
+    of each group of equal scores are summed in one reduceat over the sorted items.
     """
-    _, group = np.unique(-scores, return_inverse=True)  # group 0 holds the highest score
-    num_groups = int(group.max()) + 1
-    members = scipy.sparse.csr_matrix(
-        (is_member.astype(np.float64), (np.arange(len(scores)), group)), shape=(len(scores), num_groups)
+    ranking = ranking or Ranking.of(scores, is_member)
+    return _sorted_figures(weights[:, ranking.order], ranking)
+
+
+def _sorted_figures(ordered: np.ndarray, ranking: Ranking) -> dict:
+    """weighted_roc_figures of weights already in score order: ordered [B, n] (float32 where
+    exact, see `_resample_weights`)."""
+    positive = np.where(ranking.is_member, ordered, 0)
+    cumulative_tp = np.cumsum(positive, axis=1)
+    cumulative_fp = np.cumsum(ordered, axis=1)
+    cumulative_fp -= cumulative_tp
+    if len(ranking.starts) < ordered.shape[1]:  # ties: sums over each group of equal scores
+        ends = np.r_[ranking.starts[1:] - 1, ordered.shape[1] - 1]
+        cumulative_tp, cumulative_fp = cumulative_tp[:, ends], cumulative_fp[:, ends]
+        positive = np.diff(cumulative_tp, axis=1, prepend=0)
+        negative = np.diff(cumulative_fp, axis=1, prepend=0)
+        # sum_g pos_g (negatives below g + neg_g / 2) = P N - sum_g pos_g (negatives up to g - neg_g / 2)
+        above = np.einsum("bg,bg->b", positive, cumulative_fp - 0.5 * negative, dtype=np.float64)
+    else:  # one item a group: an item is a member or not, so pos_i neg_i = 0
+        above = np.einsum("bg,bg->b", positive, cumulative_fp, dtype=np.float64)
+    total_positive, total_negative = (
+        cumulative_tp[:, -1].astype(np.float64),
+        cumulative_fp[:, -1].astype(np.float64),
     )
-    nonmembers = scipy.sparse.csr_matrix(
-        ((~is_member).astype(np.float64), (np.arange(len(scores)), group)), shape=(len(scores), num_groups)
-    )
-    positive = np.asarray((members.T @ weights.T).T)  # [B, G] member weight per score group
-    negative = np.asarray((nonmembers.T @ weights.T).T)
-    cumulative_tp, cumulative_fp = np.cumsum(positive, axis=1), np.cumsum(negative, axis=1)
-    total_positive, total_negative = cumulative_tp[:, -1:], cumulative_fp[:, -1:]
-    negatives_below = total_negative - cumulative_fp
-    auc = (
-        np.sum(positive * (negatives_below + 0.5 * negative), axis=1)
-        / (total_positive * total_negative)[:, 0]
-    )
-    tpr, fpr = cumulative_tp / total_positive, cumulative_fp / total_negative
-    at_level = {v: np.max(np.where(fpr <= v, tpr, 0.0), axis=1) for v in FPR_LEVELS}
-    return {"auc": auc, "tpr_at_fpr": at_level}
+    auc = (total_positive * total_negative - above) / (total_positive * total_negative)
+    # fpr and tpr rise along g: the best TPR with FPR <= v is at the last g with FPR <= v.
+    levels = np.asarray(FPR_LEVELS)
+    last = np.stack([np.searchsorted(row, levels * total, side="right") - 1
+                     for row, total in zip(cumulative_fp.astype(np.float64), total_negative)])  # fmt: skip
+    reached = np.take_along_axis(cumulative_tp, np.maximum(last, 0), axis=1)  # [B, levels]
+    tpr = np.where(last >= 0, reached / total_positive[:, None], 0.0)
+    return {"auc": auc, "tpr_at_fpr": {v: tpr[:, i] for i, v in enumerate(FPR_LEVELS)}}
 
 
 BOOTSTRAP_UNITS = ("examples", "targets", "both")
 
 
-def _resample_weights(
+def _resample_counts(
     num_targets: int, num_examples: int, unit: str, num_resamples: int, seed: int, chunk: int
-) -> Iterator[np.ndarray]:
-    """Yields the weights [b, T * N] (b <= chunk; num_resamples rows in all) of the flattened
-    scores [T, N]: how often (target t, example n), at t * N + n, appears in each resample.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (count_targets [b, T], count_examples [b, N]) (b <= chunk; num_resamples rows in
+    all): how often each target and each example is drawn. The weight of (target t, example n)
+    is their product, so a unit that does not resample one of them gives it counts of 1.
 
-    "both" weighs (t, n) by count_targets[t] * count_examples[n]: every drawn copy of a target
-    carries every drawn copy of an example, the two draws independent. Within a chunk it draws
-    the target counts first, then the example counts. A weight depends only on the shapes, the
-    unit, the seed and the chunk, never on the scores, so two attacks see the same resamples.
+    "both" draws the two independently (every drawn copy of a target carries every drawn copy of
+    an example): within a chunk the target counts first, then the example counts. A weight
+    depends only on the shapes, the unit, the seed and the chunk, never on the scores, so two
+    attacks see the same resamples. Counts are float32: exact for the integers they hold.
     """
     if unit not in BOOTSTRAP_UNITS:
         raise ValueError(f"bootstrap unit must be one of {', '.join(BOOTSTRAP_UNITS)}; got {unit!r}")
     rng = np.random.default_rng(seed)
     for start in range(0, num_resamples, chunk):
         size = min(chunk, num_resamples - start)
-        if unit == "examples":
-            yield np.tile(_multiplicities(num_examples, size, rng).astype(np.float64), (1, num_targets))
-        elif unit == "targets":
-            counts = _multiplicities(num_targets, size, rng).astype(np.float64)
-            yield np.repeat(counts, num_examples, axis=1)
-        else:
-            count_targets = _multiplicities(num_targets, size, rng).astype(np.float64)
-            count_examples = _multiplicities(num_examples, size, rng).astype(np.float64)
-            yield (count_targets[:, :, None] * count_examples[:, None, :]).reshape(size, -1)
+        targets = np.ones((size, num_targets), np.float32)
+        examples = np.ones((size, num_examples), np.float32)
+        if unit in ("targets", "both"):
+            targets = _multiplicities(num_targets, size, rng).astype(np.float32)
+        if unit in ("examples", "both"):
+            examples = _multiplicities(num_examples, size, rng).astype(np.float32)
+        yield targets, examples
+
+
+def _resample_weights(
+    num_targets: int, num_examples: int, unit: str, num_resamples: int, seed: int, chunk: int
+) -> Iterator[np.ndarray]:
+    """The weights [b, T * N] of `_resample_counts`, of (t, n) at t * N + n."""
+    for targets, examples in _resample_counts(num_targets, num_examples, unit, num_resamples, seed, chunk):
+        yield (targets[:, :, None] * examples[:, None, :]).reshape(len(targets), -1).astype(np.float64)
 
 
 def bootstrap_figures(
@@ -152,10 +192,17 @@ def bootstrap_figures(
     num_targets, num_examples = membership.shape
     is_member = np.ravel(membership).astype(bool)
     figures = [{"auc": [], "tpr_at_fpr": {v: [] for v in FPR_LEVELS}} for _ in score_sets]
-    for weights in _resample_weights(num_targets, num_examples, unit, num_resamples, seed, chunk):
-        for scores, collected in zip(score_sets, figures):
+    rankings = [Ranking.of(np.ravel(scores), is_member) for scores in score_sets]
+    # Each item's target and example, in each ranking's score order: the weights in that order
+    # are two gathers from the small count tables, never a [b, T * N] array put in order.
+    items = [np.divmod(ranking.order, num_examples) for ranking in rankings]
+    exact = num_targets * num_examples < 2**24  # a resample's weights sum to T * N: float32 sums stay exact
+    for targets, examples in _resample_counts(num_targets, num_examples, unit, num_resamples, seed, chunk):
+        if not exact:
+            targets, examples = targets.astype(np.float64), examples.astype(np.float64)
+        for ranking, (target, example), collected in zip(rankings, items, figures):
             with np.errstate(invalid="ignore", divide="ignore"):  # a resample without members is NaN
-                chunk_figures = weighted_roc_figures(np.ravel(scores), is_member, weights)
+                chunk_figures = _sorted_figures(targets[:, target] * examples[:, example], ranking)
             collected["auc"].append(chunk_figures["auc"])
             for v in FPR_LEVELS:
                 collected["tpr_at_fpr"][v].append(chunk_figures["tpr_at_fpr"][v])
