@@ -89,9 +89,9 @@ def trimmed_reference_mean(values: np.ndarray, mask: np.ndarray, trim: float,
 
     The targets' selections differ from one shared set (the models any target selects for that
     example) by a few models each: the target itself and the reference that equal counts drop,
-    or one OUT reference offline. So each chunk of examples sorts the shared set once, with prefix
-    sums, and a target's trimmed sum is a difference of two prefix sums less the few removed
-    values inside the kept range (`_trimmed_by_removal`). A selection that removes more than
+    or one OUT reference offline. So each chunk of examples sorts the shared set once, and a
+    target's trimmed sum is a difference of two prefix sums of the sorted values with its few
+    removed ones zeroed, at the sorted positions of its kept ranks (`_trimmed_by_removal`). A selection that removes more than
     MAX_REMOVED models from the shared set takes the general path (`_trimmed_mean_chunk`).
     """
     count = mask.sum(axis=1)  # [T, N]
@@ -140,8 +140,7 @@ def _trimmed_by_removal(
     ordered = np.take_along_axis(layout, order, axis=-1)
     position = np.empty_like(order)  # position[c, q, m]: where model m sits in the sorted order
     np.put_along_axis(position, order, np.arange(num_models)[None, None], axis=-1)
-    finite = np.where(np.isfinite(ordered), ordered, 0.0)
-    prefix = np.concatenate([np.zeros((num_examples, num_queries, 1)), np.cumsum(finite, axis=-1, dtype=np.float64)], axis=-1)  # fmt: skip
+    finite = np.where(np.isfinite(ordered), ordered, 0.0).astype(np.float64)  # non-shared models: 0
     shared_count = shared.sum(axis=0)  # [c]
     out = np.empty((len(removed), num_examples, num_queries))
     examples = np.arange(num_examples)[:, None, None]
@@ -153,9 +152,14 @@ def _trimmed_by_removal(
         present = np.take_along_axis(gone.T, slots, axis=1)  # [c, r]
         where = np.where(present[:, None, :], position[examples, queries, slots[:, None, :]], num_models)
         where = np.sort(where, axis=-1)  # [c, Q, r], ascending
-        removed_values = np.where(
-            where < num_models, np.take_along_axis(ordered, np.minimum(where, num_models - 1), axis=-1), 0.0
+        # The removed values are zeroed before summing (a write, not arithmetic), so a target's
+        # own value never enters its sums, not even as rounding (tested with a poisoned target).
+        own = finite.copy()
+        at = np.minimum(where, num_models - 1)
+        np.put_along_axis(
+            own, at, np.where(where < num_models, 0.0, np.take_along_axis(own, at, axis=-1)), axis=-1
         )
+        prefix = np.concatenate([np.zeros((num_examples, num_queries, 1)), np.cumsum(own, axis=-1)], axis=-1)
         size = (shared_count - present.sum(axis=1))[:, None]  # [c, 1] models selected
         keep_low, keep_high = row_cut[:, None], size - row_cut[:, None]  # kept ranks (1-based) low+1 .. high
 
@@ -164,8 +168,6 @@ def _trimmed_by_removal(
             np.take_along_axis(prefix, (high + 1)[..., None], -1)[..., 0]
             - np.take_along_axis(prefix, low[..., None], -1)[..., 0]
         )
-        inside = (where >= low[..., None]) & (where <= high[..., None])
-        total -= np.sum(np.where(inside, removed_values, 0.0), axis=-1)
         out[row] = total / np.maximum(keep_high - keep_low, 1)
     return out
 
