@@ -33,11 +33,11 @@ case "${1:-demo}" in
     logdir=exp/demo
     # 8x8 images in batches of 64 are too little work for one model a step (the CPU default
     # for conv nets): four a step train the demo 2.2x faster here.
-    "$PY" experiments/train.py --dataset=digits --arch=cnn32 --num_shadows=16 --epochs=20 \
+    "$PY" experiments/train.py --dataset=digits --arch=cnn32 --num_shadows=32 --epochs=20 \
       --batch_size=64 --lr=0.05 --augment=none --models_per_step=4 --logdir=$logdir \
       --progress="${PROGRESS:-true}"
     "$PY" experiments/inference.py --logdir=$logdir --queries=2 --progress="${PROGRESS:-true}"
-    "$PY" experiments/attack.py --logdir=$logdir --num_targets=16
+    "$PY" experiments/attack.py --logdir=$logdir --num_targets=32
     ;;
   *)
     echo "usage: ./run.sh [test [pytest args]|demo]" >&2
