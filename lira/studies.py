@@ -34,7 +34,7 @@ from lira.attacks.common import reference_moments
 from lira.signals import ProbabilitySignal, Signals, run_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LOGDIR = "exp/c10_6k"
+DEFAULT_LOGDIR = "exp/c10_cpu"
 DEFAULT_PROBABILITY = ProbabilitySignal()  # RMIA's signal as the attack stage's defaults
 TABLE_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2)  # 0.001%, 0.01%, 0.1%, 1%: the LiRA paper's table
 LIRA_AND_RMIA = (

@@ -13,17 +13,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
-# The flags of the run exp/c10_6k (its config.json), which --scale=cpu must repeat exactly.
+# The flags of the committed CPU reproduction (docs/results/cifar10_cpu/config.json), which
+# --scale=cpu must repeat exactly.
 CPU_TRAIN_FLAGS = [
-    "--dataset=npz:../shared/data/cifar10_6k.npz", "--arch=cnn32", "--num_shadows=16", "--epochs=30",
-    "--batch_size=256", "--lr=0.1", "--weight_decay=0.0005", "--momentum=0.9", "--augment=weak",
-    "--pkeep=0.5", "--seed=0", "--models_per_step=4",
+    "--dataset=npz:../shared/data/cifar10_6k.npz", "--arch=cnn32", "--num_shadows=64", "--epochs=40",
+    "--batch_size=32", "--lr=0.05", "--weight_decay=5e-05", "--momentum=0.9", "--augment=mirror",
+    "--pkeep=0.5", "--seed=0", "--models_per_step=1", "--eval_every=0",
 ]  # fmt: skip
 C10_6K_CONFIG = {
-    "dataset": "npz:../shared/data/cifar10_6k.npz", "pool_size": None, "arch": "cnn32", "num_shadows": 16,
-    "pkeep": 0.5, "epochs": 30, "batch_size": 256, "lr": 0.1, "weight_decay": 0.0005, "momentum": 0.9,
-    "warmup_epochs": 1.0, "augment": "weak", "seed": 0, "models_per_step": 4,
+    "dataset": "npz:../shared/data/cifar10_6k.npz", "pool_size": None, "arch": "cnn32", "num_shadows": 64,
+    "pkeep": 0.5, "epochs": 40, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-05, "momentum": 0.9,
+    "warmup_epochs": 1.0, "augment": "mirror", "seed": 0, "models_per_step": 1,
 }  # fmt: skip
+COMMITTED_CONFIG = ROOT / "docs" / "results" / "cifar10_cpu" / "config.json"
 TINY = [
     "--dataset=digits", "--pool_size=64", "--arch=mlp-tiny", "--num_shadows=6", "--epochs=2",
     "--batch_size=16", "--models_per_step=6", "--num_targets=2", "--progress=false",
@@ -61,18 +63,20 @@ def recorded(train_flags):
     return {k: type(C10_6K_CONFIG[k])(given[k]) if k in given else None for k in RESULT_FLAGS}
 
 
-def test_cpu_dry_run_is_the_c10_6k_run():
+def test_cpu_dry_run_is_the_committed_reproduction():
     result = reproduce("--scale=cpu", "--dry_run")
     cmds = commands(result.stdout)
     assert list(cmds) == ["train.py", "inference.py", "attack.py"]
-    assert cmds["train.py"] == [*CPU_TRAIN_FLAGS, "--logdir=exp/c10_6k"]
-    assert cmds["inference.py"] == ["--logdir=exp/c10_6k", "--queries=18"]
-    assert cmds["attack.py"] == ["--logdir=exp/c10_6k", "--attacks=all", "--num_targets=4"]
-    # Every result-changing flag equals the finished run's, so a re-run resumes it, not refused.
-    assert recorded(cmds["train.py"][:-1]) == C10_6K_CONFIG
-    config = ROOT / "exp" / "c10_6k" / "config.json"
-    if config.exists():
-        run_flags = json.loads(config.read_text())["flags"]
+    assert cmds["train.py"] == [*CPU_TRAIN_FLAGS, "--logdir=exp/c10_cpu"]
+    assert cmds["inference.py"] == ["--logdir=exp/c10_cpu", "--queries=18"]
+    assert cmds["attack.py"] == ["--logdir=exp/c10_cpu", "--attacks=all", "--num_targets=8"]
+    # Every result-changing flag equals the committed run's, so the preset is what made it.
+    assert (
+        recorded([f for f in cmds["train.py"] if not f.startswith(("--logdir", "--eval_every"))])
+        == C10_6K_CONFIG
+    )
+    if COMMITTED_CONFIG.exists():
+        run_flags = json.loads(COMMITTED_CONFIG.read_text())["flags"]
         assert {k: run_flags.get(k) for k in C10_6K_CONFIG} == C10_6K_CONFIG
 
 
@@ -82,7 +86,7 @@ def test_paper_dry_run_and_overrides():
     assert cmds["train.py"] == [
         "--dataset=cifar10", "--arch=wrn28-2", "--num_shadows=256", "--epochs=100", "--batch_size=256",
         "--lr=0.1", "--weight_decay=0.0005", "--momentum=0.9", "--augment=weak", "--pkeep=0.5", "--seed=0",
-        "--logdir=exp/paper_cifar10",
+        "--eval_every=1", "--logdir=exp/paper_cifar10",
     ]  # fmt: skip
     assert cmds["inference.py"] == ["--logdir=exp/paper_cifar10", "--queries=18"]
     assert cmds["attack.py"] == ["--logdir=exp/paper_cifar10", "--attacks=all", "--num_targets=4"]

@@ -24,7 +24,7 @@ def run(tmp_path_factory):
 def test_paths_and_settings_come_from_the_environment(monkeypatch, tmp_path):
     for name in ("LIRA_LOGDIR", "LIRA_FIGURES", "LIRA_NUM_TARGETS"):
         monkeypatch.delenv(name, raising=False)
-    assert studies.logdir_from_env() == studies.REPO_ROOT / "exp" / "c10_6k"
+    assert studies.logdir_from_env() == studies.REPO_ROOT / "exp" / "c10_cpu"
     assert studies.figures_from_env() == studies.REPO_ROOT / "docs" / "figures"
     assert studies.num_targets_from_env() is None and studies.num_targets_from_env(default=4) == 4
     monkeypatch.setenv("LIRA_LOGDIR", "exp/other")
