@@ -178,7 +178,7 @@ def train_models(
                 )
             elapsed = time.perf_counter() - tic
             rows = _epoch_rows(a, epoch, loss_sum / num_steps, correct / (num_steps * config.batch_size))
-            if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == config.epochs):
+            if epoch + 1 == config.epochs or (eval_every and (epoch + 1) % eval_every == 0):
                 accuracy = _accuracy(programs, state, xt, yt)
                 for row, acc in zip(rows, accuracy):
                     row["test_acc"] = float(acc)

@@ -72,3 +72,17 @@ def test_train_log_has_accuracies(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert {"model", "epoch", "loss", "train_acc", "test_acc"} <= set(rows[0])
     assert all(0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("eval_every", [0, 2])
+def test_test_accuracy_is_logged_at_the_last_epoch_whatever_eval_every(tmp_path, eval_every):
+    x, y = synthetic_images()
+    config = trainer.train_lib.TrainConfig(epochs=3, batch_size=16, lr=0.05, augment="none", seed=1)
+    trainer.train_models(
+        logdir=tmp_path, x_train=x, y_train=y, x_test=x[:32], y_test=y[:32], num_classes=int(y.max()) + 1,
+        keep=masks.make_keep(2, len(y), 0.5, seed=0), arch="mlp-tiny", config=config, pkeep=0.5, model_ids=(0, 2),
+        models_per_step=2, eval_every=eval_every, progress=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    evaluated = sorted({row["epoch"] for row in rows if "test_acc" in row})
+    assert evaluated == ([3] if eval_every == 0 else [2, 3])  # 0 means: only after the last epoch
