@@ -36,7 +36,8 @@ def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
             "K = 1 is too few for per-example variances",
             "test",
             "lira_online",
-            "loss",
+            "lira_online_fixed_var",
+            findings.Setting(1),
             findings.Setting(1),
             level=1e-2,
         ),  # fmt: skip
@@ -52,7 +53,15 @@ def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
                                                            run.keep[targets])["tpr_at_fpr"]["0.01"])  # fmt: skip
     assert itself["difference"]["difference"] == 0 and itself["reproduced"] is False
     assert queries["difference"] is not None and queries["a"] != queries["b"]
-    assert missing_queries["reproduced"] is None and too_few["reproduced"] is None
+    assert missing_queries["reproduced"] is None
+    moved = too_few["finding"].setting_a.num_shadows_used  # raised to the fewest K where both run, together
+    assert (
+        moved > 1
+        and too_few["finding"].setting_b.num_shadows_used == moved
+        and too_few["difference"] is not None
+    )
+    assert studies.is_valid(run.keep, [0, 1, 2, 3], "lira_online", moved)
+    assert not studies.is_valid(run.keep, [0, 1, 2, 3], "lira_online", moved - 1)
     text = findings.table(rows, run)
     assert text.count("\n") == len(rows) + 1 and "| calibration wins | test |" in text
     assert (
