@@ -96,7 +96,7 @@ class Case:
 
 def default_case(arch: str, backend: str | None = None) -> Case:
     """The configuration the trainer picks by itself on this backend."""
-    impl = default_conv_impl(backend) if arch in CONV_ARCHS else None
+    impl = default_conv_impl(backend, arch) if arch in CONV_ARCHS else None
     return Case(arch, "vmap", trainer.default_models_per_step(arch, backend), impl)
 
 

@@ -27,11 +27,19 @@ from lira import xla_flags
 CONV_IMPLS = ("xla", "im2col")
 
 
-def default_conv_impl(backend: str | None = None) -> str:
-    """The native convolution, but im2col on a CPU whose XLA runs without YNNPACK (see
-    lira/xla_flags.py): YNNPACK's convolutions beat im2col, XLA:CPU's own do not."""
+def default_conv_impl(backend: str | None = None, arch: str | None = None) -> str:
+    """The fastest lowering measured for `arch` on `backend` (docs/performance.md).
+
+    CPU: the native convolution, but im2col where XLA runs without YNNPACK (lira/xla_flags.py):
+    YNNPACK's convolutions beat im2col, XLA:CPU's own do not. GPU: vmapped native convolutions
+    become grouped convolutions, which ran cnn32 at 0.39x the speed of im2col's batched matmuls
+    on an H200 (64 models a step); im2col there for every conv net but the WRNs, whose im2col
+    patches outgrow memory at 64 models a step and which train one model a step on a GPU anyway.
+    """
     backend = backend or jax.default_backend()
-    return "im2col" if backend == "cpu" and not xla_flags.ynn_enabled() else "xla"
+    if backend == "cpu":
+        return "xla" if xla_flags.ynn_enabled() else "im2col"
+    return "xla" if arch is not None and arch.startswith("wrn") else "im2col"
 
 
 class Conv(nn.Module):
@@ -388,7 +396,7 @@ def _register_import_path(path: str) -> None:
 
 def get_model(arch: str, num_classes: int, conv_impl: str | None = None, dtype=None) -> nn.Module:
     """The flax module for `arch`. conv_impl defaults to the fastest on the current backend."""
-    conv_impl = conv_impl or default_conv_impl()
+    conv_impl = conv_impl or default_conv_impl(arch=arch)
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {CONV_IMPLS}.")
     return _REGISTRY[canonical_arch(arch)](num_classes, conv_impl, dtype)

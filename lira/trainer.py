@@ -30,12 +30,13 @@ def default_models_per_step(arch: str, backend: str | None = None) -> int:
     On the CPU: one conv net a step, since vmapping over conv weights makes a grouped
     convolution, slower there than one model's (with im2col convolutions, without YNNPACK, four);
     four MLPs, which keep the vectorized matmuls busy without outgrowing the caches.
-    Accelerators want as many as fit. experiments/bench.py has the figures.
+    On a GPU (an H200, docs/bench_gpu.json): 64 models a step, but one WRN, which fills the GPU
+    alone; 16 WRN-28-2 a step ran at 0.49x the speed of one a step.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
         return 4 if arch.startswith("mlp") or not xla_flags.ynn_enabled() else 1
-    return 16 if arch.startswith("wrn") else 64
+    return 1 if arch.startswith("wrn") else 64
 
 
 def model_mesh(num_models: int) -> Mesh:

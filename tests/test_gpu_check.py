@@ -52,7 +52,8 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
 
     end_to_end = report["end_to_end"]
     check = end_to_end["check"]
-    assert check["passed"] is True and check["precision"] == "highest" and check["rtol"] == 1e-4
+    assert check["passed"] is True and check["precision"] == "highest" and check["rtol"] == 1e-2
+    assert check["worst_rel_diff"] <= 1e-2 * check["between_models_rel_diff"]
     assert check["params_rel_diff"] <= 1e-4 and check["logits_rel_diff"] <= 1e-4
     assert check["between_models_rel_diff"] > 1e-2  # the models differ, so the comparison has teeth
     assert check["models"] == [0, 3] and end_to_end["default_precision"]["models"] == [0, 3]

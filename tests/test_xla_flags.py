@@ -46,8 +46,10 @@ def test_cpu_defaults_follow_the_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")  # as with LIRA_XLA_FLAGS=0: XLA:CPU's own convolutions
     assert models.default_conv_impl("cpu") == "im2col"
     assert trainer.default_models_per_step("cnn32", "cpu") == 4
-    assert models.default_conv_impl("gpu") == "xla"
-    assert trainer.default_models_per_step("wrn28-2", "gpu") == 16
+    assert models.default_conv_impl("gpu", "cnn32") == "im2col"
+    assert models.default_conv_impl("gpu", "wrn28-2") == "xla"
+    assert trainer.default_models_per_step("wrn28-2", "gpu") == 1
+    assert trainer.default_models_per_step("cnn32", "gpu") == 64
 
 
 @pytest.mark.parametrize("num_models", [1, 3])
