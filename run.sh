@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ]; then
 fi
 PY=.venv/bin/python
 # glibc's malloc asks for transparent huge pages: XLA:CPU's large per-step buffers then fault in
-# 2 MiB at a time, not 4 KiB (README, Performance). glibc reads this only when a process starts.
+# 2 MiB at a time, not 4 KiB (docs/performance.md). glibc reads this only when a process starts.
 export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
 
 case "${1:-demo}" in

@@ -6,12 +6,12 @@ Prints the markdown table of lira.findings (finding, paper figure, our TPRs, the
 interval of the difference, reproduced or not) and writes it to report/findings.md.
 """
 
-import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from lira import findings, rundir, studies
+from lira import cli, findings, studies
+from lira.run import layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -25,20 +25,14 @@ flags.DEFINE_integer("seed", 0, "Seed of the reference order and the bootstrap."
 def main(argv):
     del argv
     if FLAGS.num_targets < 1 or FLAGS.bootstrap < 1:
-        print(f"findings.py: --num_targets={FLAGS.num_targets} and --bootstrap={FLAGS.bootstrap} must be >= 1.",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        run = studies.load_run(FLAGS.logdir)
-    except rundir.RunDirError as error:
-        print(f"findings.py: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--num_targets={FLAGS.num_targets} and --bootstrap={FLAGS.bootstrap} must be >= 1.")
+    run = studies.load_run(FLAGS.logdir)  # a missing run: one line, exit status 2 (lira.cli)
     rows = findings.check(run, FLAGS.num_targets, num_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
     text = f"{studies.describe(run)}; {min(FLAGS.num_targets, run.num_models)} targets.\n\n{findings.table(rows, run)}\n"
-    rundir.save_text(Path(run.logdir) / rundir.REPORT_DIR / "findings.md", text)
+    layout.save_text(Path(run.logdir) / layout.REPORT_DIR / "findings.md", text)
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

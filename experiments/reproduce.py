@@ -15,7 +15,7 @@ stage is skipped while report/metrics.json is newer than every logits file and w
 the same attacks, targets and queries (--rerun_attack forces it).
 
 Each stage runs as a subprocess of the stage script (experiments/train.py, inference.py,
-attack.py) with explicit flags, not through lira.pipeline in-process, because:
+attack.py) with explicit flags, not through lira.stages in-process, because:
 - what runs is exactly what is printed, so the printed sequence is a faithful recipe;
 - each script keeps its own checks and messages (flag validation, the refusal of a changed
   configuration, the attack names), with nothing re-implemented here;
@@ -40,40 +40,34 @@ from pathlib import Path
 
 from absl import app, flags
 
-from lira import audit, pipeline
-from lira.augment import QUERY_COUNTS
+from lira import cli, config
+from lira.attacks import protocol
+from lira.run import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("cpu", "paper")
 EXPERIMENTS = ("cifar10", "cifar100")
 NOTEBOOK_PACKAGES = ("nbformat", "nbclient", "ipykernel", "jupyter_client")
 
-# The training flags of a preset, in the order they are printed. The cpu preset puts the papers'
-# regime on 2 CPU cores in about 90 minutes: models that memorize their training half (LiRA's
-# and RMIA's models reach 100% train accuracy) and 64 of them, enough for per-example variances.
-# Chosen by a short sweep of 2 of the 64 models on the CIFAR-10 subset (README, Results: accuracy
-# on the models' own training examples, clean images, inference mode): with weight decay 5e-4,
-# 40 epochs reached 95% (batch 64, mirror), 93% (batch 32, mirror) and 72% (batch 64, mirror and
-# shifts); at batch 64 with mirror, weight decay 5e-5 gave 98.2% and none 97.3%; batch 128
-# 92%. Smaller batches (more steps) and a little weight decay memorize best; mirror-only
-# augmentation keeps test accuracy near 58% while the models still memorize. models_per_step is
-# pinned to 1 because it is one of lira.pipeline.RESULT_FLAGS and the backend's default differs
-# on accelerators.
-CPU_TRAIN = {
-    "dataset": "npz:../shared/data/cifar10_6k.npz",  # 5,170-example CIFAR-10 subset, offline
-    "arch": "cnn32",
-    "num_shadows": 64,
-    "epochs": 40,
-    "batch_size": 32,
-    "lr": 0.05,
-    "weight_decay": 0.00005,
-    "momentum": 0.9,
-    "augment": "mirror",
-    "pkeep": 0.5,
-    "seed": 0,
-    "models_per_step": 1,
-    "eval_every": 0,  # test accuracy once, after the last epoch: per epoch it would add ~10 minutes
-}
+# The training configuration of a preset (lira.config.Config); the recipe prints every one of its
+# flags that has a value, so that the printed commands mean the same under other defaults. The
+# cpu preset puts the papers' regime on 2 CPU cores in about 90 minutes: models that memorize
+# their training half (LiRA's and RMIA's models reach 100% train accuracy) and 64 of them, enough
+# for per-example variances. Chosen by a short sweep of 2 of the 64 models on the CIFAR-10 subset
+# (docs/results/cifar10_cpu/README.md: accuracy on the models' own training examples, clean
+# images, inference mode): with weight decay 5e-4, 40 epochs reached 95% (batch 64, mirror), 93%
+# (batch 32, mirror) and 72% (batch 64, mirror and shifts); at batch 64 with mirror, weight decay
+# 5e-5 gave 98.2% and none 97.3%; batch 128 92%. Smaller batches (more steps) and a little weight
+# decay memorize best; mirror-only augmentation keeps test accuracy near 58% while the models
+# still memorize. models_per_step is pinned to 1 because it changes results (it slices the
+# checkpoints) and the backend's default differs on accelerators. eval_every=0: test accuracy
+# once, after the last epoch; per epoch it would add ~10 minutes.
+CPU_TRAIN = config.Config(
+    config.DataConfig(dataset="npz:../shared/data/cifar10_6k.npz"),  # 5,170-example CIFAR-10 subset, offline
+    config.ModelConfig(arch="cnn32"),
+    config.TrainingConfig(num_shadows=64, epochs=40, batch_size=32, lr=0.05, weight_decay=0.00005, momentum=0.9,
+                          augment="mirror", pkeep=0.5, seed=0, models_per_step=1, eval_every=0),
+)  # fmt: skip
 # The LiRA paper's CIFAR setup (Carlini et al., "Membership Inference Attacks From First
 # Principles", IEEE S&P 2022, and its code, tensorflow/privacy research/mi_lira_2021): WRN-28-2
 # on the 50,000 CIFAR-10 train examples, each model on a random half (pkeep 0.5, balanced), SGD
@@ -82,19 +76,10 @@ CPU_TRAIN = {
 # paper trains 256 models; 64 is the default here to keep one run within a day of one GPU, and
 # --num_shadows=256 gives the paper's count. Queries: 18 = mirror x shifts in {-4, 0, 4}^2, the
 # paper's augmented-query setting. CIFAR-100 uses the same architecture and schedule.
-PAPER_TRAIN = {
-    **CPU_TRAIN,  # the same optimizer, pkeep and seed
-    "dataset": "cifar10",
-    "arch": "wrn28-2",
-    "num_shadows": 64,
-    "epochs": 100,
-    "batch_size": 256,
-    "lr": 0.1,
-    "weight_decay": 0.0005,
-    "augment": "weak",
-    "models_per_step": None,  # the backend's default (16 WRN models per step on a GPU)
-    "eval_every": 1,
-}
+PAPER_TRAIN = CPU_TRAIN.replace(  # the same optimizer, pkeep and seed
+    dataset="cifar10", arch="wrn28-2", num_shadows=64, epochs=100, batch_size=256, lr=0.1, weight_decay=0.0005,
+    augment="weak", models_per_step=0, eval_every=1,  # models_per_step 0: the backend's default
+)  # fmt: skip
 PRESETS = {
     "cpu": {"train": CPU_TRAIN, "logdir": "exp/c10_cpu", "queries": 18, "attacks": "all", "num_targets": 8},
     "paper": {"train": PAPER_TRAIN, "logdir": "exp/paper_cifar10", "queries": 18, "attacks": "all",
@@ -109,17 +94,23 @@ flags.DEFINE_bool("notebooks", False, "After the attacks, execute notebooks/*.ip
 flags.DEFINE_string("figures", "docs/figures", "Where --notebooks saves the figures.")
 flags.DEFINE_bool("rerun_attack", False, "Run the attack stage even if report/metrics.json is up to date.")
 flags.DEFINE_bool("progress", True, "Show the stages' progress bars.")
-# Overrides of single preset values (None: the preset's).
-flags.DEFINE_string("dataset", None, "Override the preset's --dataset (a tfds name, npz:PATH or digits).")
-flags.DEFINE_string("data_dir", None, "tfds data_dir where the dataset is prepared.")
-flags.DEFINE_integer("pool_size", None, "Use only the first n train examples as the audit pool.")
-flags.DEFINE_string("arch", None, "Override the preset's --arch.")
-flags.DEFINE_integer("num_shadows", None, "Override the preset's number of models M (paper: 256).")
-flags.DEFINE_integer("epochs", None, "Override the preset's epochs.")
-flags.DEFINE_integer("batch_size", None, "Override the preset's training batch size.")
-flags.DEFINE_integer("models_per_step", None, "Override the preset's models per compiled step.")
+# Overrides of single preset values (None: the preset's), their help from lira/config.py.
+OVERRIDES = (
+    "dataset",
+    "data_dir",
+    "pool_size",
+    "arch",
+    "num_shadows",
+    "epochs",
+    "batch_size",
+    "models_per_step",
+)
+cli.define_flags(config.DataConfig, config.ModelConfig, config.TrainingConfig, names=OVERRIDES,
+                 overrides=dict.fromkeys(OVERRIDES))  # fmt: skip
 flags.DEFINE_string("logdir", None, "Override the preset's run directory.")
-flags.DEFINE_integer("queries", None, f"Override the preset's queries: {', '.join(map(str, QUERY_COUNTS))}.")
+flags.DEFINE_integer(
+    "queries", None, f"Override the preset's queries: {', '.join(map(str, config.QUERY_COUNTS))}."
+)
 flags.DEFINE_list("attacks", None, "Override the preset's attacks (comma list or 'all').")
 flags.DEFINE_integer("num_targets", None, "Override the preset's number of attacked targets.")
 
@@ -162,7 +153,7 @@ def settings(values: dict) -> dict:
     if experiment not in EXPERIMENTS:
         raise ValueError(f"--experiment={experiment!r} is unknown; valid: {', '.join(EXPERIMENTS)}.")
     preset = PRESETS[scale]
-    train = dict(preset["train"])
+    train = preset["train"].flat()
     logdir = preset["logdir"]
     if experiment == "cifar100":
         if scale == "cpu" and values.get("dataset") is None:
@@ -185,7 +176,7 @@ def settings(values: dict) -> dict:
     out = {
         "scale": scale,
         "experiment": experiment,
-        "train": train,
+        "train": config.Config.from_flat(train),
         "logdir": from_cwd(values["logdir"]) if values.get("logdir") else logdir,
         "queries": preset["queries"] if values.get("queries") is None else values["queries"],
         "attacks": preset["attacks"] if values.get("attacks") is None else ",".join(values["attacks"]),
@@ -197,12 +188,10 @@ def settings(values: dict) -> dict:
 
 def _check(s: dict) -> None:
     """The stage scripts' own checks, run on the whole recipe before its first stage starts."""
-    given = {k: v for k, v in s["train"].items() if v is not None}  # None: the script's default
-    pipeline.TrainSettings(logdir=s["logdir"], **given).validate()
-    pipeline.check_queries(s["queries"])
-    if s["num_targets"] < 1:
-        raise ValueError(f"--num_targets must be >= 1, got {s['num_targets']}.")
-    s["attack_names"] = audit.check_attack_names(s["attacks"].split(","))
+    s["train"].validate()
+    config.QueryConfig(queries=s["queries"]).validate()
+    config.AttackConfig(num_targets=s["num_targets"]).validate()
+    s["attack_names"] = protocol.check_attack_names(s["attacks"].split(","))
 
 
 def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage]:
@@ -210,7 +199,7 @@ def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage
     logdir = s["logdir"]
     script = lambda name: f"experiments/{name}.py"
     bars = [] if progress else ["--progress=false"]
-    train = [f"--{k}={v}" for k, v in s["train"].items() if v is not None]
+    train = [f"--{k}={v}" for k, v in s["train"].flat().items() if v is not None]
     out = [
         Stage("train", [sys.executable, script("train"), *train, f"--logdir={logdir}", *bars]),
         Stage("inference", [sys.executable, script("inference"), f"--logdir={logdir}",
@@ -218,14 +207,10 @@ def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage
         Stage("attack", [sys.executable, script("attack"), f"--logdir={logdir}", f"--attacks={s['attacks']}",
                          f"--num_targets={s['num_targets']}"]),
     ]  # fmt: skip
-    if notebooks:
-        for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-            name = str(path.relative_to(ROOT))
-            code = (
-                "from lira.studies import execute_notebook; "
-                f"execute_notebook({name!r}, {logdir!r}, figures={figures!r}, output={name!r})"
-            )
-            out.append(Stage(f"notebook {name}", [sys.executable, "-c", code]))
+    names = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    if notebooks and names:
+        out.append(Stage("notebooks", [sys.executable, script("notebooks"), f"--logdir={logdir}",
+                                       f"--figures={figures}", "--write", *names]))  # fmt: skip
     return out
 
 
@@ -233,15 +218,15 @@ def attack_is_current(s: dict) -> str | None:
     """Why the attack stage can be skipped (report/metrics.json is newer than every logits file
     and made with these attacks, targets, queries and models), or None if it must run."""
     logdir = Path(s["logdir"]) if os.path.isabs(s["logdir"]) else ROOT / s["logdir"]
-    path = logdir / "report" / "metrics.json"
-    logits = list((logdir / "logits").glob("*.npy"))
+    path = logdir / layout.REPORT_DIR / layout.METRICS
+    logits = list((logdir / layout.LOGITS_DIR).glob("*.npy"))
     if not path.is_file() or not logits:
         return None
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    num_models = s["train"]["num_shadows"]
+    num_models = s["train"].training.num_shadows
     expected = {
         "num_models": num_models,
         "num_targets": min(s["num_targets"], num_models),
@@ -262,24 +247,17 @@ def check_notebooks() -> None:
         raise ValueError(
             f"--notebooks needs {', '.join(missing)}: pip install {' '.join(missing)} (or run without --notebooks)."
         )
-    try:
-        from lira.studies import execute_notebook  # noqa: F401
-    except ImportError as error:
-        raise ValueError(f"--notebooks needs lira.studies.execute_notebook ({error}).") from error
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    names = ["scale", "experiment", "dataset", "data_dir", "pool_size", "arch", "num_shadows", "epochs",
-             "batch_size", "models_per_step", "logdir", "queries", "attacks", "num_targets"]  # fmt: skip
-    try:
-        s = settings({name: FLAGS[name].value for name in names})
-        if FLAGS.notebooks:
-            check_notebooks()
-    except ValueError as error:  # a short message, not the whole --help that UsageError prints
-        print(f"reproduce.py: {error}", file=sys.stderr)
-        return 2
+    names = ["scale", "experiment", *OVERRIDES, "logdir", "queries", "attacks", "num_targets"]
+    s = settings(
+        {name: FLAGS[name].value for name in names}
+    )  # a bad value: one line, exit status 2 (lira.cli)
+    if FLAGS.notebooks:
+        check_notebooks()
     figures = from_cwd(FLAGS.figures) if FLAGS["figures"].present else FLAGS.figures  # default: in ROOT
     recipe = stages(s, FLAGS.notebooks, figures, FLAGS.progress)
     print(
@@ -287,7 +265,7 @@ def main(argv):
     )
     if Path(os.getcwd()).resolve() != ROOT:
         print(f"cd {shlex.quote(str(ROOT))}")
-    if FLAGS.notebooks and not any(stage.name.startswith("notebook") for stage in recipe):
+    if FLAGS.notebooks and not any(stage.name == "notebooks" for stage in recipe):
         print(f"# --notebooks: no notebooks in {ROOT / 'notebooks'}; nothing to execute after the attacks.")
     for stage in recipe:
         if FLAGS.dry_run:
@@ -313,4 +291,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

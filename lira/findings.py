@@ -15,8 +15,9 @@ import dataclasses
 
 import numpy as np
 
-from lira import audit, studies
 from lira import metrics as metrics_lib
+from lira import studies
+from lira.attacks import protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +76,13 @@ class _Scores:
         self.run, self.targets, self.seed = run, targets, seed
         self.cache: dict = {}
 
-    def get(self, attack: str, setting: Setting) -> audit.AttackResult | None:
+    def get(self, attack: str, setting: Setting) -> protocol.AttackResult | None:
         key = (attack, setting)
         if key not in self.cache:
             self.cache[key] = self._compute(attack, setting)
         return self.cache[key]
 
-    def _compute(self, attack: str, setting: Setting) -> audit.AttackResult | None:
+    def _compute(self, attack: str, setting: Setting) -> protocol.AttackResult | None:
         signals = self.run.signals
         if setting.queries is not None:
             try:
@@ -90,7 +91,7 @@ class _Scores:
                 return None  # the run has fewer queries
         if not studies.is_valid(self.run.keep, self.targets, attack, setting.num_shadows_used, self.seed):
             return None
-        results = audit.run_attacks(signals, self.run.keep, self.run.labels, [attack], self.targets,
+        results = protocol.run_attacks(signals, self.run.keep, self.run.labels, [attack], self.targets,
                                     setting.num_shadows_used, self.seed)  # fmt: skip
         return results[attack]
 

@@ -16,6 +16,7 @@ claimed only when that interval lies above 0.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -340,3 +341,69 @@ def attack_metrics(
     }
     pooled["bootstrap_resamples"] = int(num_resamples)
     return pooled
+
+
+# --- Per example and per class ---------------------------------------------------------------------
+
+
+def catch_fpr(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """float [T, N]: for member (t, j), the fraction of target t's non-members scoring >= its
+    score; NaN where j is not a member of target t. scores float, membership bool, both [T, N]."""
+    out = np.full(scores.shape, np.nan)
+    for t in range(scores.shape[0]):
+        nonmember = np.sort(scores[t, ~membership[t]])
+        member = membership[t]
+        above = nonmember.size - np.searchsorted(nonmember, scores[t, member], side="left")
+        out[t, member] = above / max(nonmember.size, 1)
+    return out
+
+
+def rank_examples(scores: np.ndarray, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(catch_fpr [T, N], median [N], order [N]) of scores float and membership bool, both [T, N].
+
+    median[j] is the median of j's catch FPR over the targets that trained on it (NaN if none);
+    order ranks examples most exposed first: by that median (NaN last), ties broken by j's mean
+    score where it is a member, higher first."""
+    fprs = catch_fpr(scores, membership)
+    with warnings.catch_warnings():  # examples no target trained on are all-NaN columns, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(fprs, axis=0)
+        member_score = np.nanmean(np.where(membership, scores, np.nan), axis=0)
+    order = np.lexsort((-np.nan_to_num(member_score, nan=-np.inf), np.nan_to_num(median, nan=np.inf)))
+    return fprs, median, order
+
+
+def pooled_threshold(scores: np.ndarray, is_member: np.ndarray, level: float) -> float:
+    """The threshold whose rule `score > threshold` flags at most `level` of the non-members
+    and, of such rules, flags the most (the TPR-at-FPR convention of lira.metrics)."""
+    nonmember = np.sort(scores[~is_member])[::-1]
+    allowed = int(np.floor(level * nonmember.size))
+    return -np.inf if allowed >= nonmember.size else float(nonmember[allowed])
+
+
+def per_class_risk(scores: np.ndarray, membership: np.ndarray, labels: np.ndarray) -> dict:
+    """Per-class TPR and FPR at one global threshold, and per-class AUC, of one attack.
+
+    scores, membership: [T, N]; labels: [N]. The threshold is set on all non-members pooled at
+    FPR 1% (10% when there are fewer than 100 non-members, where 1% cannot be resolved), so a
+    class with a higher TPR there is one an attacker with a single rule exposes more; its FPR
+    shows whether that comes with more false alarms too. Returns {class: {"tpr", "fpr", "auc"}}
+    and the level as result["level"].
+    """
+    is_member = membership.ravel()
+    flat_scores, flat_labels = scores.ravel(), np.broadcast_to(labels, scores.shape).ravel()
+    level = 0.01 if (~is_member).sum() >= 100 else 0.1
+    flagged = flat_scores > pooled_threshold(flat_scores, is_member, level)
+    risk = {}
+    for c in np.unique(labels):
+        in_class = flat_labels == c
+        members, nonmembers = in_class & is_member, in_class & ~is_member
+        if not members.any() or not nonmembers.any():
+            continue
+        fpr, tpr, _ = sk_metrics.roc_curve(is_member[in_class], flat_scores[in_class])  # as the figure had it
+        risk[int(c)] = {
+            "tpr": float(flagged[members].mean()),
+            "fpr": float(flagged[nonmembers].mean()),
+            "auc": float(sk_metrics.auc(fpr, tpr)),
+        }
+    return {**risk, "level": level}

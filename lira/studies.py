@@ -1,42 +1,44 @@
 """The studies behind the notebooks (notebooks/*.ipynb): sweeps and selections over one run.
 
 A notebook loads a run (`load_run`), calls one function here, and plots what it returns, so
-every number in a figure comes from tested code. All attacks go through `lira.audit` with the
+every number in a figure comes from tested code. All attacks go through `lira.attacks.protocol` with the
 same leave-one-out protocol as experiments/attack.py; figures pool the scores of all targets.
 
 - `compare_attacks`: every attack on one run (LiRA paper Fig. 1, Table I).
 - `shadow_sweep`: the attacks with only K reference models per target (LiRA Fig. 9; RMIA's
-  few-reference comparison). K is `num_shadows_used` of lira.audit: online attacks take the
+  few-reference comparison). K is `num_shadows_used` of lira.attacks.protocol: online attacks take the
   first K references of the fixed order (IN and OUT), offline attacks the first K references
   that are OUT for each example. At pkeep = 0.5, K OUT references per example take about 2K
   shadow models, which is how offline and online points compare on one shadow budget.
 - `query_sweep`: the attacks on 1, 2 or all Q augmented queries, taking the subsets of the
-  logits' Q axis that the smaller query sets would have produced (lira.augment.query_offsets).
+  logits' Q axis that the smaller query sets would have produced (lira.training.augment.query_offsets).
 - `example_gaussians`, `separation`, `vulnerability`: per-example views (LiRA Fig. 2/3).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from lira import audit, augment, data, plots, report, rundir
+from lira import data
 from lira import metrics as metrics_lib
-from lira.attacks import ATTACKS
+from lira.attacks import ATTACKS, protocol
 from lira.attacks.common import reference_moments
-from lira.signals import ProbabilitySignal, Signals, run_signals
+from lira.attacks.signals import ProbabilitySignal, Signals, run_signals
+from lira.report import plots, tables
+from lira.report.tables import paired_table, rows_table, tpr_table  # noqa: F401  (the notebooks' tables)
+from lira.run import layout
+from lira.stages import attack
+from lira.training import augment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOGDIR = "exp/c10_cpu"
 DEFAULT_PROBABILITY = ProbabilitySignal()  # RMIA's signal as the attack stage's defaults
-TABLE_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2)  # 0.001%, 0.01%, 0.1%, 1%: the LiRA paper's table
+TABLE_LEVELS = tables.PAPER_LEVELS
 LIRA_AND_RMIA = (
     "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia_online", "rmia_offline",
 )  # fmt: skip
@@ -78,7 +80,7 @@ class Run:
     """One run directory in memory: keep bool [M, N], labels int [N], signals [M, N, Q]."""
 
     logdir: Path
-    config: dict
+    record: layout.RunRecord  # config.json
     keep: np.ndarray
     labels: np.ndarray
     signals: Signals
@@ -100,21 +102,21 @@ def load_run(
     logdir = resolve_path(logdir)
     return Run(
         logdir=logdir,
-        config=rundir.load_config(logdir),
-        keep=rundir.load_keep(logdir),
-        labels=rundir.load_labels(logdir),
+        record=layout.load_record(logdir),
+        keep=layout.load_keep(logdir),
+        labels=layout.load_labels(logdir),
         signals=run_signals(logdir, probability_signal),
     )
 
 
 def describe(run: Run) -> str:
     """One line on what was attacked: data, model, M, N, Q, and final accuracies (mean over models)."""
-    flags, facts = run.config.get("flags", {}), run.config.get("data", {})
-    accuracy = report.model_accuracies(rundir.read_jsonl(run.logdir / rundir.TRAIN_LOG))
+    config = run.record.config
+    accuracy = layout.final_accuracies(layout.read_jsonl(run.logdir / layout.TRAIN_LOG))
     percent = lambda key: f"{100 * accuracy[key][0]:.1f}%" if key in accuracy else "n/a"
     return (
-        f"{flags.get('dataset', facts.get('name'))}: N = {run.keep.shape[1]:,} pool examples, "
-        f"{flags.get('arch')}, M = {run.num_models} models, {flags.get('epochs')} epochs, "
+        f"{config.data.dataset}: N = {run.keep.shape[1]:,} pool examples, "
+        f"{config.model.arch}, M = {run.num_models} models, {config.training.epochs} epochs, "
         f"Q = {run.num_queries} queries; final accuracy train {percent('train_acc')}, "
         f"test {percent('test_acc')} (mean over models)"
     )
@@ -122,7 +124,7 @@ def describe(run: Run) -> str:
 
 def class_name(run: Run, label: int) -> str:
     """CIFAR-10's class names for CIFAR-10 data (a tfds or npz copy), else the label number."""
-    facts = run.config.get("data", {})
+    facts = run.record.data
     if str(facts.get("name", "")).startswith("cifar10") and facts.get("num_classes") == 10:
         return CIFAR10_CLASSES[label]
     return str(label)
@@ -135,7 +137,7 @@ def targets_of(run: Run, num_targets: int | None) -> list[int]:
 
 def query_indices(num_available: int, count: int) -> list[int]:
     """Positions on a Q = num_available logits axis of the queries a `count`-query inference
-    would have made: (mirror, dy, dx) views are matched by lira.augment.query_offsets."""
+    would have made: (mirror, dy, dx) views are matched by lira.training.augment.query_offsets."""
     available = augment.query_offsets(num_available)
     wanted = augment.query_offsets(count)
     missing = [view for view in wanted if view not in available]
@@ -150,48 +152,25 @@ def select_queries(signals: Signals, indices: list[int]) -> Signals:
 
 
 def compare_attacks(run: Run, attacks=("all",), num_targets: int | None = None,
-                    seed: int = 0) -> tuple[dict, dict[str, audit.AttackResult]]:  # fmt: skip
+                    seed: int = 0) -> tuple[dict, dict[str, protocol.AttackResult]]:  # fmt: skip
     """(metrics.json-shaped dict without intervals, {attack: AttackResult}) of every attack, with
     the defaults of experiments/attack.py. RMIA is left out when the run was loaded without its
     probability signal."""
-    names = audit.check_attack_names(list(attacks))
+    names = protocol.check_attack_names(list(attacks))
     if run.signals.probability is None:
         names = [name for name in names if not ATTACKS[name].needs_probability]
     targets = targets_of(run, num_targets)
-    results = audit.run_attacks(run.signals, run.keep, run.labels, names, targets, seed=seed)
-    return audit.audit_metrics(results, run.keep, run.num_queries, bootstrap=0, seed=seed), results
+    results = protocol.run_attacks(run.signals, run.keep, run.labels, names, targets, seed=seed)
+    return attack.audit_metrics(results, run.keep, run.num_queries, bootstrap=0, seed=seed), results
 
 
-def pooled_roc(result: audit.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pooled_roc(result: protocol.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of the scores of all targets pooled, as in the metrics' top-level figures."""
     fpr, tpr, _ = metrics_lib.roc_curve(result.scores.ravel(), keep[result.targets].ravel())
     return fpr, tpr
 
 
-def _percent(value: float | None) -> str:
-    """'7.01%', '0.0382%', or 'n/r' for a level below 1/#non-members (None)."""
-    return "n/r" if value is None else f"{100 * value:.3g}%"
-
-
-def tpr_table(metrics: dict, levels=TABLE_LEVELS) -> str:
-    """Markdown table: AUC and TPR at each FPR level per attack. A level below 1/#non-members
-    cannot be measured (no threshold has that FPR); it reads `n/r` and the note gives the count."""
-    header = ["attack", "AUC"] + [f"TPR @ {100 * level:g}% FPR" for level in levels]
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for name, entry in metrics["attacks"].items():
-        cells = [_percent(entry["tpr_at_fpr"][metrics_lib.level_key(level)]) for level in levels]
-        lines.append(f"| {name} | {entry['auc']:.3f} | " + " | ".join(cells) + " |")
-    num_nonmembers = max(entry["num_nonmembers"] for entry in metrics["attacks"].values())
-    lines += [
-        "",
-        f"{metrics['num_targets']} targets pooled: {num_nonmembers:,} non-member scores, so an FPR level "
-        f"below 1/{num_nonmembers:,} = {100 / num_nonmembers:.3g}% cannot be resolved (n/r); a level "
-        "just above it rests on a handful of false positives.",
-    ]
-    return "\n".join(lines)
-
-
-def paired_comparisons(results: dict[str, audit.AttackResult], keep: np.ndarray, pairs, level: float = 1e-3,
+def paired_comparisons(results: dict[str, protocol.AttackResult], keep: np.ndarray, pairs, level: float = 1e-3,
                        num_resamples: int = 1000, seed: int = 0) -> list[dict]:  # fmt: skip
     """Rows {a, b, auc: difference entry, tpr: difference entry at FPR `level`, beats_auc,
     beats_tpr} for each (a, b) in `pairs`: the paired bootstrap of a - b over targets and examples
@@ -211,47 +190,11 @@ def paired_comparisons(results: dict[str, audit.AttackResult], keep: np.ndarray,
     return rows
 
 
-def paired_table(rows: list[dict]) -> str:
-    """Markdown table of `paired_comparisons` rows: differences with 95% intervals, and a verdict."""
-
-    def cell(entry, scale, digits):
-        if entry is None:
-            return "n/r"
-        text = f"{scale * entry['difference']:+.{digits}f}"
-        if entry["ci95"] is not None:
-            text += f" [{scale * entry['ci95'][0]:+.{digits}f}, {scale * entry['ci95'][1]:+.{digits}f}]"
-        return text
-
-    def verdict(row):
-        if row["beats_tpr"] or row["beats_auc"]:
-            which = " and ".join(k for k, v in (("TPR", row["beats_tpr"]), ("AUC", row["beats_auc"])) if v)
-            return f"{row['a']} beats {row['b']} ({which})"
-        reverse = [
-            k
-            for k, key in (("TPR", "tpr"), ("AUC", "auc"))
-            if row[key] and row[key]["ci95"] and row[key]["ci95"][1] < 0
-        ]
-        if reverse:
-            return f"{row['b']} beats {row['a']} ({' and '.join(reverse)})"
-        return "no difference shown"
-
-    level = rows[0]["level"] if rows else 1e-3
-    lines = [
-        f"| A | B | AUC A - B | TPR @ {100 * level:g}% FPR, A - B (points) | paired 95% verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['a']} | {row['b']} | {cell(row['auc'], 1, 3)} | {cell(row['tpr'], 100, 2)} | {verdict(row)} |"
-        )
-    return "\n".join(lines)
-
-
 def is_valid(keep: np.ndarray, targets: list[int], attack: str, num_shadows_used: int | None,
              seed: int = 0) -> bool:  # fmt: skip
     """Whether every example has the IN/OUT references `attack` needs with K references."""
     try:
-        audit.check_references(keep, targets, [attack], num_shadows_used, seed)
+        protocol.check_references(keep, targets, [attack], num_shadows_used, seed)
     except ValueError:
         return False
     return True
@@ -265,7 +208,7 @@ def default_counts(num_models: int) -> list[int]:
     return sorted(k for k in grid | {num_models - 1} if 1 <= k <= num_models - 1)
 
 
-def _row(attack: str, result: audit.AttackResult, keep: np.ndarray, **extra) -> dict:
+def _row(attack: str, result: protocol.AttackResult, keep: np.ndarray, **extra) -> dict:
     figures = metrics_lib.summarize(result.scores, keep[result.targets])
     return {"attack": attack, **extra, "auc": figures["auc"], "tpr_at_fpr": figures["tpr_at_fpr"]}
 
@@ -280,7 +223,7 @@ def shadow_sweep(run: Run, attacks=LIRA_AND_RMIA, counts: list[int] | None = Non
     for count in default_counts(run.num_models) if counts is None else counts:
         valid = [a for a in attacks if is_valid(run.keep, targets, a, count, seed)]
         if valid:
-            results = audit.run_attacks(run.signals, run.keep, run.labels, valid, targets, count, seed)
+            results = protocol.run_attacks(run.signals, run.keep, run.labels, valid, targets, count, seed)
             rows += [_row(a, results[a], run.keep, num_shadows_used=count) for a in valid]
     return rows
 
@@ -297,7 +240,7 @@ def query_sweep(run: Run, attacks=("lira_online", "lira_offline", "rmia_online",
         except ValueError:
             continue
         signals = select_queries(run.signals, indices)
-        results = audit.run_attacks(signals, run.keep, run.labels, list(attacks), targets, seed=seed)
+        results = protocol.run_attacks(signals, run.keep, run.labels, list(attacks), targets, seed=seed)
         rows += [_row(a, results[a], run.keep, queries=count) for a in attacks]
     return rows
 
@@ -312,23 +255,6 @@ def sweep_series(rows: list[dict], x: str, y: str = "auc", level: float | None =
         xs.append(row[x])
         ys.append(np.nan if value is None else value)
     return {name: (np.array(xs), np.array(ys, dtype=float)) for name, (xs, ys) in out.items()}
-
-
-def rows_table(rows: list[dict], x: str, level: float = 1e-3, columns=None) -> str:
-    """Markdown table of sweep rows: one line per attack, one column per value of `x` (`columns`,
-    default every value in the rows), cells 'AUC / TPR at `level`' ('-' where the attack has no
-    row, i.e. too few references; n/r where the level is not resolvable)."""
-    xs = sorted({row[x] for row in rows} if columns is None else set(columns))
-    cells = {}
-    for row in rows:
-        tpr = row["tpr_at_fpr"][metrics_lib.level_key(level)]
-        cells[row["attack"], row[x]] = f"{row['auc']:.3f} / {_percent(tpr)}"
-    attacks = list(dict.fromkeys(row["attack"] for row in rows))
-    lines = [f"| attack \\ {x} | " + " | ".join(map(str, xs)) + " |", "|---" * (len(xs) + 1) + "|"]
-    lines += [f"| {a} | " + " | ".join(cells.get((a, v), "-") for v in xs) + " |" for a in attacks]
-    return (
-        "\n".join(lines) + f"\n\nCells: AUC / TPR at {100 * level:g}% FPR; '-': not run (too few references)."
-    )
 
 
 def plain_query(run: Run) -> int:
@@ -370,12 +296,12 @@ def easy_and_hard(run: Run, count: int = 3, query: int | None = None) -> tuple[n
     return order[:count], order[::-1][:count]
 
 
-def vulnerability(result: audit.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def vulnerability(result: protocol.AttackResult, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(catch_fpr float [N], order int [N]). catch_fpr[j] is the median, over the targets that
-    trained on j, of the FPR an attacker must accept to catch j (lira.report.catch_fpr); NaN if
+    trained on j, of the FPR an attacker must accept to catch j (lira.metrics.catch_fpr); NaN if
     no target trained on j. order ranks examples most exposed first (NaN last), ties broken by
-    the mean member score: report.rank_examples, the order of report/per_example.csv."""
-    _, median, order = report.rank_examples(result.scores, keep[result.targets])
+    the mean member score: lira.metrics.rank_examples, the order of report/per_example.csv."""
+    _, median, order = metrics_lib.rank_examples(result.scores, keep[result.targets])
     return median, order
 
 
@@ -383,52 +309,12 @@ def pool_images(run: Run) -> np.ndarray | None:
     """uint8 [N, H, W, C] of the pool; None for tabular data, or, with a warning that says why,
     when the dataset cannot be loaded here. A relative npz: path in the config is read from the
     repository root, where the stages are run."""
-    flags = run.config["flags"]
-    spec = flags["dataset"]
+    source = run.record.config.data
+    spec = source.dataset
     if spec.startswith("npz:") and not Path(spec[4:]).expanduser().is_absolute():
         spec = "npz:" + str(resolve_path(spec[4:]))
     try:
-        return data.load_raw_images(spec, flags.get("data_dir"), flags.get("pool_size"))
+        return data.load_raw_images(spec, source.data_dir, source.pool_size)
     except data.DatasetError as error:
         warnings.warn(f"No images of the pool: {error}", stacklevel=2)
         return None
-
-
-def execute_notebook(path: str | os.PathLike, logdir: str | os.PathLike, figures: str | os.PathLike | None = None,
-                     output: str | os.PathLike | None = None, timeout: int = 1800):  # fmt: skip
-    """Runs a notebook top to bottom on `logdir` (as $LIRA_LOGDIR, figures to $LIRA_FIGURES) in
-    its own folder and returns it executed; writes it to `output` when given (the notebook itself,
-    to commit its outputs). A failing cell raises nbclient's CellExecutionError.
-
-    The kernel is this interpreter (sys.executable), whatever kernelspecs the machine has: a
-    kernelspec named like the notebook's is written to a temporary folder and used alone, so a
-    `python3` spec of some other Python cannot be picked up. Needs nbclient, nbformat, ipykernel.
-    """
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
-
-    path = Path(path)
-    notebook = nbformat.read(path, as_version=4)
-    kernel_name = notebook.metadata.get("kernelspec", {}).get("name", "python3")
-    env = {**os.environ, "LIRA_LOGDIR": str(resolve_path(logdir))}
-    if figures is not None:
-        env["LIRA_FIGURES"] = str(resolve_path(figures))
-    with tempfile.TemporaryDirectory() as kernels:
-        spec_dir = Path(kernels) / kernel_name
-        spec_dir.mkdir()
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        spec = {"argv": argv, "display_name": "Python 3", "language": "python"}
-        (spec_dir / "kernel.json").write_text(json.dumps(spec))
-        manager = KernelManager(
-            kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels])
-        )
-        client = NotebookClient(
-            notebook, km=manager, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
-        )
-        # cleanup_kc: nbclient shuts down only kernels whose manager it made itself.
-        client.execute(env=env, cleanup_kc=True)
-    if output is not None:  # atomically: a kill mid-write must not truncate a committed notebook
-        rundir.atomic_write(Path(output), lambda f: nbformat.write(notebook, f), "w")
-    return notebook

@@ -1,12 +1,13 @@
-"""XLA:CPU flags that lira turns on when it is imported, before JAX starts its backends.
+"""XLA:CPU flags that lira's scripts turn on before JAX starts its backends.
 
-XLA reads XLA_FLAGS once, when the first computation creates a backend, so these are added to
-the environment at `import lira`. A flag the user already set, by name, is left as the user set
+XLA reads XLA_FLAGS once, when the first computation creates a backend, so the scripts add these
+to the environment first thing (lira.cli.run calls add_cpu_flags; so do the tests' conftest and
+the benchmarks' child processes); `import lira` alone changes nothing. A flag the user already set, by name, is left as the user set
 it; LIRA_XLA_FLAGS=0 adds none. XLA aborts on a flag it does not know, and experimental flags
 come and go, so they are added only under the jaxlib versions they were tested with.
 
 YNN_DOT routes XLA:CPU's matmuls and convolutions through the YNNPACK library. Measured on the
-2-core CPU machine (experiments/bench.py, 2026-11-24): cnn32's training step with XLA's native
+2-core CPU machine (bench/training.py, 2026-11-24): cnn32's training step with XLA's native
 convolutions is 1.6-1.7x faster with it and the im2col convolutions 0.9x, while the mlp's is
 unchanged; its convolution layers alone are 2.5x faster. The flag does nothing on GPU and TPU.
 """

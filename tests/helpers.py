@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lira import masks, trainer
-from lira import train as train_lib
+from lira.config import TrainingConfig
+from lira.training import loop, masks
 
 
 def synthetic_images(num_examples=96, num_classes=3, shape=(8, 8, 1), seed=0):
@@ -20,18 +20,19 @@ def train_run(logdir, x, y, *, arch="cnn-tiny", num_models=4, model_ids=None, mo
               batch_size=16, augment="weak", keep=None, stop_after_epochs=None, conv_impl=None):  # fmt: skip
     """Trains models `model_ids` of a run and returns {model index: params and batch_stats}."""
     keep = masks.make_keep(num_models, len(y), 0.5, seed=0) if keep is None else keep
-    config = train_lib.TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, augment=augment, seed=1)
-    trainer.train_models(
+    config = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=0.05, augment=augment, seed=1,
+                            models_per_step=models_per_step)  # fmt: skip
+    loop.train_models(
         logdir=logdir, x_train=x, y_train=y, x_test=x[:32], y_test=y[:32], num_classes=int(y.max()) + 1,
-        keep=keep, arch=arch, config=config, pkeep=0.5, model_ids=model_ids or (0, num_models),
-        models_per_step=models_per_step, conv_impl=conv_impl, progress=False, stop_after_epochs=stop_after_epochs,
+        keep=keep, arch=arch, config=config, model_ids=model_ids or (0, num_models), conv_impl=conv_impl,
+        progress=False, stop_after_epochs=stop_after_epochs,
     )  # fmt: skip
     return load_models(logdir, arch, x, y, config)
 
 
 def load_models(logdir, arch, x, y, config):
     out = {}
-    states = trainer.load_slice_states(logdir, arch, int(y.max()) + 1, config, x[0], 0.5, len(y))
+    states = loop.load_slice_states(logdir, arch, int(y.max()) + 1, config, x[0], len(y))
     for start, stop, state in states:
         for offset, m in enumerate(range(start, stop)):
             out[m] = [np.asarray(leaf[offset]) for leaf in _leaves(state)]

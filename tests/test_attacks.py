@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from lira import audit, masks, signals
-from lira.attacks import ATTACKS, AttackInputs, common, lira_attacks, rmia
+from lira.attacks import ATTACKS, AttackInputs, common, lira_attacks, protocol, rmia, signals
+from lira.training import masks
 
 NUM_MODELS, NUM_EXAMPLES, NUM_QUERIES, NUM_CLASSES = 9, 24, 2, 3
 TARGETS = [0, 4]
@@ -21,12 +21,12 @@ ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracles" / "rmia_auth
 def make_inputs(logits, labels, keep, targets, num_shadows_used=None, order=None, seed=0):
     """AttackInputs of logits [M, N, Q, C] with the driver's equal-count reference selection."""
     every = signals.signals_from_logits(logits, labels, signals.ProbabilitySignal())
-    selection = audit.select_references(keep, targets, num_shadows_used, seed, order)
+    selection = protocol.select_references(keep, targets, num_shadows_used, seed, order)
     return AttackInputs(
         signals=every, targets=np.asarray(targets), labels=labels, is_in=selection.is_in, is_out=selection.is_out,
         offline_out=selection.offline_out, seeds=[seed + t for t in targets],
         populations=[np.flatnonzero(~keep[t]) for t in targets],
-        order=audit.reference_order(len(keep), seed) if order is None else np.asarray(order),
+        order=protocol.reference_order(len(keep), seed) if order is None else np.asarray(order),
     )  # fmt: skip
 
 
@@ -286,10 +286,10 @@ def test_online_lira_roc_matches_the_analytic_likelihood_ratio_test():
     keep = masks.make_keep(num_models, num_examples, 0.5, 0)
     phi = (means + scale * (rng.standard_normal((num_models, num_examples)) + separation * keep))[..., None]
     phi = phi.astype(np.float32)
-    selection = audit.select_references(keep, [0])
+    selection = protocol.select_references(keep, [0])
     inputs = AttackInputs(
         signals.Signals(phi, phi), np.array([0]), np.zeros(num_examples, int), selection.is_in, selection.is_out,
-        selection.offline_out, [0], [np.flatnonzero(~keep[0])], audit.reference_order(num_models, 0),
+        selection.offline_out, [0], [np.flatnonzero(~keep[0])], protocol.reference_order(num_models, 0),
     )  # fmt: skip
     scores = ATTACKS["lira_online"].fn(inputs)[0]
     auc = roc_auc_score(keep[0], scores)
@@ -365,7 +365,7 @@ def test_trimmed_reference_mean_equals_scipy_on_both_paths(num_shadows_used, max
     monkeypatch.setattr(rmia, "MAX_REMOVED", max_removed)
     rng = np.random.default_rng(11)
     keep = masks.make_keep(12, 300, 0.5, 1)
-    selection = audit.select_references(keep, [0, 3, 7, 11], num_shadows_used)
+    selection = protocol.select_references(keep, [0, 3, 7, 11], num_shadows_used)
     values = rng.random((12, 300, 3)).astype(np.float32)
     values[:, :30] = np.round(values[:, :30], 1)  # ties
     unrelated = rng.random((4, 12, 300)) < 0.6  # selections far apart: the general path

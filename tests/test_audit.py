@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lira import attacks, audit, rundir, signals, synthetic
-from lira.attacks import ATTACKS, AttackSpec, rmia
+from lira import attacks
+from lira.attacks import ATTACKS, AttackSpec, protocol, rmia, signals
+from lira.run import layout, synthetic
+from lira.stages import attack
 
 
 @pytest.fixture
@@ -41,16 +43,18 @@ def spy(monkeypatch, references_kind):
 
 
 def load(run):
-    return signals.run_signals(run), rundir.load_keep(run), rundir.load_labels(run)
+    return signals.run_signals(run), layout.load_keep(run), layout.load_labels(run)
 
 
 def test_target_outputs_never_reach_its_references(run, monkeypatch):
     seen = spy(monkeypatch, "in_and_out")
     run_signals, keep, labels = load(run)
-    audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[0, 3])
+    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[0, 3])
     poisoned = signals.Signals(run_signals.phi.copy(), run_signals.ce.copy())
     poisoned.phi[0], poisoned.ce[0] = 1e30, -1e30  # only target 0's outputs change
-    audit.run_attacks(poisoned, keep, labels, ["spy"], targets=[0, 3])  # (same shapes: same summation order)
+    protocol.run_attacks(
+        poisoned, keep, labels, ["spy"], targets=[0, 3]
+    )  # (same shapes: same summation order)
     clean, dirty = seen
     for kind, mask in clean["masks"].items():
         assert not mask[0, 0].any() and not mask[1, 3].any(), kind  # never the target's own row
@@ -63,10 +67,10 @@ def test_target_outputs_never_reach_its_references(run, monkeypatch):
 
 def test_lira_scores_equal_the_attack_on_hand_built_equal_count_references(run):
     run_signals, keep, labels = load(run)
-    result = audit.run_attacks(
+    result = protocol.run_attacks(
         run_signals, keep, labels, ["lira_online", "lira_offline"], targets=[3], seed=2
     )
-    order = audit.reference_order(10, seed=2)
+    order = protocol.reference_order(10, seed=2)
     references = [m for m in order if m != 3]
     phi = run_signals.phi.astype(np.float64)
     for n in range(keep.shape[1]):
@@ -83,9 +87,9 @@ def test_lira_scores_equal_the_attack_on_hand_built_equal_count_references(run):
 
 def test_equal_counts_and_num_shadows_used_follow_the_fixed_order(run, monkeypatch):
     run_signals, keep, labels = load(run)
-    order = audit.reference_order(10, seed=5)
+    order = protocol.reference_order(10, seed=5)
     seen = spy(monkeypatch, "in_and_out")
-    audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=6, seed=5)
+    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=6, seed=5)
     chosen = order[order != 2][:6]
     masks = seen[0]["masks"]
     for n in range(keep.shape[1]):
@@ -98,15 +102,15 @@ def test_equal_counts_and_num_shadows_used_follow_the_fixed_order(run, monkeypat
         first_out = [m for m in rows if not keep[m, n]][:4]  # offline: min(K, M/2 - 1) = 4 OUT references
         assert sorted(np.flatnonzero(masks["offline_out"][0, :, n])) == sorted(first_out)
     seen = spy(monkeypatch, "out")
-    audit.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=3, seed=5)
+    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=3, seed=5)
     assert (seen[0]["masks"]["offline_out"].sum(axis=1) == 3).all()
 
 
 def test_num_shadows_used_changes_online_scores_reproducibly(run):
     run_signals, keep, labels = load(run)
-    full = audit.run_attacks(run_signals, keep, labels, ["lira_online"], [0])["lira_online"].scores
-    part = audit.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
-    again = audit.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
+    full = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0])["lira_online"].scores
+    part = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
+    again = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
     assert not np.allclose(full, part["lira_online"].scores)
     np.testing.assert_array_equal(part["lira_online"].scores, again["lira_online"].scores)
 
@@ -115,30 +119,30 @@ def test_errors_come_before_work_and_name_the_problem(run, monkeypatch):
     def fail(*_):
         raise AssertionError("signals were read before the checks")
 
-    monkeypatch.setattr(audit, "run_signals", fail)
+    monkeypatch.setattr(attack, "run_signals", fail)
     with pytest.raises(ValueError, match="choose from"):
-        audit.run_audit(run, ["lira_online", "lira_onlien"])
+        attack.run_audit(run, ["lira_online", "lira_onlien"])
     with pytest.raises(ValueError, match="num_shadows_used=10"):
-        audit.run_audit(run, ["loss"], num_shadows_used=10)
+        attack.run_audit(run, ["loss"], num_shadows_used=10)
     with pytest.raises(
         ValueError, match=r"too large for offline attack lira_offline: example \d+ has only 4"
     ):
-        audit.run_audit(run, ["lira_offline"], num_shadows_used=5)
+        attack.run_audit(run, ["lira_offline"], num_shadows_used=5)
     with pytest.raises(
         ValueError, match=r"lira_online needs >= 2 (IN|OUT) references per example, but for target"
     ):
-        audit.run_audit(run, ["lira_online"], num_shadows_used=2)
+        attack.run_audit(run, ["lira_online"], num_shadows_used=2)
     with pytest.raises(
         ValueError, match=r"lira_offline_fixed_var pools one OUT variance .* no example has more than 1"
     ):
-        audit.run_audit(run, ["lira_offline_fixed_var"], num_shadows_used=1)
+        attack.run_audit(run, ["lira_offline_fixed_var"], num_shadows_used=1)
     with pytest.raises(ValueError, match="takes"):
-        audit.run_audit(run, ["lira_online"], attack_options={"lira_online": {"gamma": 2.0}})
+        attack.run_audit(run, ["lira_online"], attack_options={"lira_online": {"gamma": 2.0}})
 
 
 def test_run_audit_returns_metrics_for_every_attack(run):
     options = {"rmia_offline": {"offline_a": "auto", "gamma": 1.5}, "shokri": {"classifier": "logreg"}}
-    metrics, results = audit.run_audit(run, ["all"], num_targets=20, bootstrap=20, attack_options=options)
+    metrics, results = attack.run_audit(run, ["all"], num_targets=20, bootstrap=20, attack_options=options)
     assert set(results) == set(attacks.ATTACKS) and set(metrics["attacks"]) == set(attacks.ATTACKS)
     assert metrics["num_models"] == 10 and metrics["num_targets"] == 10 and metrics["num_queries"] == 2
     assert results["loss"].scores.shape == (10, 40) and results["loss"].targets == list(range(10))
@@ -187,7 +191,7 @@ def test_attack_script_rejects_unknown_attacks_before_work(run):
 
 def test_benchmark_quick(tmp_path):
     finished = run_script(
-        "experiments/bench_attacks.py", "--quick", "--attacks=loss,lira_online,rmia_offline",
+        "-m", "bench.attacks", "--quick", "--attacks=loss,lira_online,rmia_offline",
         "--bootstrap=10", f"--json={tmp_path / 'bench.json'}", f"--workdir={tmp_path}",
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from lira import augment
+from lira.training import augment
 
 
 def test_shift_matches_numpy_reflect_pad():

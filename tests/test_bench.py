@@ -1,4 +1,4 @@
-"""experiments/bench.py end to end on tiny sizes: it runs and its JSON keeps the documented schema.
+"""bench/training.py end to end on tiny sizes: it runs and its JSON keeps the documented schema.
 
 Only the shape of the output is checked: timings on a shared CI machine prove nothing.
 """
@@ -12,7 +12,7 @@ import jax
 import pytest
 from conftest import REPO_ROOT
 
-from lira import bench
+from bench import cases, harness
 
 CASE_KEYS = {
     "arch", "backend", "method", "models_per_step", "model_examples_per_s", "peak_mem_mb", "compile_s",
@@ -21,9 +21,9 @@ CASE_KEYS = {
 
 
 def _run(tmp_path, *flags):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "harness.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "experiments" / "bench.py"), "--quick", f"--json={out}", *flags],
+        [sys.executable, "-m", "bench.training", "--quick", f"--json={out}", *flags],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_quick_train_bench_writes_the_schema(tmp_path):
     assert all(v > 0 for v in roofline["train_flops_per_example"].values())
     assert roofline["peak_matmul_gflops_by_dtype"]["float32"] == roofline["peak_matmul_gflops"]
     projection = report["projection"]
-    assert projection["model_examples"] == bench.model_examples(32, 256, 100, 25_000)  # --quick: batch 32
+    assert projection["model_examples"] == harness.model_examples(32, 256, 100, 25_000)  # --quick: batch 32
     for arch in ("mlp-tiny", "cnn-tiny"):
         default = next(c for c in cases if c["arch"] == arch and c["default"])
         hours = projection["model_examples"] / default["model_examples_per_s"] / 3600
@@ -63,7 +63,7 @@ def test_quick_train_bench_writes_the_schema(tmp_path):
 
 def test_model_examples_of_the_lira_paper():
     # 256 models x 100 epochs x ceil(25,000 / 256) = 98 batches of 256.
-    assert bench.model_examples(256, **bench.LIRA_PAPER_CIFAR10) == 256 * 100 * 98 * 256
+    assert harness.model_examples(256, **harness.LIRA_PAPER_CIFAR10) == 256 * 100 * 98 * 256
 
 
 def test_quick_inference_memory(tmp_path):
@@ -75,13 +75,13 @@ def test_quick_inference_memory(tmp_path):
 
 
 def test_torch_worker_env():
-    nchw = bench.Case("cnn32", "torch", 1, None, malloc="glibc")
-    thp = bench.Case("cnn32", "torch", 1, "channels_last", malloc="thp")
+    nchw = cases.Case("cnn32", "torch", 1, None, malloc="glibc")
+    thp = cases.Case("cnn32", "torch", 1, "channels_last", malloc="thp")
     assert nchw.name == "cnn32/torch/x1" and thp.name == "cnn32/torch/x1/channels_last/thp"
     # glibc's malloc as it comes, whatever the parent process has.
     assert nchw.worker_env("PASSIVE") == {"OMP_WAIT_POLICY": "PASSIVE", "GLIBC_TUNABLES": ""}
     assert thp.worker_env() == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert bench.Case("cnn32", "vmap", 1, "xla").worker_env() == {}  # the parent's own settings
+    assert cases.Case("cnn32", "vmap", 1, "xla").worker_env() == {}  # the parent's own settings
 
 
 class _Runner:
@@ -107,16 +107,16 @@ class _Runner:
 
 
 def test_a_case_that_does_not_fit_is_skipped():
-    runner, compile_s = bench.prepare_runner(_Runner)
+    runner, compile_s = harness.prepare_runner(_Runner)
     assert compile_s == 1.5 and runner.runs == 1  # compiled and warmed up
     for where in ("compile", "run"):
         failing = _Runner(where)
-        assert bench.prepare_runner(lambda failing=failing: failing) == (None, None)
+        assert harness.prepare_runner(lambda failing=failing: failing) == (None, None)
         assert failing.closed
 
     def other_error():
         raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: bad shapes")
 
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
-        bench.prepare_runner(other_error)
-    assert not bench.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED"))  # not XLA's
+        harness.prepare_runner(other_error)
+    assert not harness.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED"))  # not XLA's

@@ -19,9 +19,9 @@ SCRIPT = textwrap.dedent(
     import sys, jax, numpy as np
     sys.path.insert(0, {tests!r})
     from helpers import synthetic_images, train_run
-    from lira import trainer
+    from lira.training import loop
     assert len(jax.local_devices()) == {devices}, jax.local_devices()
-    assert len(trainer.model_mesh(4).devices.flat) == {devices}
+    assert len(loop.model_mesh(4).devices.flat) == {devices}
     x, y = synthetic_images()
     models = train_run({logdir!r}, x, y, arch="wrn10-1", num_models=4, models_per_step=4)
     np.savez({out!r}, **{{f"{{m}}_{{i}}": leaf for m, leaves in models.items() for i, leaf in enumerate(leaves)}})

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from lira import audit, findings, studies, synthetic
+from lira import findings, studies
 from lira import metrics as metrics_lib
+from lira.attacks import protocol
+from lira.run import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
     rows = findings.check(run, num_targets=4, findings=claims, num_resamples=200)
     win, itself, queries, missing_queries, too_few = rows
     targets = [0, 1, 2, 3]
-    results = audit.run_attacks(run.signals, run.keep, run.labels, ["lira_online_fixed_var", "loss"], targets)
+    results = protocol.run_attacks(
+        run.signals, run.keep, run.labels, ["lira_online_fixed_var", "loss"], targets
+    )
     expected = metrics_lib.paired_difference(results["lira_online_fixed_var"].scores, results["loss"].scores,
                                              run.keep[targets], 200, 0, "both")  # fmt: skip
     assert win["difference"] == expected["tpr_at_fpr"]["0.01"] and win["reproduced"]

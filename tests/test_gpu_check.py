@@ -1,4 +1,4 @@
-"""experiments/gpu_check.sh: every part of the GPU check at tiny sizes on the CPU (--smoke).
+"""bench/gpu_check.sh: every part of the GPU check at tiny sizes on the CPU (--smoke).
 
 Only the shape of the report is checked, and that model i of the vectorized run equals its
 single-model run: timings on a shared CI machine prove nothing.
@@ -24,7 +24,7 @@ PARTS = [
 def _run(tmp_path, *flags):
     report = tmp_path / "bench_gpu.json"
     result = subprocess.run(
-        ["bash", "experiments/gpu_check.sh", "--smoke", f"--json={report}", f"--workdir={tmp_path / 'work'}", *flags],
+        ["bash", "bench/gpu_check.sh", "--smoke", f"--json={report}", f"--workdir={tmp_path / 'work'}", *flags],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env={**os.environ, "OUT": str(tmp_path / "out")},
     )  # fmt: skip
     return result, (json.loads(report.read_text()) if report.is_file() else None)
@@ -85,8 +85,7 @@ def test_exit_status():
     code = """
 import sys
 sys.argv = ["gpu_check"]
-sys.path.insert(0, "experiments")
-import gpu_check
+from bench import gpu_check
 
 ok = {"name": "end_to_end", "status": "ok"}
 report = lambda check, *parts: {"end_to_end": {"check": check} if check else None, "parts": [ok, *parts]}

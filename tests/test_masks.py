@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lira import masks
+from lira.training import masks
 
 
 def test_balanced_per_example_and_reproducible():

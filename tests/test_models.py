@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lira import models
+from lira.training import layers, models
 
 # Exact parameter counts for 10 classes (WRN-28-2 and WRN-28-10 match the published 1.47M / 36.5M).
 PARAM_COUNTS = {
@@ -39,10 +39,10 @@ def test_alias_and_unknown_arch():
 @pytest.mark.parametrize("size", [8, 9])
 def test_im2col_equals_native_convolution(kernel, stride, size):
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    native = models.Conv(5, kernel, stride, impl="xla")
+    native = layers.Conv(5, kernel, stride, impl="xla")
     params = native.init(jax.random.key(1), x)
     expected = native.apply(params, x)
-    got = models.Conv(5, kernel, stride, impl="im2col").apply(params, x)
+    got = layers.Conv(5, kernel, stride, impl="im2col").apply(params, x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_pool_bias_relu_equals_flax_reference(shape, ties):
     if ties:  # y in {0, 1, 2} and bias in {-1, 0, 1}: sums are exact, most windows tie
         y, bias = jnp.floor(jax.nn.sigmoid(y) * 3), jnp.round(bias)
     g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
-    ours = lambda y, b: models.pool_bias_relu(models._pool_windows(y), b, (2, 4))
+    ours = lambda y, b: layers.pool_bias_relu(layers._pool_windows(y), b, (2, 4))
     flax = lambda y, b: nn.relu(nn.max_pool(y, (2, 2), (2, 2)) + b)
     np.testing.assert_array_equal(ours(y, bias), flax(y, bias))
     assert (ours(y, bias) == 0).any() and (ours(y, bias) > 0).any()  # both sides of the ReLU
@@ -82,19 +82,19 @@ def test_space_to_depth_convolution_equals_native():
     convolution, grouped by pool window, with the native weight and input gradients."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 6, 3))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-    native = models._native_conv(x, kernel)  # [2, 8, 6, 5]
-    blocks = models._space_to_depth_conv(x, kernel)  # [2, 4, 3, 4, 5]
-    np.testing.assert_allclose(blocks, models._to_blocks(native), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(models._from_blocks(models._to_blocks(native)), native)
+    native = layers._native_conv(x, kernel)  # [2, 8, 6, 5]
+    blocks = layers._space_to_depth_conv(x, kernel)  # [2, 4, 3, 4, 5]
+    np.testing.assert_allclose(blocks, layers._to_blocks(native), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layers._from_blocks(layers._to_blocks(native)), native)
     g = jax.random.normal(jax.random.key(2), blocks.shape)
-    blocked_native = lambda x, k: models._to_blocks(models._native_conv(x, k))
-    got = jax.grad(lambda x, k: jnp.sum(models._space_to_depth_conv(x, k) * g), (0, 1))(x, kernel)
+    blocked_native = lambda x, k: layers._to_blocks(layers._native_conv(x, k))
+    got = jax.grad(lambda x, k: jnp.sum(layers._space_to_depth_conv(x, k) * g), (0, 1))(x, kernel)
     expected = jax.grad(lambda x, k: jnp.sum(blocked_native(x, k) * g), (0, 1))(x, kernel)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    layer = models.Conv(5, pool_relu=True)
+    layer = layers.Conv(5, pool_relu=True)
     assert layer._uses_space_to_depth(x) and not layer._uses_space_to_depth(x[:, :7])
-    assert not models.Conv(5, pool_relu=True, impl="im2col")._uses_space_to_depth(x)
+    assert not layers.Conv(5, pool_relu=True, impl="im2col")._uses_space_to_depth(x)
     assert not layer._uses_space_to_depth(jnp.zeros((2, 8, 6, 8)))
 
 

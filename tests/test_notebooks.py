@@ -1,11 +1,21 @@
 """Every notebook runs top to bottom on a tiny real run (trained, queried 18 times) and saves
 its figures; the committed notebooks are read, never written."""
 
+import importlib.util
+
 import nbformat
 import numpy as np
 import pytest
 
-from lira import pipeline, studies
+from lira import config, studies
+from lira.stages import query, train
+
+# experiments/notebooks.py, the notebooks' executor, loaded as a module (experiments/ holds scripts).
+_spec = importlib.util.spec_from_file_location(
+    "notebook_runner", studies.REPO_ROOT / "experiments" / "notebooks.py"
+)
+NOTEBOOK_RUNNER = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(NOTEBOOK_RUNNER)
 
 NOTEBOOKS = studies.REPO_ROOT / "notebooks"
 FIGURES = {
@@ -24,12 +34,12 @@ def logdir(tmp_path_factory):
     y = rng.integers(0, 4, 128)
     x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
     np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
-    settings = pipeline.TrainSettings(
-        logdir=str(root / "run"), dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=8,
-        epochs=2, batch_size=16, lr=0.05, augment="weak", models_per_step=8, progress=False,
+    run_config = config.Config().replace(
+        dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=8, epochs=2, batch_size=16, lr=0.05,
+        augment="weak", models_per_step=8,
     )  # fmt: skip
-    pipeline.train(settings)
-    pipeline.inference(root / "run", queries=18, batch_size=96, progress=False)
+    train.train(run_config, root / "run", progress=False)
+    query.query(root / "run", queries=18, batch_size=96, progress=False)
     return root / "run"
 
 
@@ -52,7 +62,7 @@ def test_notebook_runs_and_saves_its_figures(name, logdir, tmp_path, monkeypatch
     monkeypatch.setenv("LIRA_NUM_TARGETS", "3")
     path = NOTEBOOKS / f"{name}.ipynb"
     committed = path.read_bytes()
-    notebook = studies.execute_notebook(path, logdir, figures=tmp_path)
+    notebook = NOTEBOOK_RUNNER.execute_notebook(path, logdir, figures=tmp_path)
     assert path.read_bytes() == committed
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]

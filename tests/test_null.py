@@ -1,7 +1,7 @@
 """Null calibration: with no membership signal at all, every attack is at chance.
 
 The logits of these runs do not depend on membership (a per-example difficulty shared by all
-models plus independent per-model noise; lira.synthetic with signal=0), the masks are balanced
+models plus independent per-model noise; lira.run.synthetic with signal=0), the masks are balanced
 and every model is a target in turn. Then a score can only separate members from non-members
 through the protocol: with unequal IN/OUT reference counts (a member of the target has one IN
 reference fewer than a non-member) online LiRA gave AUC ~0.445 at M = 8 and ~0.478 at M = 12.
@@ -11,8 +11,9 @@ With equal counts every attack must give AUC 0.5 and TPR = FPR at every level.
 import numpy as np
 import pytest
 
-from lira import audit, synthetic
 from lira.attacks import ATTACKS
+from lira.run import synthetic
+from lira.stages import attack
 
 NUM_EXAMPLES = 3000
 LEVELS = (1e-2, 1e-3)
@@ -30,7 +31,7 @@ def null_audit(request, tmp_path_factory):
     logdir = tmp_path_factory.mktemp(f"null_{num_models}")
     synthetic.make_synthetic_rundir(logdir, num_models=num_models, num_examples=NUM_EXAMPLES, signal=0.0,
                                     seed=num_models)  # fmt: skip
-    metrics, _ = audit.run_audit(logdir, ["all"], num_targets=num_models, bootstrap=0)
+    metrics, _ = attack.run_audit(logdir, ["all"], num_targets=num_models, bootstrap=0)
     return num_models, metrics
 
 

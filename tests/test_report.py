@@ -7,8 +7,9 @@ import pytest
 from matplotlib import image as mpl_image
 
 from lira import metrics as metrics_lib
-from lira import plots, report
-from lira.audit import AttackResult
+from lira import report
+from lira.attacks.protocol import AttackResult
+from lira.run import layout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["roc.png", "roc_log.png", "histograms.png", "per_class.png"]
@@ -34,12 +35,12 @@ def fake_run(num_models=6, num_examples=40, seed=0):
 
 
 def fake_config_and_log(num_models=6):
-    config = {
+    config = layout.RunRecord.from_json({
         "flags": {"dataset": "digits", "arch": "cnn32", "epochs": 2, "num_shadows": num_models},
         "data": {"name": "digits", "num_examples": 40, "num_classes": 3, "input_shape": [8, 8, 3]},
         "git_commit": "0123456789abcdef",
         "inference": {"queries": 2},
-    }
+    })  # fmt: skip
     # Rows out of epoch order: the last epoch must win, not the last row.
     train_log = [
         {"model": m, "epoch": e, "loss": 1.0, "train_acc": 0.5 + e / 10, "test_acc": 0.4}
@@ -52,7 +53,7 @@ def fake_config_and_log(num_models=6):
 def test_catch_fpr_matches_direct_count():
     rng = np.random.default_rng(1)
     scores, membership = rng.normal(size=(3, 30)), rng.random((3, 30)) < 0.5
-    got = report.catch_fpr(scores, membership)
+    got = metrics_lib.catch_fpr(scores, membership)
     for t in range(3):
         for j in range(30):
             if membership[t, j]:
@@ -144,9 +145,9 @@ def test_format_table_without_optional_fields():
 def test_pooled_threshold_flags_at_most_the_level():
     scores = np.concatenate([np.arange(100.0), [50.0, 50.0]])
     is_member = np.arange(102) >= 100  # the two members tie with non-member 50
-    threshold = plots.pooled_threshold(scores, is_member, 0.05)
+    threshold = metrics_lib.pooled_threshold(scores, is_member, 0.05)
     assert threshold == 94.0 and (scores[~is_member] > threshold).sum() == 5
-    assert plots.pooled_threshold(scores, is_member, 1.0) == -np.inf
+    assert metrics_lib.pooled_threshold(scores, is_member, 1.0) == -np.inf
 
 
 @pytest.mark.parametrize("with_images", [True, False])
@@ -154,7 +155,7 @@ def test_write_report_files(tmp_path, with_images):
     results, metrics, labels, keep = fake_run()
     images = np.random.default_rng(0).integers(0, 255, (keep.shape[1], 8, 8, 3), dtype=np.uint8)
     config, train_log = fake_config_and_log()
-    report.write_report(tmp_path, results, metrics, labels=labels, keep=keep, config=config, train_log=train_log,
+    report.write_report(tmp_path, results, metrics, labels=labels, keep=keep, record=config, train_log=train_log,
                         images=images if with_images else None, class_names=["ant", "bee", "cow"])  # fmt: skip
     for name in FIGURES + (["vulnerable_examples.png"] if with_images else []):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
@@ -190,7 +191,7 @@ def test_write_report_removes_a_stale_grid(tmp_path):
     results, metrics, labels, keep = fake_run()
     config, train_log = fake_config_and_log()
     images = np.zeros((40, 8, 8, 1), np.uint8)
-    arguments = dict(labels=labels, keep=keep, config=config, train_log=train_log)
+    arguments = dict(labels=labels, keep=keep, record=config, train_log=train_log)
     report.write_report(tmp_path, results, metrics, images=images, **arguments)
     assert (tmp_path / "vulnerable_examples.png").exists()
     report.write_report(tmp_path, results, metrics, images=None, **arguments)
@@ -201,7 +202,7 @@ def test_write_report_removes_a_stale_grid(tmp_path):
 def test_write_report_rejects_mismatched_inputs_before_writing(tmp_path):
     results, metrics, labels, keep = fake_run()
     config, train_log = fake_config_and_log()
-    arguments = dict(config=config, train_log=train_log)
+    arguments = dict(record=config, train_log=train_log)
     with pytest.raises(ValueError, match="N=40"):
         report.write_report(tmp_path / "a", results, metrics, labels=labels[:-1], keep=keep, **arguments)
     with pytest.raises(ValueError, match="images"):
@@ -216,9 +217,9 @@ def test_model_accuracies_use_each_models_last_epoch():
     log = [{"model": 0, "epoch": 2, "train_acc": 0.9, "test_acc": 0.7},
            {"model": 0, "epoch": 1, "train_acc": 0.1, "test_acc": 0.1},
            {"model": 1, "epoch": 2, "train_acc": 0.7, "test_acc": None}]  # fmt: skip
-    accuracy = report.model_accuracies(log)
+    accuracy = layout.final_accuracies(log)
     assert accuracy["models"] == 2 and accuracy["train_acc"] == pytest.approx(
         (0.8, np.std([0.9, 0.7], ddof=1))
     )
     assert accuracy["test_acc"] == (0.7, 0.0)
-    assert report.model_accuracies([]) == {"models": 0}
+    assert layout.final_accuracies([]) == {"models": 0}

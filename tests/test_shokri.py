@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from lira.attacks import shokri as shokri_lib
 from lira.attacks.common import AttackInputs
-from lira.signals import signals_from_logits
+from lira.attacks.signals import signals_from_logits
 
 
 def balanced_keep(num_models: int, num_examples: int, seed: int) -> np.ndarray:

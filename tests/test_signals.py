@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lira import rundir, signals, synthetic
+from lira.attacks import signals
+from lira.run import layout, synthetic
 
 
 def test_signals_match_definitions_on_moderate_logits():
@@ -39,10 +40,10 @@ def test_confidence_is_finite_and_exact_where_the_naive_formula_breaks():
 def test_run_signals_streams_each_model_like_model_signals(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10, num_queries=2, num_classes=4)
     run = signals.run_signals(tmp_path, signals.ProbabilitySignal())
-    labels = rundir.load_labels(tmp_path)
+    labels = layout.load_labels(tmp_path)
     assert run.phi.shape == (3, 10, 2) and run.probability.shape == (3, 10, 2) and run.phi.dtype == np.float32
     for m in range(3):
-        logits = np.load(rundir.logits_path(tmp_path, m))
+        logits = np.load(layout.logits_path(tmp_path, m))
         one = signals.model_signals(logits, labels, signals.ProbabilitySignal())
         for name in ("phi", "ce", "probability"):
             np.testing.assert_array_equal(getattr(run, name)[m], one[name])
@@ -54,11 +55,11 @@ def test_run_signals_streams_each_model_like_model_signals(tmp_path):
 
 def test_run_signals_names_missing_and_misshapen_files(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10)
-    rundir.logits_path(tmp_path, 1).unlink()
-    with pytest.raises(rundir.RunDirError, match="models 1"):
+    layout.logits_path(tmp_path, 1).unlink()
+    with pytest.raises(layout.RunDirError, match="models 1"):
         signals.run_signals(tmp_path)
-    rundir.save_npy(rundir.logits_path(tmp_path, 1), np.zeros((9, 2, 3), np.float32))
-    with pytest.raises(rundir.RunDirError, match="00001.npy has shape"):
+    layout.save_npy(layout.logits_path(tmp_path, 1), np.zeros((9, 2, 3), np.float32))
+    with pytest.raises(layout.RunDirError, match="00001.npy has shape"):
         signals.run_signals(tmp_path)
 
 

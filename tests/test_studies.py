@@ -7,10 +7,12 @@ import warnings
 import numpy as np
 import pytest
 
-from lira import audit, augment, report, studies, synthetic
 from lira import metrics as metrics_lib
-from lira.attacks import ATTACKS
-from lira.signals import Signals
+from lira import report, studies
+from lira.attacks import ATTACKS, protocol
+from lira.attacks.signals import Signals
+from lira.run import layout, synthetic
+from lira.training import augment
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_vulnerability_matches_a_loop_and_the_report():
     scores = np.round(rng.normal(size=(3, 25)), 1)  # rounded: ties in scores and in catch FPR
     for row, t in enumerate(targets):  # examples 0, 1, 3, 4 beat every non-member: catch FPR 0 ...
         scores[row, [0, 1, 3, 4]] = np.where(keep[t, [0, 1, 3, 4]], [10.0, 10.1, 10.3, 10.4], -10.0)
-    result = audit.AttackResult(scores, targets)
+    result = protocol.AttackResult(scores, targets)
     catch_fpr, order = studies.vulnerability(result, keep)
 
     def key(j):
@@ -136,7 +138,7 @@ def test_default_counts():
 def reference_is_valid(keep, targets, attack, count, seed=0):
     """Every example has the IN and OUT references `attack` needs among those K selects."""
     spec = ATTACKS[attack]
-    order = audit.reference_order(keep.shape[0], seed)
+    order = protocol.reference_order(keep.shape[0], seed)
     for target in targets:
         references = [m for m in order if m != target]
         most_in = most_out = 0
@@ -171,7 +173,9 @@ def test_shadow_sweep_rows_follow_the_validity_rules(run):
     for attack, count in itertools.product(studies.LIRA_AND_RMIA, range(1, 7)):
         assert studies.is_valid(run.keep, targets, attack, count) == ((attack, count) in expected)
     for (attack, count), row in got.items():
-        scores = audit.run_attacks(run.signals, run.keep, run.labels, [attack], targets, count)[attack].scores
+        scores = protocol.run_attacks(run.signals, run.keep, run.labels, [attack], targets, count)[
+            attack
+        ].scores
         figures = metrics_lib.summarize(scores, run.keep[targets])
         assert row["auc"] == pytest.approx(figures["auc"]) and row["tpr_at_fpr"] == figures["tpr_at_fpr"]
 
@@ -186,7 +190,7 @@ def test_query_sweep_runs_the_attacks_on_query_subsets(tmp_path):
     plain = run.signals.select_queries([0])
     for row in rows:
         signals = plain if row["queries"] == 1 else run.signals
-        result = audit.run_attacks(signals, run.keep, run.labels, [row["attack"]], [0, 1])[row["attack"]]
+        result = protocol.run_attacks(signals, run.keep, run.labels, [row["attack"]], [0, 1])[row["attack"]]
         assert row["auc"] == pytest.approx(metrics_lib.summarize(result.scores, run.keep[:2])["auc"])
     one_query = [r["auc"] for r in rows if r["queries"] == 1]
     assert one_query != [r["auc"] for r in rows if r["queries"] == 2]  # the subset made a difference
@@ -240,7 +244,7 @@ def test_compare_attacks_runs_every_attack_and_leaves_out_rmia_without_its_signa
         not in studies.compare_attacks(without, attacks=("loss", "rmia_online"), num_targets=2)[1]
     )
     assert metrics["num_targets"] == 2 and metrics["attacks"]["lira_online"]["ci95"]["examples"] is None
-    expected = audit.run_attacks(run.signals, run.keep, run.labels, ["rmia_online"], [0, 1])["rmia_online"]
+    expected = protocol.run_attacks(run.signals, run.keep, run.labels, ["rmia_online"], [0, 1])["rmia_online"]
     np.testing.assert_array_equal(results["rmia_online"].scores, expected.scores)
     fpr, tpr = studies.pooled_roc(results["loss"], run.keep)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
@@ -256,7 +260,11 @@ def test_pool_images(tmp_path, run, monkeypatch):
     features = images.reshape(12, -1).astype(np.float32)
     np.savez(tmp_path / "table.npz", x_train=features, y_train=labels, x_test=features[:4], y_test=labels[:4])
     with_dataset = lambda spec, pool_size=None: studies.Run(
-        tmp_path, {"flags": {"dataset": spec, "pool_size": pool_size}}, run.keep, run.labels, run.signals
+        tmp_path,
+        layout.RunRecord.from_json({"flags": {"dataset": spec, "pool_size": pool_size}}),
+        run.keep,
+        run.labels,
+        run.signals,
     )
     relative = os.path.relpath(tmp_path / "images.npz", studies.REPO_ROOT)  # read from the repository root
     np.testing.assert_array_equal(studies.pool_images(with_dataset(f"npz:{relative}", 10)), images[:10])
@@ -267,7 +275,11 @@ def test_pool_images(tmp_path, run, monkeypatch):
 
 def test_class_names_only_for_cifar10(run):
     named = lambda name, num_classes: studies.Run(
-        run.logdir, {"data": {"name": name, "num_classes": num_classes}}, run.keep, run.labels, run.signals
+        run.logdir,
+        layout.RunRecord.from_json({"data": {"name": name, "num_classes": num_classes}}),
+        run.keep,
+        run.labels,
+        run.signals,
     )
     assert studies.class_name(named("cifar10_6k", 10), 3) == "cat"
     assert studies.class_name(named("cifar10", 10), 0) == "airplane"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from helpers import synthetic_images, train_run
 
-from lira import masks, trainer
+from lira.config import TrainingConfig
+from lira.training import loop, masks
 
 
 @pytest.mark.parametrize("arch", ["cnn-tiny", "wrn10-1", "mlp-tiny"])
@@ -59,9 +60,7 @@ def test_non_finite_loss_names_models_and_step(tmp_path):
     assert only_models_2_and_3.size
     x = x.copy()
     x[only_models_2_and_3] = np.nan
-    with pytest.raises(
-        trainer.NonFiniteLossError, match=r"model 2 at step \d+, model 3 at step \d+"
-    ) as error:
+    with pytest.raises(loop.NonFiniteLossError, match=r"model 2 at step \d+, model 3 at step \d+") as error:
         train_run(tmp_path, x, y, keep=keep, augment="none")
     assert "model 0" not in str(error.value) and "model 1" not in str(error.value)
 
@@ -77,11 +76,12 @@ def test_train_log_has_accuracies(tmp_path):
 @pytest.mark.parametrize("eval_every", [0, 2])
 def test_test_accuracy_is_logged_at_the_last_epoch_whatever_eval_every(tmp_path, eval_every):
     x, y = synthetic_images()
-    config = trainer.train_lib.TrainConfig(epochs=3, batch_size=16, lr=0.05, augment="none", seed=1)
-    trainer.train_models(
+    config = TrainingConfig(epochs=3, batch_size=16, lr=0.05, augment="none", seed=1, models_per_step=2,
+                            eval_every=eval_every)  # fmt: skip
+    loop.train_models(
         logdir=tmp_path, x_train=x, y_train=y, x_test=x[:32], y_test=y[:32], num_classes=int(y.max()) + 1,
-        keep=masks.make_keep(2, len(y), 0.5, seed=0), arch="mlp-tiny", config=config, pkeep=0.5, model_ids=(0, 2),
-        models_per_step=2, eval_every=eval_every, progress=False,
+        keep=masks.make_keep(2, len(y), 0.5, seed=0), arch="mlp-tiny", config=config, model_ids=(0, 2),
+        progress=False,
     )  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     evaluated = sorted({row["epoch"] for row in rows if "test_acc" in row})

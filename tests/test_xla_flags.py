@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lira import models, trainer, xla_flags
-from lira import train as train_lib
+from lira import xla_flags
+from lira.training import layers, loop
+from lira.training import step as step_lib
 
 
 def test_import_added_the_flags():
@@ -40,16 +41,16 @@ def test_untested_jaxlib_gets_no_flags():
 
 
 def test_cpu_defaults_follow_the_flags(monkeypatch):
-    assert models.default_conv_impl("cpu") == "xla"
-    assert trainer.default_models_per_step("cnn32", "cpu") == 1
-    assert trainer.default_models_per_step("mlp", "cpu") == 4
+    assert layers.default_conv_impl("cpu") == "xla"
+    assert loop.default_models_per_step("cnn32", "cpu") == 1
+    assert loop.default_models_per_step("mlp", "cpu") == 4
     monkeypatch.setenv("XLA_FLAGS", "")  # as with LIRA_XLA_FLAGS=0: XLA:CPU's own convolutions
-    assert models.default_conv_impl("cpu") == "im2col"
-    assert trainer.default_models_per_step("cnn32", "cpu") == 4
-    assert models.default_conv_impl("gpu", "cnn32") == "im2col"
-    assert models.default_conv_impl("gpu", "wrn28-2") == "xla"
-    assert trainer.default_models_per_step("wrn28-2", "gpu") == 1
-    assert trainer.default_models_per_step("cnn32", "gpu") == 64
+    assert layers.default_conv_impl("cpu") == "im2col"
+    assert loop.default_models_per_step("cnn32", "cpu") == 4
+    assert layers.default_conv_impl("gpu", "cnn32") == "im2col"
+    assert layers.default_conv_impl("gpu", "wrn28-2") == "xla"
+    assert loop.default_models_per_step("wrn28-2", "gpu") == 1
+    assert loop.default_models_per_step("cnn32", "gpu") == 64
 
 
 @pytest.mark.parametrize("num_models", [1, 3])
@@ -60,7 +61,7 @@ def test_vmap_models_equals_vmap(num_models):
     keys = jax.random.split(jax.random.key(0), 2)
     state = {"w": jax.random.normal(keys[0], (num_models, 4, 5)), "n": jnp.arange(num_models)}
     x = jax.random.normal(keys[1], (5,))
-    got = train_lib.vmap_models(fn, (0, None, None))(state, x, 2.0)
+    got = step_lib.vmap_models(fn, (0, None, None))(state, x, 2.0)
     expected = jax.vmap(fn, in_axes=(0, None, None))(state, x, 2.0)
     assert jax.tree.structure(got) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from lira.attacks import baselines, lira_attacks, rmia, shokri
 from lira.attacks.common import AttackInputs
-from lira.signals import ProbabilitySignal
+from lira.attacks.signals import ProbabilitySignal
 
 __all__ = ["ATTACKS", "AttackInputs", "AttackSpec", "option_names", "probability_signal"]
 

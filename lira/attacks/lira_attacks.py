@@ -24,7 +24,7 @@ Gaussian stays the default of `lira_online` and the others; `lira_online_student
 each example has fewer than about 30 references of a kind (M below about 64); with more, the
 two agree.
 
-Reference counts are equal for members and non-members (lira.audit), so none of these has a
+Reference counts are equal for members and non-members (lira.attacks.protocol), so none of these has a
 protocol bias: with no membership signal every one gives AUC 0.5 and TPR = FPR (tested).
 """
 
@@ -34,8 +34,7 @@ import numpy as np
 from scipy import special, stats
 
 from lira.attacks.common import AttackInputs, log_normal_density
-
-LIKELIHOODS = ("gaussian", "student_t")
+from lira.config import LIRA_LIKELIHOODS as LIKELIHOODS
 
 
 def _check(likelihood: str) -> None:

@@ -6,7 +6,7 @@
 Defaults are the authors' CIFAR-10 configuration (ml_privacy_meter, research/2024_rmia:
 its attack_configs for CIFAR-10, signals.py, main.py):
 - p is their soft-margin Taylor softmax of the logits at temperature 2, margin 0.6, 4 terms
-  (`lira.signals.ProbabilitySignal`);
+  (`lira.attacks.signals.ProbabilitySignal`);
 - p_q(u) is the 20% trimmed mean of p_q over the reference models of u; online over its IN and
   OUT references (equal numbers), offline over its OUT references, corrected to
   ((1 + a) p_out + (1 - a)) / 2 with a = 0.3 (their CIFAR-10 value; 0.6 for CIFAR-100, 0.2 for
@@ -34,12 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lira.attacks.common import EXAMPLE_CHUNK, AttackInputs
+from lira.config import RMIA_AGGREGATIONS as AGGREGATIONS
+from lira.config import AttackConfig
 
-DEFAULT_GAMMA = 2.0
-DEFAULT_OFFLINE_A = 0.3
+# The authors' configuration, declared with the attack stage's flags (lira/config.py).
+DEFAULT_GAMMA = AttackConfig.rmia_gamma
+DEFAULT_OFFLINE_A = float(AttackConfig.rmia_offline_a)
 DEFAULT_NUM_POPULATION = None  # every non-member of the target, as the authors' code
-DEFAULT_TRIM = 0.2
-AGGREGATIONS = ("vote", "mean")
+DEFAULT_TRIM = AttackConfig.rmia_trim
 PAIR_BLOCK = 256  # examples x ...
 POPULATION_BLOCK = 8192  # ... compared with this many z in one compiled call
 

@@ -39,9 +39,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lira.attacks.common import AttackInputs
-from lira.signals import softmax
+from lira.attacks.signals import softmax
+from lira.config import AttackConfig
 
-DEFAULT_CLASSIFIER = "mlp"
+DEFAULT_CLASSIFIER = AttackConfig.shokri_classifier
 DEFAULT_MAX_TRAIN_PER_CLASS = 5000
 
 

@@ -1,4 +1,4 @@
-"""The attack stage: every attack against each target model, with leave-one-out references.
+"""The attack protocol: every attack against each target model, with leave-one-out references.
 
 Protocol (DESIGN.md): models 0..T-1 are the targets in turn; a target's references are all the
 other models, in one fixed order (a permutation of the model indices drawn from `seed`, with
@@ -24,17 +24,12 @@ reference mask, which `run_attacks` asserts.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 
-from lira import augment, report, rundir
-from lira import metrics as metrics_lib
 from lira.attacks import ATTACKS, AttackInputs, option_names, probability_signal
-from lira.signals import Signals, run_signals
+from lira.attacks.signals import Signals
 
 
 @dataclasses.dataclass
@@ -213,68 +208,3 @@ def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks:
             )
         results[name] = AttackResult(scores, list(targets), info)
     return results
-
-
-def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_queries: int, bootstrap: int = 200,
-                  seed: int = 0) -> dict:  # fmt: skip
-    """The metrics.json dict: figures per attack, pooling all targets (see lira.metrics). Attacks
-    are measured in parallel threads (numpy releases the GIL in the bootstrap's array work)."""
-    targets = next(iter(results.values())).targets if results else []
-    measure = lambda result: metrics_lib.attack_metrics(result.scores, keep[result.targets], bootstrap, seed)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
-        figures = list(pool.map(measure, results.values()))
-    return {
-        "num_models": int(keep.shape[0]),
-        "num_targets": len(targets),
-        "num_queries": int(num_queries),
-        "num_examples": int(keep.shape[1]),
-        "targets": list(targets),
-        "attacks": {name: {**entry, **results[name].info} for name, entry in zip(results, figures)},
-    }
-
-
-def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_shadows_used: int | None = None,
-              seed: int = 0, bootstrap: int = 200,
-              attack_options: dict[str, dict] | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
-    """Loads a run directory, runs `attacks` and returns (metrics dict, {name: AttackResult}).
-
-    Everything that can be checked from keep.npy alone (attack names, options, reference
-    counts) is checked before any logits are read.
-    """
-    attack_options = attack_options or {}
-    attacks = check_attack_names(attacks)
-    check_options(attacks, attack_options)
-    keep = rundir.load_keep(logdir)
-    labels = rundir.load_labels(logdir)
-    if num_targets < 1:
-        raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
-    targets = list(range(min(num_targets, keep.shape[0])))
-    check_references(keep, targets, attacks, num_shadows_used, seed)
-    signals = run_signals(logdir, probability_signal(attacks, attack_options))
-    results = run_attacks(signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options)
-    metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed)
-    metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
-    metrics["models"] = model_accuracy(
-        signals, keep, labels, rundir.read_jsonl(Path(logdir) / rundir.TRAIN_LOG)
-    )
-    return metrics, results
-
-
-def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train_log: list[dict]) -> dict:
-    """How well the attacked models fit, mean over all M models (fractions):
-
-    train_acc: accuracy on each model's own training examples (IN), plain query, BatchNorm in
-      inference mode, from the logits: how much of its training half the model memorized;
-    test_acc: the test accuracy the training stage logged at each model's last epoch (None if
-      it logged none).
-    """
-    plain = augment.query_offsets(signals.num_queries).index((False, 0, 0)) if signals.num_queries > 1 else 0
-    train = [
-        float(np.mean(np.argmax(signals.logits(m)[keep[m], plain], axis=-1) == labels[keep[m]]))
-        for m in range(keep.shape[0])
-    ]
-    logged = report.model_accuracies(train_log)
-    return {
-        "train_acc": float(np.mean(train)),
-        "test_acc": logged["test_acc"][0] if "test_acc" in logged else None,
-    }

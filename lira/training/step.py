@@ -17,7 +17,6 @@ process's `--shadow_ids` slice, or after a resume.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -28,38 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lira import augment as augment_lib
+from lira.config import TrainingConfig
+from lira.training import augment as augment_lib
 
 _INIT, _ORDER, _AUGMENT = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    augment: str = "weak"
-    seed: int = 0
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (
-                self.augment in augment_lib.AUGMENTS,
-                f"augment must be one of {augment_lib.AUGMENTS}, got {self.augment!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message + ".")
 
 
 @flax.struct.dataclass
@@ -86,7 +57,7 @@ def model_key(seed: int, model_index):
     return jax.random.fold_in(jax.random.key(seed), model_index)
 
 
-def make_optimizer(config: TrainConfig, num_steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: TrainingConfig, num_steps_per_epoch: int) -> optax.GradientTransformation:
     """SGD with momentum, linear warm-up then cosine decay, weight decay on kernels only."""
     total = config.epochs * num_steps_per_epoch
     warmup = min(int(config.warmup_epochs * num_steps_per_epoch), total - 1)
@@ -131,7 +102,7 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainConfig):
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainingConfig):
     """step(state, order, num_in, model_index, x, y, step_in_epoch) -> (state, loss, correct).
 
     For one model: order int32 [N] and num_in from its keep row; x [N, ...], y [N] the whole

@@ -1,16 +1,16 @@
-"""Shadow-training throughput, the timed cases behind experiments/bench.py.
+"""Shadow-training throughput, the timed cases behind bench/training.py.
 
 A case trains `models_per_step`-wide chunks of models on synthetic data and is timed in
 model-examples per second: models x examples per model x steps / seconds. The figure that
 matters for an audit is how fast 64-256 shadow models train, whatever the batching of them.
 
 Methods:
-  vmap   the trainer's own compiled step (lira.trainer._Programs.step: jax.vmap of
-         lira.train.make_train_step over a leading model axis, donated state).
+  vmap   the trainer's own compiled step (lira.training.loop.Programs.step: jax.vmap of
+         lira.training.step.make_train_step over a leading model axis, donated state).
   loop   the same make_train_step without vmap, jitted once, the models trained one after
          another: what a user without the vectorized trainer would write.
   torch  a PyTorch model of the same widths, SGD the same way, models one after another as
-         ML Privacy Meter does (lira/torch_baseline.py); conv nets in PyTorch's NCHW layout,
+         ML Privacy Meter does (bench/torch_baseline.py); conv nets in PyTorch's NCHW layout,
          as ML Privacy Meter runs them, and channels_last (faster on the CPU). PyTorch runs in
          a process of its own, with glibc's malloc as it comes ("glibc", as ML Privacy Meter
          runs) or with transparent huge pages ("thp": THP_TUNABLE, as run.sh runs lira).
@@ -31,90 +31,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lira import masks, models, trainer
-from lira import train as train_lib
-from lira.models import default_conv_impl, get_model
-
-METHODS = ("vmap", "loop", "torch")
-TORCH_LAYOUTS = ("nchw", "channels_last")
-TORCH_MALLOCS = ("glibc", "thp")
-# glibc's malloc asks the kernel for transparent huge pages (see README, Performance): XLA's
-# large per-step buffers then fault in 2 MiB at a time instead of 4 KiB. glibc reads it when a
-# process starts, so run.sh exports it.
-THP_TUNABLE = "glibc.malloc.hugetlb=1"
-CONV_ARCHS = ("cnn32", "cnn64", "cnn-tiny", "wrn28-2", "wrn28-10", "wrn10-1")
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """What one model trains on: input [*input_shape], num_classes labels, a pool of
-    num_examples (half of it IN per model), minibatches of batch_size."""
-
-    input_shape: tuple[int, ...]
-    num_classes: int
-    num_examples: int = 4096
-    batch_size: int = 256
-
-
-# Purchase100-like tabular data for the MLP; CIFAR-10-like images for the conv nets.
-WORKLOADS = {
-    "mlp": Workload((600,), 100),
-    "mlp-tiny": Workload((600,), 100),
-    **{arch: Workload((32, 32, 3), 10) for arch in CONV_ARCHS},
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One timed configuration. models_per_step is 1 for loop and torch (one model a step).
-    conv_impl: lira.models.CONV_IMPLS for vmap and loop; for torch, None (NCHW) or
-    "channels_last". malloc, torch only: one of TORCH_MALLOCS for its worker process (None: the
-    GLIBC_TUNABLES of the process that starts it, as for vmap and loop)."""
-
-    arch: str
-    method: str
-    models_per_step: int = 1
-    conv_impl: str | None = None
-    dtype: str = "float32"
-    malloc: str | None = None
-
-    @property
-    def name(self) -> str:
-        parts = [self.arch, self.method, f"x{self.models_per_step}"]
-        parts += [self.conv_impl] if self.conv_impl else []
-        parts += [] if self.dtype == "float32" else [self.dtype]
-        parts += ["thp"] if self.malloc == "thp" else []
-        return "/".join(parts)
-
-    def worker_env(self, omp_wait_policy: str = "") -> dict:
-        """Environment a process running this case gets on top of this one's."""
-        env = {"OMP_WAIT_POLICY": omp_wait_policy} if omp_wait_policy else {}
-        if self.malloc is not None:
-            env["GLIBC_TUNABLES"] = THP_TUNABLE if self.malloc == "thp" else ""
-        return env
+from bench import child_env
+from bench.cases import (
+    CONV_ARCHS,
+    METHODS,
+    Case,
+    Workload,
+    bench_keep,
+    synthetic_data,
+    train_config,
+)  # noqa: F401  (re-exported for the scripts)
+from lira import xla_flags
+from lira.config import Config
+from lira.training import layers, loop, masks
+from lira.training import step as step_lib
+from lira.training.models import default_conv_impl, get_model
 
 
 def default_case(arch: str, backend: str | None = None) -> Case:
     """The configuration the trainer picks by itself on this backend."""
     impl = default_conv_impl(backend, arch) if arch in CONV_ARCHS else None
-    return Case(arch, "vmap", trainer.default_models_per_step(arch, backend), impl)
-
-
-def synthetic_data(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """x float32 [N, *input_shape] standard normal, y int32 [N] uniform: speed does not care."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((workload.num_examples, *workload.input_shape), dtype=np.float32)
-    y = rng.integers(0, workload.num_classes, workload.num_examples).astype(np.int32)
-    return x, y
-
-
-def bench_keep(num_models: int, num_examples: int) -> np.ndarray:
-    """bool [M, N], about half IN per model (balanced masks need M >= 2, so draw 2 for 1)."""
-    return masks.make_keep(max(num_models, 2), num_examples, 0.5, seed=0)[:num_models]
-
-
-def train_config(workload: Workload, augment: str = "weak") -> train_lib.TrainConfig:
-    return train_lib.TrainConfig(epochs=100, batch_size=workload.batch_size, augment=augment)
+    return Case(arch, "vmap", loop.default_models_per_step(arch, backend), impl)
 
 
 class VmapRunner:
@@ -124,16 +61,14 @@ class VmapRunner:
         config = train_config(workload, augment)
         model = get_model(case.arch, workload.num_classes, case.conv_impl, jnp.dtype(case.dtype))
         num_models = case.models_per_step
-        spe = train_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
-        programs = trainer._Programs(model, config, spe, jnp.asarray(x[0]))
-        by_model, replicated = trainer.model_shardings(num_models)
-        keep = bench_keep(num_models, workload.num_examples)
-        self.x, self.y = jax.device_put(x, replicated), jax.device_put(y, replicated)
-        self.ids = jax.device_put(np.arange(num_models, dtype=np.int32), by_model)
-        self.num_in = jax.device_put(train_lib.in_counts(keep), by_model)
-        self.state = jax.jit(programs.init, static_argnums=1, out_shardings=by_model)(self.ids, 0)
-        self.order = programs.order(jax.device_put(keep, by_model), self.ids, 0, 0)
-        self.totals = trainer.zero_totals(num_models, by_model)
+        spe = step_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
+        programs = loop.Programs(model, config, spe, jnp.asarray(x[0]))
+        inputs = loop.SliceInputs.place(bench_keep(num_models, workload.num_examples), 0, num_models)
+        self.x, self.y = jax.device_put(x, inputs.replicated), jax.device_put(y, inputs.replicated)
+        self.ids, self.num_in = inputs.ids, inputs.num_in
+        self.state = programs.init_slice(inputs, 0)
+        self.order = programs.order(inputs.keep, inputs.ids, 0, 0)
+        self.totals = loop.zero_totals(num_models, inputs.by_model)
         self.programs, self.steps_per_epoch = programs, spe
         self.steps = max(1, math.ceil(model_steps / num_models))
         self.model_steps, self.num_models = self.steps * num_models, num_models
@@ -164,16 +99,16 @@ class LoopRunner:
                  augment: str = "weak"):  # fmt: skip
         config = train_config(workload, augment)
         model = get_model(case.arch, workload.num_classes, case.conv_impl, jnp.dtype(case.dtype))
-        self.steps_per_epoch = train_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
-        tx = train_lib.make_optimizer(config, self.steps_per_epoch)
-        init = jax.jit(train_lib.make_init(model, tx, jnp.asarray(x[0])), static_argnums=1)
+        self.steps_per_epoch = step_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
+        tx = step_lib.make_optimizer(config, self.steps_per_epoch)
+        init = jax.jit(step_lib.make_init(model, tx, jnp.asarray(x[0])), static_argnums=1)
         keep = bench_keep(num_models, workload.num_examples)
         self.x, self.y = jax.device_put(x), jax.device_put(y)
         self.states = [init(m, 0) for m in range(num_models)]
-        order = jax.jit(train_lib.epoch_order, static_argnums=3)
+        order = jax.jit(step_lib.epoch_order, static_argnums=3)
         self.orders = [order(keep[m], m, 0, 0) for m in range(num_models)]
-        self.num_in = [jnp.int32(n) for n in train_lib.in_counts(keep)]
-        self.step = jax.jit(train_lib.make_train_step(model, tx, config), donate_argnums=0)
+        self.num_in = [jnp.int32(n) for n in step_lib.in_counts(keep)]
+        self.step = jax.jit(step_lib.make_train_step(model, tx, config), donate_argnums=0)
         self.steps = max(1, math.ceil(model_steps / num_models))
         self.model_steps, self.num_models = self.steps * num_models, num_models
         self.compiled = None
@@ -205,7 +140,7 @@ def make_runner(case: Case, workload: Workload, x, y, model_steps: int, loop_mod
     if case.method == "loop":
         return LoopRunner(case, workload, x, y, model_steps, loop_models, augment)
     if case.method == "torch":
-        from lira import torch_baseline  # torch is optional: requirements-bench.txt
+        from bench import torch_baseline  # torch is optional: requirements-bench.txt
 
         if torch_process is not None:
             return torch_baseline.TorchProcess(
@@ -258,7 +193,7 @@ def train_flops_per_example(arch: str, workload: Workload) -> float | None:
     workload = dataclasses.replace(workload, num_examples=2 * workload.batch_size)
     x, y = synthetic_data(workload)
     runner = LoopRunner(Case(arch, "loop", 1, impl), workload, x, y, 1, num_models=1)
-    with models.without_space_to_depth():
+    with layers.without_space_to_depth():
         runner.compile()
     flops = runner.flops_per_step()
     return flops / workload.batch_size if flops else None
@@ -375,6 +310,7 @@ class PeakMemory:
 
 def child_main(spec: dict) -> dict:
     """Runs one measured job in this (fresh) process; `spec["job"]` is "train" or "inference"."""
+    xla_flags.add_cpu_flags()  # as the scripts run: before JAX starts
     if spec["job"] == "train":
         case, workload = (
             Case(**spec["case"]),
@@ -390,11 +326,12 @@ def child_main(spec: dict) -> dict:
         runner.compile()
         runner.run()  # the first run holds the peak: every buffer of a step is live at least once
         return meter.stop()
-    from lira import pipeline  # imported before the meter starts: its code is not the footprint
+
+    from lira.stages import query  # imported before the meter starts: its code is not the footprint
 
     meter = PeakMemory().start()
     tic = time.perf_counter()
-    pipeline.inference(spec["logdir"], spec["queries"], spec["batch_size"], progress=False)
+    query.query(spec["logdir"], spec["queries"], spec["batch_size"], progress=False)
     return {**meter.stop(), "wall_s": time.perf_counter() - tic}
 
 
@@ -404,13 +341,13 @@ def in_child(spec: dict, timeout: float = 900, env: dict | None = None) -> dict:
     import subprocess
     import sys
 
-    code = "import json, sys; from lira import bench; print(json.dumps(bench.child_main(json.loads(sys.argv[1]))))"
+    code = "import json, sys; from bench import harness; print(json.dumps(harness.child_main(json.loads(sys.argv[1]))))"
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **child_env(), **(env or {})},
     )
     if result.returncode:
         raise RuntimeError(f"Memory job {spec.get('case', spec['job'])} failed:\n{result.stderr[-3000:]}")
@@ -435,8 +372,9 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
     weights' values). Returns the config's flags."""
     from pathlib import Path
 
-    from lira import checkpoint, pipeline
     from lira.data import load_dataset
+    from lira.run import checkpoint
+    from lira.stages import train
 
     logdir = Path(logdir)
     rng = np.random.default_rng(0)
@@ -445,26 +383,28 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
     np.savez(npz, x_train=rng.integers(0, 256, (num_examples, *image_shape), dtype=np.uint8),
              y_train=rng.integers(0, num_classes, num_examples), x_test=rng.integers(0, 256, (8, *image_shape), dtype=np.uint8),
              y_test=np.arange(8) % num_classes)  # fmt: skip
-    settings = pipeline.TrainSettings(
-        logdir=str(logdir), dataset=f"npz:{npz}", arch=arch, num_shadows=num_models, epochs=1,
-        models_per_step=models_per_step or trainer.default_models_per_step(arch), progress=False,
-    )  # fmt: skip
-    dataset = load_dataset(settings.dataset)
-    keep = masks.make_keep(num_models, num_examples, settings.pkeep, settings.seed)
-    pipeline.write_run_files(logdir, settings, dataset, keep)
+    run_config = train.resolve(Config().replace(
+        dataset=f"npz:{npz}", arch=arch, num_shadows=num_models, epochs=1, models_per_step=models_per_step
+    ))  # fmt: skip
+    training = run_config.training
+    dataset = load_dataset(run_config.data.dataset)
+    keep = masks.make_keep(num_models, num_examples, training.pkeep, training.seed)
+    train.write_run_files(logdir, run_config, dataset, keep)
     model = get_model(arch, dataset.num_classes)
-    spe = train_lib.steps_per_epoch(num_examples, settings.pkeep, settings.batch_size)
-    programs = trainer._Programs(model, settings.train_config(), spe, jnp.asarray(dataset.x_train[0]))
-    for start in range(0, num_models, settings.models_per_step):
-        stop = min(start + settings.models_per_step, num_models)
-        state = programs.init(jnp.arange(start, stop, dtype=jnp.int32), settings.seed)
-        checkpoint.save(checkpoint.slice_dir(logdir, start, stop), 1, state)
-    return settings.recorded_flags()
+    spe = step_lib.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
+    programs = loop.Programs(model, training, spe, jnp.asarray(dataset.x_train[0]))
+    for start in range(0, num_models, training.models_per_step):
+        stop = min(start + training.models_per_step, num_models)
+        inputs = loop.SliceInputs.place(keep, start, stop)
+        checkpoint.save(
+            checkpoint.slice_dir(logdir, start, stop), 1, programs.init_slice(inputs, training.seed)
+        )
+    return run_config.flat()
 
 
 def inference_memory(logdir, num_models: int = 64, num_examples: int = 50_000, queries: int = 18,
                      batch_size: int = 256, models_per_step: int = 0) -> dict:  # fmt: skip
-    """Peak host memory of lira.pipeline.inference writing num_models x num_examples x queries
+    """Peak host memory of lira.stages.query.query writing num_models x num_examples x queries
     logits, against the size of those logits. The inference runs in a fresh process."""
     tic = time.perf_counter()
     flags = make_inference_rundir(logdir, num_models, num_examples, models_per_step=models_per_step)

@@ -1,14 +1,14 @@
 """Shadow-training throughput and memory: the vectorized trainer vs a loop vs PyTorch.
 
-    python experiments/bench.py --json=bench.json                 # mlp, cnn32 (+ wrn28-2 on GPU)
-    python experiments/bench.py --quick                           # tiny sizes, well under a minute
-    python experiments/bench.py --arch=cnn32 --models_per_step=1,4 --methods=vmap,loop
-    python experiments/bench.py --case=inference_memory           # 64 models x 50,000 x 18 queries
+    python -m bench.training --json=harness.json                 # mlp, cnn32 (+ wrn28-2 on GPU)
+    python -m bench.training --quick                           # tiny sizes, well under a minute
+    python -m bench.training --arch=cnn32 --models_per_step=1,4 --methods=vmap,loop
+    python -m bench.training --case=inference_memory           # 64 models x 50,000 x 18 queries
 
 Throughput is in model-examples per second (models x examples per model x steps / seconds),
 the median of --repeats timed runs after one warm-up, with every case run once per repeat in a
 rotated order so ratios can be taken within a repeat. Compile time is reported apart. Peak
-memory comes from each case re-run in a fresh process (see lira.bench.PeakMemory). The
+memory comes from each case re-run in a fresh process (see bench.harness.PeakMemory). The
 PyTorch baseline needs `pip install -r requirements-bench.txt`; without torch it is skipped.
 """
 
@@ -25,14 +25,17 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
-from lira import bench, rundir
+from bench import cases as bench_cases
+from bench import harness
+from lira import cli
+from lira.run import layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
 flags.DEFINE_bool("quick", False, "Tiny models and sizes, for the tests.")
 flags.DEFINE_list("arch", None, "Architectures (default mlp,cnn32, and wrn28-2 on a GPU).")
 flags.DEFINE_list("models_per_step", ["1", "4", "16", "64"], "Models per compiled step of the vmap cases.")
-flags.DEFINE_list("methods", list(bench.METHODS), "Any of vmap, loop, torch.")
+flags.DEFINE_list("methods", list(bench_cases.METHODS), "Any of vmap, loop, torch.")
 flags.DEFINE_list("conv_impls", ["im2col", "xla"], "Convolution lowerings to time for conv nets.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the JAX cases (float32, bfloat16).")
 flags.DEFINE_integer("repeats", 3, "Timed runs per case (the median is reported).")
@@ -41,11 +44,11 @@ flags.DEFINE_integer("batch_size", 256, "Examples per model per step.")
 flags.DEFINE_integer("num_examples", 4096, "Pool size each model samples its IN half from.")
 flags.DEFINE_integer("loop_models", 4, "Models the loop and torch methods train one after another.")
 flags.DEFINE_enum("augment", "weak", ["none", "mirror", "weak"], "Training augmentation (images).")
-flags.DEFINE_list("torch_layouts", list(bench.TORCH_LAYOUTS), "Memory layouts of PyTorch's conv nets.")
+flags.DEFINE_list("torch_layouts", list(bench_cases.TORCH_LAYOUTS), "Memory layouts of PyTorch's conv nets.")
 flags.DEFINE_list(
-    "torch_malloc", list(bench.TORCH_MALLOCS),
+    "torch_malloc", list(bench_cases.TORCH_MALLOCS),
     "malloc of the PyTorch worker: glibc's as it comes, as ML Privacy Meter runs, and/or with "
-    f"transparent huge pages (GLIBC_TUNABLES={bench.THP_TUNABLE}), as run.sh runs lira.",
+    f"transparent huge pages (GLIBC_TUNABLES={bench_cases.THP_TUNABLE}), as run.sh runs lira.",
 )  # fmt: skip
 flags.DEFINE_string(
     "torch_omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY of the PyTorch worker ('' = default)."
@@ -62,28 +65,32 @@ flags.DEFINE_string("workdir", None, "inference_memory: where to build the run (
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 
 
-def case_grid(arch: str, backend: str) -> list[bench.Case]:
+def case_grid(arch: str, backend: str) -> list[bench_cases.Case]:
     """The cases for one arch. On the CPU, conv nets stop at 4 models a step unless
     --models_per_step is given explicitly: one conv-net model-step takes about a second there
     and more models a step bought nothing in our measurements, so the full run stays in minutes."""
-    is_conv = arch in bench.CONV_ARCHS
+    is_conv = arch in bench_cases.CONV_ARCHS
     explicit = FLAGS["models_per_step"].present or FLAGS.quick
     cases = []
     for dtype in FLAGS.dtypes:
         for impl in FLAGS.conv_impls if is_conv else [None]:
             for k in sorted({int(k) for k in FLAGS.models_per_step}):
                 if explicit or backend != "cpu" or not is_conv or k <= 4:
-                    cases.append(bench.Case(arch, "vmap", k, impl, dtype))
+                    cases.append(bench_cases.Case(arch, "vmap", k, impl, dtype))
         for impl in FLAGS.conv_impls if is_conv else [None]:
-            cases.append(bench.Case(arch, "loop", 1, impl, dtype))
+            cases.append(bench_cases.Case(arch, "loop", 1, impl, dtype))
     for malloc in FLAGS.torch_malloc:
-        for layout in FLAGS.torch_layouts if is_conv else ["nchw"]:
-            cases.append(bench.Case(arch, "torch", 1, None if layout == "nchw" else layout, malloc=malloc))
+        for torch_layout in FLAGS.torch_layouts if is_conv else ["nchw"]:
+            cases.append(
+                bench_cases.Case(
+                    arch, "torch", 1, None if torch_layout == "nchw" else torch_layout, malloc=malloc
+                )
+            )
     cases = [c for c in cases if c.method in FLAGS.methods]
     if "torch" in FLAGS.methods and importlib.util.find_spec("torch") is None:
         print("torch is not installed (pip install -r requirements-bench.txt): no PyTorch baseline.")
         cases = [c for c in cases if c.method != "torch"]
-    default = bench.default_case(arch, backend)
+    default = harness.default_case(arch, backend)
     add = FLAGS.add_default and "vmap" in FLAGS.methods and default not in cases
     return cases + ([default] if add else [])
 
@@ -91,30 +98,30 @@ def case_grid(arch: str, backend: str) -> list[bench.Case]:
 def run_arch(arch: str, backend: str) -> tuple[list[dict], dict, float | None, list[str]]:
     """Times every case of `arch` that fits in memory; returns the rows, the ratios, training FLOPs
     per example and the names of the cases skipped for want of memory."""
-    workload = bench.Workload(bench.WORKLOADS[arch].input_shape, bench.WORKLOADS[arch].num_classes,
+    workload = bench_cases.Workload(bench_cases.WORKLOADS[arch].input_shape, bench_cases.WORKLOADS[arch].num_classes,
                               FLAGS.num_examples, FLAGS.batch_size)  # fmt: skip
-    model_steps = FLAGS.steps or (4 if arch in bench.CONV_ARCHS and backend == "cpu" else 64)
-    x, y = bench.synthetic_data(workload)
+    model_steps = FLAGS.steps or (4 if arch in bench_cases.CONV_ARCHS and backend == "cpu" else 64)
+    x, y = bench_cases.synthetic_data(workload)
     runners, compile_s, skipped = {}, {}, []
     for case in case_grid(arch, backend):
-        build = functools.partial(bench.make_runner, case, workload, x, y, model_steps, FLAGS.loop_models,
+        build = functools.partial(harness.make_runner, case, workload, x, y, model_steps, FLAGS.loop_models,
                                   FLAGS.augment, FLAGS.torch_omp_wait_policy)  # fmt: skip
-        runner, compile_s[case] = bench.prepare_runner(build)
+        runner, compile_s[case] = harness.prepare_runner(build)
         if runner is None:
             print(f"{case.name}: out of memory, skipped")
             skipped.append(case.name)
             gc.collect()
         else:
             runners[case] = runner
-    wall, cpu = bench.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
-    per_example = bench.train_flops_per_example(arch, workload)
-    default = bench.default_case(arch, backend)
+    wall, cpu = harness.time_interleaved({c.name: r for c, r in runners.items()}, FLAGS.repeats)
+    per_example = harness.train_flops_per_example(arch, workload)
+    default = harness.default_case(arch, backend)
     rows = []
     for case, runner in runners.items():
         work = runner.model_steps * workload.batch_size
         memory = {}
         if FLAGS.memory == "all" or (FLAGS.memory == "default" and case == default):
-            memory = bench.case_peak_memory(case, workload, model_steps, FLAGS.loop_models, FLAGS.augment,
+            memory = harness.case_peak_memory(case, workload, model_steps, FLAGS.loop_models, FLAGS.augment,
                                             FLAGS.torch_omp_wait_policy)  # fmt: skip
         getattr(runner, "close", lambda: None)()
         rows.append({
@@ -149,7 +156,7 @@ def arch_ratios(rows, times, runners, default) -> dict:
 
     def ratio(a, b):
         ca, cb = by_name[a], by_name[b]
-        return bench.paired_ratio(times[a], runners[ca].model_steps, times[b], runners[cb].model_steps)
+        return harness.paired_ratio(times[a], runners[ca].model_steps, times[b], runners[cb].model_steps)
 
     fastest = lambda method: max(
         (n for n in speed if by_name[n].method == method), key=speed.get, default=None
@@ -171,7 +178,7 @@ def arch_ratios(rows, times, runners, default) -> dict:
         out[f"default_vs_torch_{case.conv_impl or 'nchw'}{suffix}"] = ratio(out["default"], name)
     for name, case in by_name.items():
         if case.method == "vmap" and case.conv_impl == "im2col":
-            twin = bench.Case(case.arch, "vmap", case.models_per_step, "xla", case.dtype).name
+            twin = bench_cases.Case(case.arch, "vmap", case.models_per_step, "xla", case.dtype).name
             if twin in speed:
                 out[f"im2col_vs_xla_x{case.models_per_step}"] = ratio(name, twin)
     return out
@@ -217,7 +224,7 @@ def train_main(backend: str) -> dict:
     size = FLAGS.matmul_size or (512 if FLAGS.quick else 2048)
     dtypes = sorted({"float32", *FLAGS.dtypes})
     # The matmul peak is sampled before and after every arch, as the load on a shared machine drifts.
-    sample = lambda: {dtype: bench.matmul_peak_flops(size, dtype=dtype) / 1e9 for dtype in dtypes}
+    sample = lambda: {dtype: harness.matmul_peak_flops(size, dtype=dtype) / 1e9 for dtype in dtypes}
     samples = [sample()]
     per_example, rows, ratios, skipped = {}, [], {}, {}
     for arch in archs:
@@ -241,12 +248,12 @@ def train_main(backend: str) -> dict:
 
 
 def lira_paper_projection(rows, batch_size: int) -> dict:
-    """Hours the LiRA paper's CIFAR-10 experiment (bench.LIRA_PAPER_CIFAR10) would take at each
+    """Hours the LiRA paper's CIFAR-10 experiment (harness.LIRA_PAPER_CIFAR10) would take at each
     arch's measured rates, for the trainer's default and the fastest JAX case; compilation, once
     per slice of models, is not included. The paper's models are WRN-28-2; the other archs say
     what the same number of model-examples would cost with them."""
-    work = bench.model_examples(batch_size, **bench.LIRA_PAPER_CIFAR10)
-    out = {**bench.LIRA_PAPER_CIFAR10, "batch_size": batch_size, "model_examples": work, "archs": {}}
+    work = harness.model_examples(batch_size, **harness.LIRA_PAPER_CIFAR10)
+    out = {**harness.LIRA_PAPER_CIFAR10, "batch_size": batch_size, "model_examples": work, "archs": {}}
     for arch in dict.fromkeys(r["arch"] for r in rows):
         ours = [r for r in rows if r["arch"] == arch and r["method"] != "torch"]
         picks = {"default": next((r for r in ours if r["default"]), None),
@@ -265,7 +272,7 @@ def inference_main() -> dict:
     if FLAGS.quick:
         models, examples = min(models, 8), min(examples, 2000)
     with tempfile.TemporaryDirectory() as tmp:
-        result = bench.inference_memory(FLAGS.workdir or tmp, models, examples, FLAGS.inference_queries)
+        result = harness.inference_memory(FLAGS.workdir or tmp, models, examples, FLAGS.inference_queries)
     print(f"inference of {models} models x {examples:,} examples x {FLAGS.inference_queries} queries "
           f"({result['models_per_step']} models a step): logits {result['logits_mb']:,.0f} MB on disk; peak RSS "
           f"+{result['rss_mb']:,.0f} MB (anonymous +{result['anon_mb']:,.0f} MB, file-backed "
@@ -284,7 +291,10 @@ def _thp_mode() -> str | None:
 
 def main(argv):
     del argv
-    for name, valid in (("torch_layouts", bench.TORCH_LAYOUTS), ("torch_malloc", bench.TORCH_MALLOCS)):
+    for name, valid in (
+        ("torch_layouts", bench_cases.TORCH_LAYOUTS),
+        ("torch_malloc", bench_cases.TORCH_MALLOCS),
+    ):
         unknown = sorted(set(FLAGS[name].value) - set(valid))
         if unknown:
             raise app.UsageError(f"--{name}: unknown {unknown}; valid: {', '.join(valid)}.")
@@ -307,9 +317,9 @@ def main(argv):
     }  # fmt: skip
     shutil.rmtree(cache, ignore_errors=True)
     if FLAGS.json:
-        rundir.save_json(Path(FLAGS.json), out)
+        layout.save_json(Path(FLAGS.json), out)
         print(f"Wrote {FLAGS.json}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

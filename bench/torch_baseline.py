@@ -1,7 +1,7 @@
-"""The PyTorch baseline of lira/bench.py: shadow models trained one after another, eagerly.
+"""The PyTorch baseline of lira/harness.py: shadow models trained one after another, eagerly.
 
 This is how ML Privacy Meter trains its reference models (a plain PyTorch loop over one model
-at a time), rebuilt here with the same layer widths as lira/models.py, the same SGD (momentum
+at a time), rebuilt here with the same layer widths as lira/training/models.py, the same SGD (momentum
 0.9, weight decay 5e-4), batch size, training augmentation (mirror + reflect-padded shift by up
 to 4 pixels) and per-model sampling from each model's own IN set. Batches are indexed straight
 out of a resident tensor rather than through a DataLoader, which only flatters the baseline.
@@ -20,13 +20,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lira.bench import bench_keep, train_config
+from bench import cases, child_env
+from bench.cases import bench_keep, train_config
 
 PAD = 4
 
 
 class MLP(nn.Module):
-    """lira.models.MLP: flatten, Dense 512-256-128 with ReLU, linear head."""
+    """lira.training.models.MLP: flatten, Dense 512-256-128 with ReLU, linear head."""
 
     def __init__(self, in_features: int, num_classes: int, hidden=(512, 256, 128)):
         super().__init__()
@@ -42,7 +43,7 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """lira.models.CNN: `depth` blocks of conv3x3 (SAME), maxpool2, bias, ReLU, widths
+    """lira.training.models.CNN: `depth` blocks of conv3x3 (SAME), maxpool2, bias, ReLU, widths
     width << block, global mean, linear head. The bias and ReLU come after the pool, in the
     order lira's model applies them (the same function as conv-bias-ReLU-pool, and faster in
     both frameworks)."""
@@ -76,7 +77,7 @@ def make_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """images: [B, C, H, W] -> each mirrored with probability 1/2 and shifted by a uniform
-    (dy, dx) in [-4, 4]^2 with reflect padding, as lira.augment.augment(kind="weak")."""
+    (dy, dx) in [-4, 4]^2 with reflect padding, as lira.training.augment.augment(kind="weak")."""
     batch, channels, height, width = images.shape
     flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
     images = torch.where(flip[:, None, None, None], images.flip(3), images)
@@ -168,7 +169,7 @@ class TorchProcess:
     flatter the JAX cases; a separate process is also how a PyTorch user runs. The worker gets
     `omp_wait_policy` in OMP_WAIT_POLICY (PASSIVE: idle OpenMP threads sleep instead of
     spinning, which spares the baseline from collapsing when other processes share the cores),
-    and GLIBC_TUNABLES as `case.malloc` asks (lira.bench.Case.worker_env).
+    and GLIBC_TUNABLES as `case.malloc` asks (bench.cases.Case.worker_env).
     """
 
     def __init__(self, case, workload, model_steps: int, num_models: int, augment: str, omp_wait_policy: str):
@@ -179,7 +180,8 @@ class TorchProcess:
 
         env = dict(os.environ, **case.worker_env(omp_wait_policy))
         env.setdefault("JAX_PLATFORMS", "cpu")  # the worker never runs JAX; keep it off accelerators
-        code = "from lira import torch_baseline; torch_baseline.serve()"
+        env.update(child_env())
+        code = "from bench import torch_baseline; torch_baseline.serve()"
         self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, env=env)  # fmt: skip
         spec = {"case": dataclasses.asdict(case), "workload": dataclasses.asdict(workload),
@@ -220,12 +222,10 @@ def serve() -> None:
     import json
     import sys
 
-    from lira import bench
-
     spec = json.loads(sys.stdin.readline())
-    workload = bench.Workload(**{**spec["workload"], "input_shape": tuple(spec["workload"]["input_shape"])})
-    x, y = bench.synthetic_data(workload)
-    runner = TorchRunner(bench.Case(**spec["case"]), workload, x, y, spec["model_steps"], spec["num_models"],
+    workload = cases.Workload(**{**spec["workload"], "input_shape": tuple(spec["workload"]["input_shape"])})
+    x, y = cases.synthetic_data(workload)
+    runner = TorchRunner(cases.Case(**spec["case"]), workload, x, y, spec["model_steps"], spec["num_models"],
                          spec["augment"])  # fmt: skip
     print(json.dumps({"model_steps": runner.model_steps, "num_models": runner.num_models}), flush=True)
     for _ in sys.stdin:

@@ -1,12 +1,16 @@
-"""Model zoo: flax modules for shadow models, and the registry that names them.
+"""Convolution lowerings and the CPU kernels that the models of lira/training/models.py are built from.
 
 Every convolution goes through `Conv`, which can run as XLA's native convolution or as im2col
 (shifted slices + one matmul). Both read the same `kernel` [kh, kw, in, out] and `bias` [out]
 parameters, so a checkpoint trained with one runs with the other. The reason for the second is
-the CPU without YNNPACK (lira/xla_flags.py): vmapping over per-model conv weights lowers to a
-grouped convolution that XLA:CPU's own kernels run several times slower than a loop of
-single-model steps, while a vmapped matmul stays fast. With YNNPACK, the CPU default, the
-native convolution is faster, one model a step.
+twofold. On the CPU without YNNPACK (lira/xla_flags.py), vmapping over per-model conv weights
+lowers to a grouped convolution that XLA:CPU's own kernels run several times slower than a loop
+of single-model steps, while a vmapped matmul stays fast (with YNNPACK, the CPU default, the
+native convolution is faster, one model a step). On a GPU, the same grouped convolution ran at
+0.39x the speed of im2col's batched matmuls (docs/performance.md).
+
+Also here: the space-to-depth stem for convolutions of few input channels, and pool_bias_relu,
+the CNN block's fused 2x2 max-pool, bias and ReLU with a hand-written gradient.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -23,8 +26,7 @@ import numpy as np
 from jax import lax
 
 from lira import xla_flags
-
-CONV_IMPLS = ("xla", "im2col")
+from lira.config import CONV_IMPLS
 
 
 def default_conv_impl(backend: str | None = None, arch: str | None = None) -> str:
@@ -250,153 +252,3 @@ def _pool_bias_relu_bwd(axes, residuals, grad):
 
 
 pool_bias_relu.defvjp(_pool_bias_relu_fwd, _pool_bias_relu_bwd)
-
-
-class MLP(nn.Module):
-    """Fully connected ReLU network for tabular data (and flattened images)."""
-
-    num_classes: int
-    hidden: Sequence[int] = (512, 256, 128)
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
-
-
-class CNN(nn.Module):
-    """The LiRA paper's small CNN: `depth` blocks of conv3x3-ReLU-maxpool2 with widths
-    width, 2*width, 4*width, ..., then global average pooling and a linear layer."""
-
-    num_classes: int
-    width: int = 32
-    depth: int = 3
-    conv_impl: str = "xla"
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        for block in range(self.depth):
-            x = Conv(self.width << block, impl=self.conv_impl, dtype=self.dtype, pool_relu=True)(x)
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
-
-
-class WideResNetBlock(nn.Module):
-    """Pre-activation residual block (BN-ReLU-conv, twice) with a 1x1 projection shortcut."""
-
-    features: int
-    stride: int
-    conv_impl: str
-    dtype: jnp.dtype | None
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
-        conv = functools.partial(Conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype)
-        y = nn.relu(norm()(x))
-        shortcut = x
-        if x.shape[-1] != self.features or self.stride != 1:
-            shortcut = conv(self.features, (1, 1), (self.stride, self.stride))(y)
-        y = conv(self.features, (3, 3), (self.stride, self.stride))(y)
-        y = conv(self.features, (3, 3))(nn.relu(norm()(y)))
-        return shortcut + y
-
-
-class WideResNet(nn.Module):
-    """WRN-depth-width (Zagoruyko and Komodakis 2016), as in the LiRA paper's CIFAR setup."""
-
-    num_classes: int
-    depth: int = 28
-    width: int = 2
-    conv_impl: str = "xla"
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        if (self.depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}.")
-        blocks_per_group = (self.depth - 4) // 6
-        x = Conv(16, use_bias=False, impl=self.conv_impl, dtype=self.dtype)(x)
-        for group, features in enumerate((16 * self.width, 32 * self.width, 64 * self.width)):
-            for block in range(blocks_per_group):
-                stride = 2 if group > 0 and block == 0 else 1
-                x = WideResNetBlock(features, stride, self.conv_impl, self.dtype)(x, train)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
-
-
-# name -> factory(num_classes, conv_impl, dtype) -> nn.Module
-ModelFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, ModelFactory] = {
-    "mlp": lambda num_classes, conv_impl, dtype: MLP(num_classes, dtype=dtype),
-    "cnn32": lambda num_classes, conv_impl, dtype: CNN(num_classes, 32, conv_impl=conv_impl, dtype=dtype),
-    "cnn64": lambda num_classes, conv_impl, dtype: CNN(num_classes, 64, conv_impl=conv_impl, dtype=dtype),
-    "wrn28-2": lambda num_classes, conv_impl, dtype: WideResNet(num_classes, 28, 2, conv_impl, dtype),
-    "wrn28-10": lambda num_classes, conv_impl, dtype: WideResNet(num_classes, 28, 10, conv_impl, dtype),
-    # Tiny variants, for tests and smoke runs.
-    "mlp-tiny": lambda num_classes, conv_impl, dtype: MLP(num_classes, hidden=(16,), dtype=dtype),
-    "cnn-tiny": lambda num_classes, conv_impl, dtype: CNN(num_classes, 4, 2, conv_impl, dtype),
-    "wrn10-1": lambda num_classes, conv_impl, dtype: WideResNet(num_classes, 10, 1, conv_impl, dtype),
-}
-_ALIASES = {"wrn28": "wrn28-2"}
-
-
-def register_model(name: str, factory: ModelFactory) -> None:
-    """Adds a model under `name` for `--arch=name`.
-
-    `factory(num_classes, conv_impl, dtype)` returns a flax module whose `__call__(x, train)`
-    maps a batch [B, ...] to logits [B, num_classes]. Keep BatchNorm statistics in the
-    `batch_stats` collection (as flax's nn.BatchNorm does) and use `train` to switch them.
-    """
-    if name in _REGISTRY or name in _ALIASES:
-        raise ValueError(f"A model named {name!r} is already registered.")
-    _REGISTRY[name] = factory
-
-
-def available_archs() -> list[str]:
-    return sorted([*_REGISTRY, *_ALIASES])
-
-
-def canonical_arch(arch: str) -> str:
-    """The registry name of `arch`. A `module:factory` path (e.g. `my_models:small_net`) imports
-    `module` (from the working folder or sys.path) and registers its `factory` under that name,
-    so a user's own model passes through every stage, which all read `arch` from config.json."""
-    arch = _ALIASES.get(arch, arch)
-    if arch not in _REGISTRY and ":" in arch:
-        _register_import_path(arch)
-    if arch not in _REGISTRY:
-        raise ValueError(
-            f"Unknown --arch={arch!r}; valid: {', '.join(available_archs())}, or a "
-            "module:factory import path of your own model."
-        )
-    return arch
-
-
-def _register_import_path(path: str) -> None:
-    import importlib
-    import sys
-
-    module_name, _, attribute = path.partition(":")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.append("")  # the working folder, as for `python -m`
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"--arch={path!r}: cannot import module {module_name!r} ({error}).") from error
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise ValueError(f"--arch={path!r}: module {module_name!r} has no callable {attribute!r}.")
-    _REGISTRY[path] = factory
-
-
-def get_model(arch: str, num_classes: int, conv_impl: str | None = None, dtype=None) -> nn.Module:
-    """The flax module for `arch`. conv_impl defaults to the fastest on the current backend."""
-    conv_impl = conv_impl or default_conv_impl(arch=arch)
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {CONV_IMPLS}.")
-    return _REGISTRY[canonical_arch(arch)](num_classes, conv_impl, dtype)

@@ -1,8 +1,15 @@
-"""The training driver: runs the pure step of lira/train.py over slices of models, with
-checkpoints, the per-epoch log and a progress bar. The only training code that touches disk."""
+"""The training driver: runs the pure step of lira/training/step.py over slices of models, with
+checkpoints, the per-epoch log and a progress bar. The only training code that touches disk.
+
+Its public pieces are what the query stage and the benchmarks (bench/) build on: `Programs` (the
+jitted init, step, data order and evaluation of one architecture and config), `SliceInputs`
+(what a slice of models reads on the device besides its state), `restore_slices`, and the
+backend's defaults.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -13,9 +20,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from lira import checkpoint, rundir, xla_flags
-from lira import train as train_lib
-from lira.models import get_model
+from lira import xla_flags
+from lira.config import TrainingConfig
+from lira.run import checkpoint, layout
+from lira.training import step as step_lib
+from lira.training.models import get_model
 
 EVAL_BATCH = 500
 
@@ -69,17 +78,17 @@ def zero_totals(num_models: int, sharding):
     return jax.device_put(totals, sharding)
 
 
-class _Programs:
+class Programs:
     """The jitted programs for one model architecture and config, shared by every slice."""
 
-    def __init__(self, model, config: train_lib.TrainConfig, num_steps_per_epoch: int, sample_input):
-        self.tx = train_lib.make_optimizer(config, num_steps_per_epoch)
+    def __init__(self, model, config: TrainingConfig, num_steps_per_epoch: int, sample_input):
+        self.tx = step_lib.make_optimizer(config, num_steps_per_epoch)
         self.init = jax.jit(
-            train_lib.vmap_models(train_lib.make_init(model, self.tx, sample_input), (0, None)),
+            step_lib.vmap_models(step_lib.make_init(model, self.tx, sample_input), (0, None)),
             static_argnums=1,
         )
-        step = train_lib.vmap_models(
-            train_lib.make_train_step(model, self.tx, config), (0, 0, 0, 0, None, None, None)
+        step = step_lib.vmap_models(
+            step_lib.make_train_step(model, self.tx, config), (0, 0, 0, 0, None, None, None)
         )
 
         def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
@@ -89,10 +98,8 @@ class _Programs:
             return state, (loss_sum + loss, correct_sum + correct, first_bad)
 
         self.step = jax.jit(multi_step, donate_argnums=(0, 1))
-        self.order = jax.jit(
-            train_lib.vmap_models(train_lib.epoch_order, (0, 0, None, None)), static_argnums=3
-        )
-        predict = train_lib.vmap_models(lambda state, x: train_lib.predict(model, state, x), (0, None))
+        self.order = jax.jit(step_lib.vmap_models(step_lib.epoch_order, (0, 0, None, None)), static_argnums=3)
+        predict = step_lib.vmap_models(lambda state, x: step_lib.predict(model, state, x), (0, None))
         self.correct = jax.jit(
             lambda state, x, y: jnp.sum(jnp.argmax(predict(state, x), -1) == y[None], axis=1)
         )
@@ -108,6 +115,43 @@ class _Programs:
         ids = jnp.arange(start, stop, dtype=jnp.int32)
         return checkpoint.restore(folder, epoch, self.abstract_state(ids, seed, model_sharding(stop - start)))
 
+    def init_slice(self, inputs: SliceInputs, seed: int):
+        """The fresh stacked state of the slice's models, sharded over the model axis."""
+        return jax.jit(self.init, static_argnums=1, out_shardings=inputs.by_model)(inputs.ids, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceInputs:
+    """What a slice of models [start, stop) reads on the device besides its state: its model ids,
+    its rows of keep and their IN counts (split over the model mesh), and the shardings."""
+
+    start: int
+    stop: int
+    ids: jax.Array
+    keep: jax.Array
+    num_in: jax.Array
+    by_model: NamedSharding
+    replicated: NamedSharding
+
+    @classmethod
+    def place(cls, keep: np.ndarray, start: int, stop: int) -> SliceInputs:
+        by_model, replicated = model_shardings(stop - start)
+        return cls(
+            start, stop, jax.device_put(np.arange(start, stop, dtype=np.int32), by_model),
+            jax.device_put(keep[start:stop], by_model), jax.device_put(step_lib.in_counts(keep)[start:stop], by_model),
+            by_model, replicated,
+        )  # fmt: skip
+
+
+def restore_slices(programs: Programs, slices, epoch: int, seed: int):
+    """The states of training slices (start, stop, folder) saved at `epoch`, stacked on the model
+    axis in that order and sharded over it."""
+    states = [programs.restore(folder, a, b, epoch, seed) for a, b, folder in slices]
+    if len(states) == 1:
+        return states[0]
+    stacked = jax.tree.map(lambda *leaves: np.concatenate([np.asarray(v) for v in leaves]), *states)
+    return jax.device_put(stacked, model_sharding(sum(b - a for a, b, _ in slices)))
+
 
 def train_models(
     *,
@@ -119,16 +163,14 @@ def train_models(
     num_classes: int,
     keep: np.ndarray,
     arch: str,
-    config: train_lib.TrainConfig,
-    pkeep: float,
+    config: TrainingConfig,
     model_ids: tuple[int, int],
-    models_per_step: int,
     conv_impl: str | None = None,
-    eval_every: int = 1,
     progress: bool = True,
     stop_after_epochs: int | None = None,
 ) -> None:
-    """Trains models [start, stop) of `keep` [M, N] in steps of `models_per_step` models.
+    """Trains models [start, stop) of `keep` [M, N] in steps of config.models_per_step models
+    (0: the backend's default), measuring test accuracy every config.eval_every epochs.
 
     Resumes every slice from its last checkpoint; a finished slice is skipped. Appends one row
     per (model, epoch) to train_log.jsonl. `stop_after_epochs` ends the run early (after that
@@ -136,10 +178,11 @@ def train_models(
     """
     config.validate()
     start, stop = model_ids
+    models_per_step = config.models_per_step or default_models_per_step(arch)
+    eval_every = config.eval_every
     model = get_model(arch, num_classes, conv_impl)
-    num_steps = train_lib.steps_per_epoch(keep.shape[1], pkeep, config.batch_size)
-    programs = _Programs(model, config, num_steps, jnp.asarray(x_train[:1][0]))
-    num_in_all = train_lib.in_counts(keep)
+    num_steps = step_lib.steps_per_epoch(keep.shape[1], config.pkeep, config.batch_size)
+    programs = Programs(model, config, num_steps, jnp.asarray(x_train[:1][0]))
     slices = [(a, min(a + models_per_step, stop)) for a in range(start, stop, models_per_step)]
     todo = [(a, b, checkpoint.latest_epoch(checkpoint.slice_dir(logdir, a, b))) for a, b in slices]
     remaining = sum((b - a) * (config.epochs - done) * num_steps for a, b, done in todo)
@@ -148,26 +191,26 @@ def train_models(
     for a, b, done in todo:
         if done >= config.epochs:
             continue
-        by_model, replicated = model_shardings(b - a)
-        x, y = jax.device_put(x_train, replicated), jax.device_put(y_train, replicated)
-        xt, yt = jax.device_put(x_test, replicated), jax.device_put(y_test, replicated)
-        ids = jax.device_put(np.arange(a, b, dtype=np.int32), by_model)
-        keep_slice = jax.device_put(keep[a:b], by_model)
-        num_in = jax.device_put(num_in_all[a:b], by_model)
+        inputs = SliceInputs.place(keep, a, b)
+        x, y = jax.device_put(x_train, inputs.replicated), jax.device_put(y_train, inputs.replicated)
+        xt, yt = jax.device_put(x_test, inputs.replicated), jax.device_put(y_test, inputs.replicated)
         folder = checkpoint.slice_dir(logdir, a, b)
-        if done:
-            state = programs.restore(folder, a, b, done, config.seed)
-        else:
-            state = jax.jit(programs.init, static_argnums=1, out_shardings=by_model)(ids, config.seed)
+        state = (
+            programs.restore(folder, a, b, done, config.seed)
+            if done
+            else programs.init_slice(inputs, config.seed)
+        )
         for epoch in range(done, config.epochs):
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 bar.close()
                 return
             tic = time.perf_counter()
-            order = programs.order(keep_slice, ids, epoch, config.seed)
-            totals = zero_totals(b - a, by_model)
+            order = programs.order(inputs.keep, inputs.ids, epoch, config.seed)
+            totals = zero_totals(b - a, inputs.by_model)
             for step_in_epoch in range(num_steps):
-                state, totals = programs.step(state, totals, order, num_in, ids, x, y, step_in_epoch)
+                state, totals = programs.step(
+                    state, totals, order, inputs.num_in, inputs.ids, x, y, step_in_epoch
+                )
                 bar.update(b - a)
             loss_sum, correct, first_bad = jax.device_get(totals)
             if (first_bad >= 0).any():
@@ -183,7 +226,7 @@ def train_models(
                 accuracy = _accuracy(programs, state, xt, yt)
                 for row, acc in zip(rows, accuracy):
                     row["test_acc"] = float(acc)
-            rundir.append_jsonl(Path(logdir) / rundir.TRAIN_LOG, rows)
+            layout.append_jsonl(Path(logdir) / layout.TRAIN_LOG, rows)
             checkpoint.save(folder, epoch + 1, state)
             epochs_run += 1
             bar.set_postfix_str(
@@ -206,7 +249,7 @@ def _epoch_rows(first_model: int, epoch: int, loss, train_acc) -> list[dict]:
     ]
 
 
-def _accuracy(programs: _Programs, state, x, y) -> np.ndarray:
+def _accuracy(programs: Programs, state, x, y) -> np.ndarray:
     """float [M]: each model's accuracy on (x, y), in batches."""
     correct = 0
     for i in range(0, x.shape[0], EVAL_BATCH):
@@ -218,14 +261,14 @@ def load_slice_states(
     logdir: Path,
     arch: str,
     num_classes: int,
-    config: train_lib.TrainConfig,
+    config: TrainingConfig,
     sample_input,
-    pkeep: float,
     num_examples: int,
+    conv_impl: str | None = None,
 ):
     """Yields (start, stop, state) for every finished slice, the state stacked over its models."""
-    model = get_model(arch, num_classes)
-    num_steps = train_lib.steps_per_epoch(num_examples, pkeep, config.batch_size)
-    programs = _Programs(model, config, num_steps, jnp.asarray(sample_input))
+    model = get_model(arch, num_classes, conv_impl)
+    num_steps = step_lib.steps_per_epoch(num_examples, config.pkeep, config.batch_size)
+    programs = Programs(model, config, num_steps, jnp.asarray(sample_input))
     for a, b, folder in checkpoint.finished_slices(logdir, config.epochs):
         yield a, b, programs.restore(folder, a, b, config.epochs, config.seed)

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn import metrics as sk_metrics
 
-from lira import rundir
+from lira.run import layout
 
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
-    """Writes `fig` as a PNG through rundir.atomic_write (a temporary name beside `path`, then a
+    """Writes `fig` as a PNG through layout.atomic_write (a temporary name beside `path`, then a
     rename), so a killed run never leaves half an image and the file honours the umask."""
-    rundir.atomic_write(
+    layout.atomic_write(
         Path(path), lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png"), "wb"
     )
 
@@ -97,40 +96,11 @@ def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     save_figure(fig, path)
 
 
-def pooled_threshold(scores: np.ndarray, is_member: np.ndarray, level: float) -> float:
-    """The threshold whose rule `score > threshold` flags at most `level` of the non-members
-    and, of such rules, flags the most (the TPR-at-FPR convention of lira.metrics)."""
-    nonmember = np.sort(scores[~is_member])[::-1]
-    allowed = int(np.floor(level * nonmember.size))
-    return -np.inf if allowed >= nonmember.size else float(nonmember[allowed])
-
-
-def per_class_risk(scores: np.ndarray, membership: np.ndarray, labels: np.ndarray, attack: str, path: Path,
-                   class_names: list[str] | None = None) -> dict:  # fmt: skip
-    """Per-class TPR and FPR at one global threshold, and per-class AUC, of one attack.
-
-    scores, membership: [T, N]; labels: [N]. The threshold is set on all non-members pooled at
-    FPR 1% (10% when there are fewer than 100 non-members, where 1% cannot be resolved), so a
-    class with a higher TPR there is one an attacker with a single rule exposes more; its FPR
-    shows whether that comes with more false alarms too. Returns {class: {"tpr", "fpr", "auc"}}
-    and the level as result["level"].
-    """
-    is_member = membership.ravel()
-    flat_scores, flat_labels = scores.ravel(), np.broadcast_to(labels, scores.shape).ravel()
-    level = 0.01 if (~is_member).sum() >= 100 else 0.1
-    flagged = flat_scores > pooled_threshold(flat_scores, is_member, level)
-    risk = {}
-    for c in np.unique(labels):
-        in_class = flat_labels == c
-        members, nonmembers = in_class & is_member, in_class & ~is_member
-        if not members.any() or not nonmembers.any():
-            continue
-        fpr, tpr, _ = sk_metrics.roc_curve(is_member[in_class], flat_scores[in_class])
-        risk[int(c)] = {
-            "tpr": float(flagged[members].mean()),
-            "fpr": float(flagged[nonmembers].mean()),
-            "auc": float(sk_metrics.auc(fpr, tpr)),
-        }
+def per_class_risk(risk: dict, attack: str, path: Path, class_names: list[str] | None = None) -> None:
+    """Draws lira.metrics.per_class_risk's result: per-class TPR and FPR at one threshold, and
+    per-class AUC, of one attack."""
+    level = risk["level"]
+    risk = {c: r for c, r in risk.items() if c != "level"}
     names = [class_names[c] if class_names else str(c) for c in risk]
     x = np.arange(len(risk))
     fig = Figure(figsize=(min(14.0, max(5.5, 0.45 * len(risk) + 2)), 5.2), layout="constrained")
@@ -155,7 +125,6 @@ def per_class_risk(scores: np.ndarray, membership: np.ndarray, labels: np.ndarra
                       ha="right" if class_names else "center", fontsize=8)  # fmt: skip
     bottom.set_xlabel("class")
     save_figure(fig, path)
-    return {**risk, "level": level}
 
 
 def example_grid(images: np.ndarray, most: np.ndarray, least: np.ndarray, captions: dict[int, str],

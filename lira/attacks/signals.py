@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lira import rundir
+from lira.config import RMIA_SIGNALS, AttackConfig
+from lira.run import layout
 
 
 def _logsumexp(values: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -92,13 +93,13 @@ class ProbabilitySignal:
     CIFAR-10 defaults) or "softmax" (p_y = softmax(z / temperature)_y; temperature 1 is the
     plain probability). margin and terms apply to "taylor" only."""
 
-    kind: str = "taylor"
-    temperature: float = 2.0
-    margin: float = 0.6
-    terms: int = 4
+    kind: str = AttackConfig.rmia_signal  # the defaults are the attack stage's (lira/config.py)
+    temperature: float = AttackConfig.rmia_temperature
+    margin: float = AttackConfig.rmia_margin
+    terms: int = AttackConfig.rmia_terms
 
     def __post_init__(self):
-        if self.kind not in ("taylor", "softmax"):
+        if self.kind not in RMIA_SIGNALS:
             raise ValueError(f"Unknown RMIA signal {self.kind!r}; valid: 'taylor', 'softmax'.")
         if not self.temperature > 0 or self.terms < 1:
             raise ValueError(
@@ -183,25 +184,25 @@ def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = Non
     memory-mapped, when an attack needs prediction vectors. Files are checked against keep.npy
     and labels.npy first, so a missing or mis-shaped file is named before any work.
     """
-    keep = rundir.load_keep(logdir)
-    labels = rundir.load_labels(logdir)
+    keep = layout.load_keep(logdir)
+    labels = layout.load_labels(logdir)
     num_models, num_examples = keep.shape
     if labels.shape != (num_examples,):
-        raise rundir.RunDirError(f"labels.npy has shape {labels.shape} but keep.npy has N={num_examples}.")
+        raise layout.RunDirError(f"labels.npy has shape {labels.shape} but keep.npy has N={num_examples}.")
     if model_indices is None:
         model_indices = list(range(num_models))
-    missing = [m for m in model_indices if not rundir.logits_path(logdir, m).exists()]
+    missing = [m for m in model_indices if not layout.logits_path(logdir, m).exists()]
     if missing:
-        raise rundir.RunDirError(
-            f"{len(missing)} logits files are missing in {Path(logdir) / rundir.LOGITS_DIR} "
-            f"(models {rundir.format_ranges(missing)}); run experiments/inference.py --logdir={logdir}."
+        raise layout.RunDirError(
+            f"{len(missing)} logits files are missing in {Path(logdir) / layout.LOGITS_DIR} "
+            f"(models {layout.format_ranges(missing)}); run experiments/inference.py --logdir={logdir}."
         )
-    shapes = {m: np.load(rundir.logits_path(logdir, m), mmap_mode="r").shape for m in model_indices}
+    shapes = {m: np.load(layout.logits_path(logdir, m), mmap_mode="r").shape for m in model_indices}
     first = shapes[model_indices[0]]
     for m, shape in shapes.items():
         if len(shape) != 3 or shape[0] != num_examples or shape != first:
-            raise rundir.RunDirError(
-                f"{rundir.logits_path(logdir, m)} has shape {shape}; expected [N={num_examples}, Q, C] "
+            raise layout.RunDirError(
+                f"{layout.logits_path(logdir, m)} has shape {shape}; expected [N={num_examples}, Q, C] "
                 f"like model {model_indices[0]}'s {first}."
             )
     _, num_queries, num_classes = first
@@ -211,7 +212,7 @@ def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = Non
 
     def load(row: int) -> None:
         one = model_signals(
-            np.load(rundir.logits_path(logdir, model_indices[row])), labels, probability_signal
+            np.load(layout.logits_path(logdir, model_indices[row])), labels, probability_signal
         )
         for name, values in one.items():
             arrays[name][row] = values
@@ -219,6 +220,6 @@ def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = Non
     # numpy releases the GIL in its loops: one file per core at a time.
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
         list(pool.map(load, range(len(model_indices))))
-    paths = [rundir.logits_path(logdir, m) for m in model_indices]
+    paths = [layout.logits_path(logdir, m) for m in model_indices]
     return Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
                    lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip

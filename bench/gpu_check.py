@@ -1,10 +1,10 @@
-"""The vectorized trainer on one GPU, time-boxed; experiments/gpu_check.sh runs it.
+"""The vectorized trainer on one GPU, time-boxed; bench/gpu_check.sh runs it.
 
 Parts, the most important first, each in a process of its own under a timeout cut from one
 budget (--budget_s), with time kept back for the end-to-end part:
 
     probe             the device and the versions
-    wrn28-2/float32   experiments/bench.py at 1, 16 and 64 models a step, and the jitted loop
+    wrn28-2/float32   bench/training.py at 1, 16 and 64 models a step, and the jitted loop
     cnn32/float32     the same at 1, 16, 64 and 128
     end_to_end        64 cnn32 models trained on the CIFAR-10 subset with lira's trainer, timed;
                       then models 0 and 63 trained alone, and compared with the vectorized run
@@ -49,8 +49,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lira import data, masks, models, rundir, trainer
-from lira import train as train_lib
+from lira import cli, data
+from lira.config import TrainingConfig
+from lira.run import layout
+from lira.training import loop, masks, models
+from lira.training import step as step_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("smoke", False, "Tiny sizes on the CPU, for the tests.")
@@ -130,7 +133,7 @@ def end_to_end_run(smoke: bool) -> EndToEnd:
 def bench_command(part: Part, smoke: bool, json_path: Path) -> list[str]:
     # Peak memory would take a fresh process per case (minutes on a GPU): --memory=none. The
     # bfloat16 parts leave out the trainer's default case, which is float32 and timed already.
-    command = [sys.executable, str(REPO / "experiments" / "bench.py"), f"--arch={part.arch}",
+    command = [sys.executable, "-m", "bench.training", f"--arch={part.arch}",
                f"--models_per_step={part.models_per_step}", f"--dtypes={part.dtype}", "--methods=vmap,loop",
                "--conv_impls=xla", "--memory=none", f"--add_default={part.dtype == 'float32'}",
                f"--json={json_path}"]  # fmt: skip
@@ -200,7 +203,7 @@ def run_parts(parts: list[Part], options: Options, log: Log) -> dict:
 def part_command(part: Part, options: Options, part_json: Path) -> list[str]:
     if part.arch:
         return bench_command(part, options.smoke, part_json)
-    return [sys.executable, __file__, f"--child={part.name}", f"--child_json={part_json}", f"--data={options.data}",
+    return [sys.executable, "-m", "bench.gpu_check", f"--child={part.name}", f"--child_json={part_json}", f"--data={options.data}",
             f"--rtol={options.rtol}", f"--smoke={options.smoke}"]  # fmt: skip
 
 
@@ -223,7 +226,7 @@ def merge(parts: list[Part], results: dict, statuses: list[dict], options: Optio
 
 
 def merge_projections(projections: list[dict]) -> dict | None:
-    """One projection (experiments/bench.py's lira_paper_projection) from several parts': each
+    """One projection (bench/training.py's lira_paper_projection) from several parts': each
     arch's default from the part that timed it, its best the fastest of all parts."""
     if not projections:
         return None
@@ -361,7 +364,7 @@ def end_to_end(run: EndToEnd, data_path: Path, rtol: float, save) -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dataset, source = load_data(data_path, run)
-    steps = train_lib.steps_per_epoch(len(dataset.y_train), 0.5, run.batch_size)
+    steps = step_lib.steps_per_epoch(len(dataset.y_train), 0.5, run.batch_size)
     result = {**dataclasses.asdict(run), "data": source, "num_examples": len(dataset.y_train),
               "steps_per_epoch": steps}  # fmt: skip
     trained = Trained(run, dataset)
@@ -397,7 +400,7 @@ def end_to_end(run: EndToEnd, data_path: Path, rtol: float, save) -> None:
 
 
 class Trained:
-    """lira.trainer.train_models on the run's data, as tests/helpers.py calls it: all models
+    """lira.training.loop.train_models on the run's data, as tests/helpers.py calls it: all models
     vectorized under logdir/vectorized, or each of run.check_models alone under logdir/single."""
 
     def __init__(self, run: EndToEnd, dataset):
@@ -415,11 +418,11 @@ class Trained:
 
     def _train(self, logdir, model_ids, models_per_step, stop_after_epochs=None):
         pool = self.dataset
-        trainer.train_models(
+        loop.train_models(
             logdir=logdir, x_train=pool.x_train, y_train=pool.y_train, x_test=pool.x_test, y_test=pool.y_test,
-            num_classes=pool.num_classes, keep=self.keep, arch=self.run.arch, config=train_config(self.run),
-            pkeep=0.5, model_ids=model_ids, models_per_step=models_per_step, eval_every=self.run.epochs,
-            progress=False, stop_after_epochs=stop_after_epochs,
+            num_classes=pool.num_classes, keep=self.keep, arch=self.run.arch,
+            config=dataclasses.replace(train_config(self.run), models_per_step=models_per_step),
+            model_ids=model_ids, progress=False, stop_after_epochs=stop_after_epochs,
         )  # fmt: skip
 
 
@@ -439,12 +442,12 @@ def load_data(path: Path, run: EndToEnd):
     return data.Dataset("synthetic", x[:cut], y[:cut], x[cut:], y[cut:], 10), "synthetic images"
 
 
-def train_config(run: EndToEnd) -> train_lib.TrainConfig:
-    return train_lib.TrainConfig(epochs=run.epochs, batch_size=run.batch_size)
+def train_config(run: EndToEnd) -> TrainingConfig:
+    return TrainingConfig(epochs=run.epochs, batch_size=run.batch_size, eval_every=run.epochs)
 
 
 def vectorized_figures(run: EndToEnd, logdir: Path, spe: int, first_s: float, later_s: float) -> dict:
-    rows = rundir.read_jsonl(logdir / "vectorized" / rundir.TRAIN_LOG)
+    rows = layout.read_jsonl(logdir / "vectorized" / layout.TRAIN_LOG)
     accuracy = [row["test_acc"] for row in rows if "test_acc" in row]
     stats = jax.local_devices()[0].memory_stats() or {}
     work = run.num_models * (run.epochs - 1) * spe * run.batch_size
@@ -463,14 +466,14 @@ def compare(logdir: Path, run: EndToEnd, dataset) -> dict:
     config, sample, size = train_config(run), dataset.x_train[0], len(dataset.y_train)
     load = lambda folder: {
         start + offset: jax.tree.map(lambda leaf, offset=offset: leaf[offset], state)
-        for start, stop, state in trainer.load_slice_states(
-            folder, run.arch, dataset.num_classes, config, sample, 0.5, size
+        for start, stop, state in loop.load_slice_states(
+            folder, run.arch, dataset.num_classes, config, sample, size
         )  # fmt: skip
         for offset in range(stop - start)
     }
     vectorized, single = load(logdir / "vectorized"), load(logdir / "single")
     model = models.get_model(run.arch, dataset.num_classes)
-    predict = jax.jit(lambda state, x: train_lib.predict(model, state, x))
+    predict = jax.jit(lambda state, x: step_lib.predict(model, state, x))
     logits = lambda state: np.asarray(predict(state, dataset.x_test))
     weights = lambda state: (state.params, state.batch_stats)
     rows = []
@@ -504,7 +507,7 @@ def relative_difference(a, b) -> float:
 def main(argv) -> int:
     del argv
     if FLAGS.child:
-        save = functools.partial(rundir.save_json, Path(FLAGS.child_json))  # atomic: a kill leaves the last
+        save = functools.partial(layout.save_json, Path(FLAGS.child_json))  # atomic: a kill leaves the last
         if FLAGS.child == "probe":
             save(probe())
         else:
@@ -536,4 +539,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,14 +19,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lira import rundir
+from lira.run import layout
 
 _SLICE_DIR = re.compile(r"models_(\d{5})-(\d{5})$")
 _EPOCH_FILE = re.compile(r"epoch_(\d{5})\.npz$")
 
 
 def slice_dir(logdir: Path, start: int, stop: int) -> Path:
-    return Path(logdir) / rundir.CKPT_DIR / f"models_{start:05d}-{stop:05d}"
+    return Path(logdir) / layout.CKPT_DIR / f"models_{start:05d}-{stop:05d}"
 
 
 def _epochs(directory: Path) -> list[int]:
@@ -45,7 +45,7 @@ def save(directory: Path, epoch: int, state) -> None:
     """Writes a host copy of `state` (any flax-serializable pytree) as epoch `epoch`."""
     flat = _named_leaves(jax.device_get(state))
     directory = Path(directory)
-    rundir.atomic_write(directory / f"epoch_{epoch:05d}.npz", lambda f: np.savez(f, **flat), "wb")
+    layout.atomic_write(directory / f"epoch_{epoch:05d}.npz", lambda f: np.savez(f, **flat), "wb")
     for old in _epochs(directory):
         if old != epoch:
             (directory / f"epoch_{old:05d}.npz").unlink(missing_ok=True)
@@ -59,14 +59,14 @@ def restore(directory: Path, epoch: int, abstract_state):
         flat = {name: archive[name] for name in archive.files}
     expected = _named_leaves(abstract_state)
     if list(flat) != list(expected):
-        raise rundir.RunDirError(
+        raise layout.RunDirError(
             f"{path} does not hold this model's state (differing entries: "
             f"{sorted(set(flat) ^ set(expected))[:5]}); was it trained with another --arch?"
         )
     leaves = []
     for name, leaf in expected.items():
         if flat[name].shape != leaf.shape:
-            raise rundir.RunDirError(f"{path}: {name} has shape {flat[name].shape}, expected {leaf.shape}.")
+            raise layout.RunDirError(f"{path}: {name} has shape {flat[name].shape}, expected {leaf.shape}.")
         leaves.append(jax.device_put(flat[name].astype(leaf.dtype), leaf.sharding))
     return jax.tree.unflatten(jax.tree.structure(abstract_state), leaves)
 
@@ -78,7 +78,7 @@ def _named_leaves(tree) -> dict:
 
 def finished_slices(logdir: Path, epochs: int) -> list[tuple[int, int, Path]]:
     """(start, stop, folder) of every slice whose training reached `epochs`, sorted by start."""
-    root = Path(logdir) / rundir.CKPT_DIR
+    root = Path(logdir) / layout.CKPT_DIR
     found = []
     for folder in sorted(root.glob("models_*")) if root.exists() else []:
         match = _SLICE_DIR.match(folder.name)

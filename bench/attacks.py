@@ -1,10 +1,10 @@
 """Times the attack stage at the papers' scale: every attack, many targets, augmented queries.
 
-    python experiments/bench_attacks.py --workdir=../runs/bench_attacks     # M=256, N=50,000, Q=18, T=16
-    python experiments/bench_attacks.py --quick --json=/tmp/bench.json      # seconds; what the tests run
+    python -m bench.attacks --workdir=../runs/bench_attacks     # M=256, N=50,000, Q=18, T=16
+    python -m bench.attacks --quick --json=/tmp/bench.json      # seconds; what the tests run
 
 LiRA's and RMIA's CIFAR-10 setting is M = 256 models, N = 50,000 examples and Q = 18 queries,
-and an auditor attacks several targets. A synthetic run of that shape (lira.synthetic: a planted
+and an auditor attacks several targets. A synthetic run of that shape (lira.run.synthetic: a planted
 membership signal, one logits file per model, as the inference stage writes them) is built once
 in --workdir (kept, so a re-run skips building it), then one process does what
 experiments/attack.py does: load the signals, run every attack against T targets, compute the
@@ -21,11 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from lira import audit, rundir, synthetic
-from lira.attacks import ATTACKS, probability_signal
-from lira.signals import run_signals
+from lira import cli
+from lira.attacks import ATTACKS, probability_signal, protocol
+from lira.attacks.signals import run_signals
+from lira.run import layout, synthetic
+from lira.stages import attack
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_models", 256, "M.")
@@ -54,7 +56,7 @@ def build_run(logdir: Path, shape: dict) -> float:
     shutil.rmtree(logdir, ignore_errors=True)
     start = time.perf_counter()
     synthetic.make_synthetic_rundir(logdir, signal=0.5, **shape)
-    rundir.save_json(marker, shape)
+    layout.save_json(marker, shape)
     return time.perf_counter() - start
 
 
@@ -63,12 +65,12 @@ def measure(logdir: Path, attacks: list[str], num_targets: int, bootstrap: int) 
     the metrics; peak RSS; pooled AUCs."""
     start = time.perf_counter()
     signals = run_signals(logdir, probability_signal(attacks))
-    keep, labels = rundir.load_keep(logdir), rundir.load_labels(logdir)
+    keep, labels = layout.load_keep(logdir), layout.load_labels(logdir)
     loaded = time.perf_counter()
     targets = list(range(min(num_targets, keep.shape[0])))
     selection_start = time.perf_counter()
-    selection = audit.check_references(keep, targets, attacks, None, 0)
-    inputs = audit.attack_inputs(signals, keep, labels, targets, selection)
+    selection = protocol.check_references(keep, targets, attacks, None, 0)
+    inputs = protocol.attack_inputs(signals, keep, labels, targets, selection)
     selection_s = time.perf_counter() - selection_start
     attack_s, results = {}, {}
     for name in attacks:  # in one AttackInputs: statistics computed by one attack serve the next
@@ -76,10 +78,10 @@ def measure(logdir: Path, attacks: list[str], num_targets: int, bootstrap: int) 
         output = ATTACKS[name].fn(inputs)
         scores = output[0] if isinstance(output, tuple) else output
         attack_s[name] = time.perf_counter() - begin
-        results[name] = audit.AttackResult(scores, targets)
+        results[name] = protocol.AttackResult(scores, targets)
         print(f"  {name}: {attack_s[name]:.1f} s", flush=True)
     attacked = time.perf_counter()
-    metrics = audit.audit_metrics(results, keep, signals.num_queries, bootstrap)
+    metrics = attack.audit_metrics(results, keep, signals.num_queries, bootstrap)
     done = time.perf_counter()
     return {
         "load_s": loaded - start,
@@ -95,7 +97,7 @@ def measure(logdir: Path, attacks: list[str], num_targets: int, bootstrap: int) 
 
 def main(argv):
     del argv
-    attacks = audit.check_attack_names(FLAGS.attacks)
+    attacks = protocol.check_attack_names(FLAGS.attacks)
     if FLAGS.quick:
         FLAGS.num_models, FLAGS.num_examples, FLAGS.num_queries, FLAGS.num_targets = 16, 500, 2, 4
     shape = dict(num_models=FLAGS.num_models, num_examples=FLAGS.num_examples,
@@ -118,9 +120,9 @@ def main(argv):
     print(f"{'total':<26}{result['total_s']:>9.1f}   peak RSS {result['peak_rss_gib']:.2f} GiB")
     if FLAGS.json:
         environment = {"python": sys.version.split()[0], "attacks": list(ATTACKS)}
-        rundir.save_json(Path(FLAGS.json), {"shape": shape, "num_targets": FLAGS.num_targets,
+        layout.save_json(Path(FLAGS.json), {"shape": shape, "num_targets": FLAGS.num_targets,
                                             "bootstrap": FLAGS.bootstrap, "environment": environment, **result})  # fmt: skip
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

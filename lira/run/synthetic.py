@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lira import masks, rundir
+from lira.run import layout
+from lira.training import masks
 
 
 def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int = 64, num_queries: int = 2,
@@ -46,19 +47,19 @@ def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int =
         "git_commit": None,
         "inference": {"queries": num_queries},
     }
-    rundir.save_json(logdir / rundir.CONFIG, config)
-    rundir.save_npy(logdir / rundir.KEEP, keep)
-    rundir.save_npy(logdir / rundir.LABELS, labels)
+    layout.save_json(logdir / layout.CONFIG, config)
+    layout.save_npy(logdir / layout.KEEP, keep)
+    layout.save_npy(logdir / layout.LABELS, labels)
     rows = [
         {"model": m, "epoch": 1, "loss": 1.0, "train_acc": 0.5, "test_acc": 0.5} for m in range(num_models)
     ]
-    (logdir / rundir.TRAIN_LOG).unlink(missing_ok=True)
-    rundir.append_jsonl(logdir / rundir.TRAIN_LOG, rows)
+    (logdir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    layout.append_jsonl(logdir / layout.TRAIN_LOG, rows)
     true_class = labels[:, None, None] == np.arange(num_classes)  # [N, 1, C]
     for m in range(num_models):
         model_rng = np.random.default_rng([seed, m])
         logits = model_rng.standard_normal((num_examples, num_queries, num_classes), dtype=np.float32)
         shift = difficulty + signal * keep[m]
         logits += np.where(true_class, shift[:, None, None], 0.0).astype(np.float32)
-        rundir.save_npy(rundir.logits_path(logdir, m), logits)
+        layout.save_npy(layout.logits_path(logdir, m), logits)
     return config

@@ -1,7 +1,8 @@
 """The run directory: the on-disk contract between the train, inference and attack stages.
 
     logdir/
-      config.json        flags, dataset facts, library versions, git commit
+      config.json        the run's lira.config.Config (as "flags"), dataset facts, library versions,
+                         git commit, the query count once queried: RunRecord
       keep.npy           bool [M, N]: keep[m, j] = pool example j is in model m's training set
       labels.npy         int32 [N]
       ckpt/              stacked training states, one folder per slice of models
@@ -15,6 +16,7 @@ killed at any moment leaves either the old file or the new one, never half of on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from lira.config import Config
+
 CONFIG = "config.json"
 KEEP = "keep.npy"
 LABELS = "labels.npy"
@@ -30,6 +34,8 @@ TRAIN_LOG = "train_log.jsonl"
 LOGITS_DIR = "logits"
 CKPT_DIR = "ckpt"
 REPORT_DIR = "report"
+METRICS = "metrics.json"  # in REPORT_DIR
+SCORES_DIR = "scores"  # in REPORT_DIR: NAME.npy, float [T, N] per attack
 
 
 class RunDirError(ValueError):
@@ -51,6 +57,22 @@ def atomic_write(path: Path, write_fn, mode: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class PartialNpy:
+    """A .npy file being filled in place through a memory map, under a hidden temporary name in
+    its final folder; commit() flushes it and renames it into place (atomic, as atomic_write)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype=np.float32):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial.npy")
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
+
+    def commit(self) -> None:
+        self.array.flush()
+        del self.array
+        self.tmp.replace(self.path)
 
 
 def _umask() -> int:
@@ -98,6 +120,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def final_accuracies(train_log: list[dict]) -> dict:
+    """{"models": count, "train_acc"/"test_acc": (mean, sd)} over models, each at its last logged
+    epoch (the accuracy of the model that was attacked)."""
+    last = {}
+    for row in train_log:
+        if "model" in row and row.get("epoch", 0) >= last.get(row["model"], {}).get("epoch", -np.inf):
+            last[row["model"]] = row
+    out = {"models": len(last)}
+    for key in ("train_acc", "test_acc"):
+        values = [r[key] for r in last.values() if r.get(key) is not None and np.isfinite(r[key])]
+        if values:
+            out[key] = (float(np.mean(values)), float(np.std(values, ddof=1 if len(values) > 1 else 0)))
+    return out
+
+
 def _require(logdir: Path, name: str, stage: str) -> Path:
     path = Path(logdir) / name
     if not path.exists():
@@ -105,8 +142,41 @@ def _require(logdir: Path, name: str, stage: str) -> Path:
     return path
 
 
-def load_config(logdir: Path) -> dict:
-    return json.loads(_require(logdir, CONFIG, "experiments/train.py").read_text())
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """config.json, typed: what decided the models, and what was found when the run began."""
+
+    config: Config
+    data: dict  # the pool's facts: lira.data.Dataset.facts()
+    versions: dict = dataclasses.field(default_factory=dict)  # library versions, backend, devices
+    git_commit: str | None = None
+    queries: int | None = None  # set by the query stage
+
+    def to_json(self) -> dict:
+        out = {
+            "flags": self.config.flat(),
+            "data": self.data,
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+        }
+        return {**out, "inference": {"queries": self.queries}} if self.queries is not None else out
+
+    @classmethod
+    def from_json(cls, obj: dict) -> RunRecord:
+        """Fields absent from `obj` (a run made by an older lira) take their defaults."""
+        return cls(
+            config=Config.from_flat(obj.get("flags", {})), data=obj.get("data", {}), versions=obj.get("versions", {}),
+            git_commit=obj.get("git_commit"), queries=(obj.get("inference") or {}).get("queries"),
+        )  # fmt: skip
+
+
+def load_record(logdir: Path) -> RunRecord:
+    """config.json of the run in `logdir`."""
+    return RunRecord.from_json(json.loads(_require(logdir, CONFIG, "experiments/train.py").read_text()))
+
+
+def save_record(logdir: Path, record: RunRecord) -> None:
+    save_json(Path(logdir) / CONFIG, record.to_json())
 
 
 def load_keep(logdir: Path) -> np.ndarray:
@@ -132,40 +202,6 @@ def available_logits(logdir: Path) -> list[int]:
     if not folder.exists():
         return []
     return sorted(int(p.stem) for p in folder.glob("[0-9]*.npy"))
-
-
-def load_logits(logdir: Path, model_indices: list[int] | None = None, mmap: bool = True) -> np.ndarray:
-    """float32 [M, N, Q, C] for the given models (all of keep.npy's models by default).
-
-    Checks every file against keep.npy and labels.npy before returning, so a mismatch is
-    reported by name rather than surfacing as a broadcasting error deep in an attack.
-    """
-    logdir = Path(logdir)
-    keep = load_keep(logdir)
-    labels = load_labels(logdir)
-    num_models, num_examples = keep.shape
-    if labels.shape != (num_examples,):
-        raise RunDirError(f"labels.npy has shape {labels.shape} but keep.npy has N={num_examples}.")
-    if model_indices is None:
-        model_indices = list(range(num_models))
-    missing = [m for m in model_indices if not logits_path(logdir, m).exists()]
-    if missing:
-        raise RunDirError(
-            f"{len(missing)} logits files are missing in {logdir / LOGITS_DIR} (models {format_ranges(missing)}); "
-            f"run experiments/inference.py --logdir={logdir}."
-        )
-    arrays = [np.load(logits_path(logdir, m), mmap_mode="r" if mmap else None) for m in model_indices]
-    first = arrays[0].shape
-    for m, a in zip(model_indices, arrays):
-        if a.ndim != 3 or a.shape[0] != num_examples:
-            raise RunDirError(
-                f"{logits_path(logdir, m)} has shape {a.shape}; expected [N={num_examples}, Q, C] to match keep.npy."
-            )
-        if a.shape != first:
-            raise RunDirError(
-                f"{logits_path(logdir, m)} has shape {a.shape} but model {model_indices[0]}'s has {first}."
-            )
-    return np.stack(arrays).astype(np.float32, copy=False)
 
 
 def format_ranges(indices: list[int]) -> str:

@@ -1,0 +1,262 @@
+"""The one typed config tree: every hyperparameter of a run, declared once.
+
+    Config
+      data       DataConfig      which examples form the audit pool
+      model      ModelConfig     the architecture and its lowering
+      training   TrainingConfig  the shadow models and their optimisation
+    QueryConfig                  the query stage's options
+    AttackConfig                 the attack stage's options
+
+Each field carries its help text and whether it changes results (`result=True`): a re-run
+into an existing run directory must repeat those. The scripts in experiments/ generate their
+flags from these classes (lira/cli.py), presets are instances of them (experiments/reproduce.py),
+and config.json's "flags" holds a Config flattened by field name (`Config.flat`, read back with
+`Config.from_flat`). Field names are unique across the sections of a script's flags.
+
+Validation (`validate()`) reads and computes nothing: it raises ValueError naming the flag and
+what would be valid, before any data is loaded or anything compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+# Choices that belong to one module but are needed before it is imported (flags, validation).
+AUGMENTS = ("none", "mirror", "weak")  # lira/training/augment.py
+QUERY_COUNTS = (1, 2, 18, 162)  # lira/training/augment.py: make_queries
+CONV_IMPLS = ("xla", "im2col")  # lira/training/layers.py
+RMIA_AGGREGATIONS = ("vote", "mean")
+RMIA_SIGNALS = ("taylor", "softmax")
+LIRA_LIKELIHOODS = ("gaussian", "student_t")
+SHOKRI_CLASSIFIERS = ("mlp", "logreg", "sklearn_mlp", "gbdt")
+
+
+def field(default, help: str, *, result: bool = False, choices: tuple | None = None):
+    """A config field: its default, its flag's help, whether it changes results, its choices."""
+    metadata = {"help": help, "result": result, "choices": choices}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check(conditions) -> None:
+    for ok, message in conditions:
+        if not ok:
+            raise ValueError(message)
+
+
+def _choice(config, name: str) -> tuple[bool, str]:
+    value, choices = getattr(config, name), fields_of(type(config))[name].metadata["choices"]
+    return value is None or value in choices, f"--{name}={value}: valid are {', '.join(map(str, choices))}."
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = field(
+        "cifar10", "tfds name (cifar10, cifar100, svhn_cropped, mnist, fashion_mnist), npz:PATH or digits.",
+        result=True,
+    )  # fmt: skip
+    data_dir: str | None = field(None, "tfds data_dir where the dataset is prepared.")
+    pool_size: int | None = field(None, "Use only the first n train examples as the audit pool.", result=True)
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.dataset), "--dataset is empty: give a tfds name, npz:PATH or digits."),
+            (self.pool_size is None or self.pool_size >= 1, f"--pool_size must be >= 1, got {self.pool_size}."),
+        ])  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str = field("wrn28-2", "Model architecture (lira.training.models.available_archs()).", result=True)
+    conv_impl: str | None = field(
+        None, "Convolution lowering: xla or im2col (default: the fastest measured on the backend).",
+        choices=CONV_IMPLS,
+    )  # fmt: skip
+
+    def validate(self) -> None:
+        _check([_choice(self, "conv_impl")])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    num_shadows: int = field(16, "M: how many models in all (targets and shadows).", result=True)
+    pkeep: float = field(0.5, "Fraction of models that train on each example.", result=True)
+    epochs: int = field(100, "Training epochs per model.", result=True)
+    batch_size: int = field(256, "Minibatch size per model.", result=True)
+    lr: float = field(0.1, "Peak learning rate (linear warm-up, then cosine decay).", result=True)
+    warmup_epochs: float = field(1.0, "Epochs of linear learning-rate warm-up.", result=True)
+    weight_decay: float = field(5e-4, "L2 weight decay on kernels.", result=True)
+    momentum: float = field(0.9, "SGD momentum.", result=True)
+    augment: str = field(
+        "weak", "Training augmentation: none, mirror, or weak (mirror + shift 4).", result=True, choices=AUGMENTS
+    )  # fmt: skip
+    seed: int = field(
+        0, "Root seed: masks, initialisation, data order and augmentation derive from it.", result=True
+    )  # fmt: skip
+    models_per_step: int = field(
+        0, "Models one compiled step advances (0: the backend's default). Slices the checkpoints.", result=True
+    )  # fmt: skip
+    eval_every: int = field(1, "Measure test accuracy every this many epochs (0: only at the end).")
+
+    def validate(self) -> None:
+        _check([
+            (self.num_shadows >= 2, f"--num_shadows must be >= 2 (a target needs shadows), got {self.num_shadows}."),
+            (0.0 < self.pkeep < 1.0, f"--pkeep must be in (0, 1), got {self.pkeep}."),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}."),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}."),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}."),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}."),
+            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}."),
+            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}."),
+            _choice(self, "augment"),
+            (self.models_per_step >= 0, f"--models_per_step must be >= 0 (0 = default), got {self.models_per_step}."),
+            (self.eval_every >= 0, f"--eval_every must be >= 0 (0 = only at the end), got {self.eval_every}."),
+        ])  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryConfig:
+    queries: int = field(
+        2, "Augmented queries per example: 1, 2, 18 or 162 (non-image data: 1).", result=True, choices=QUERY_COUNTS
+    )  # fmt: skip
+    batch_size: int = field(256, "Images (examples x queries) per model in one inference call.")
+
+    def validate(self) -> None:
+        _check([
+            (self.queries in QUERY_COUNTS, f"--queries={self.queries} is not supported; valid: "
+                                           f"{', '.join(map(str, QUERY_COUNTS))}."),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}."),
+        ])  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    attacks: list[str] = field(["all"], "Comma-separated attack names (lira.attacks.ATTACKS), or 'all'.")
+    num_targets: int = field(4, "Models 0..T-1 are attacked in turn (clamped to the number of models).")
+    num_shadows_used: int | None = field(
+        None, "Use only K references per target (offline attacks: K OUT references per example)."
+    )  # fmt: skip
+    bootstrap: int = field(200, "Bootstrap resamples for the 95% intervals (0 = none).")
+    seed: int = field(0, "Seed of the reference order, subsamples and bootstrap.")
+    rmia_gamma: float = field(2.0, "RMIA: LR(x) / LR(z) threshold.")
+    rmia_offline_a: str = field(
+        "0.3", "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, in [0, 1], or 'auto' (fitted)."
+    )  # fmt: skip
+    rmia_num_population: int = field(0, "RMIA: population examples z (0 = every non-member, as the authors).")
+    rmia_signal: str = field("taylor", "RMIA: the authors' Taylor soft-margin or p_y.", choices=RMIA_SIGNALS)
+    rmia_temperature: float = field(2.0, "RMIA: logits are divided by this before the signal.")
+    rmia_margin: float = field(0.6, "RMIA: the Taylor signal's soft margin m.")
+    rmia_terms: int = field(4, "RMIA: terms of the truncated exponential (4: a cubic).")
+    rmia_trim: float = field(0.2, "RMIA: fraction trimmed from each end of the reference mean.")
+    rmia_aggregation: str = field(
+        "vote", "RMIA: a test per query and a majority vote, or p averaged over queries.", choices=RMIA_AGGREGATIONS
+    )  # fmt: skip
+    lira_likelihood: str = field(
+        "gaussian", "The four LiRA attacks: the paper's Gaussian or the Student-t predictive.",
+        choices=LIRA_LIKELIHOODS,
+    )  # fmt: skip
+    shokri_classifier: str = field("mlp", "Shokri's attack model.", choices=SHOKRI_CLASSIFIERS)
+
+    def offline_a(self) -> float | str:
+        """--rmia_offline_a as RMIA takes it: a number in [0, 1] or "auto"."""
+        if self.rmia_offline_a == "auto":
+            return "auto"
+        try:
+            value = float(self.rmia_offline_a)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise ValueError(f"--rmia_offline_a={self.rmia_offline_a}: give a number in [0, 1] or 'auto'.")
+        return value
+
+    def validate(self) -> None:
+        _check([
+            (self.num_targets >= 1, f"--num_targets must be >= 1, got {self.num_targets}."),
+            (self.num_shadows_used is None or self.num_shadows_used >= 1,
+             f"--num_shadows_used must be >= 1, got {self.num_shadows_used}."),
+            (self.bootstrap >= 0, f"--bootstrap must be >= 0, got {self.bootstrap}."),
+            (self.rmia_num_population >= 0, f"--rmia_num_population must be >= 0, got {self.rmia_num_population}."),
+            (self.rmia_gamma > 0, f"--rmia_gamma must be > 0, got {self.rmia_gamma}."),
+            (0 <= self.rmia_trim < 0.5, f"--rmia_trim must be in [0, 0.5), got {self.rmia_trim}."),
+            (self.rmia_temperature > 0, f"--rmia_temperature must be > 0, got {self.rmia_temperature}."),
+            (self.rmia_terms >= 1, f"--rmia_terms must be >= 1, got {self.rmia_terms}."),
+            *(_choice(self, name) for name in ("rmia_signal", "rmia_aggregation", "lira_likelihood",
+                                               "shokri_classifier")),
+        ])  # fmt: skip
+        self.offline_a()
+
+    def options(self) -> dict[str, dict]:
+        """Per-attack keyword options, as lira.stages.attack.run_audit takes them."""
+        rmia = {
+            "gamma": self.rmia_gamma, "num_population": self.rmia_num_population or None, "trim": self.rmia_trim,
+            "aggregation": self.rmia_aggregation, "signal": self.rmia_signal, "temperature": self.rmia_temperature,
+            "margin": self.rmia_margin, "terms": self.rmia_terms,
+        }  # fmt: skip
+        lira = {"likelihood": self.lira_likelihood}
+        return {
+            "rmia_online": rmia,
+            "rmia_offline": {**rmia, "offline_a": self.offline_a()},
+            "shokri": {"classifier": self.shokri_classifier},
+            **{
+                name: lira
+                for name in ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var")
+            },
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """What decides a run's models: config.json records it, flattened."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    SECTIONS: typing.ClassVar = ("data", "model", "training")
+
+    def validate(self) -> None:
+        for name in self.SECTIONS:
+            getattr(self, name).validate()
+
+    def flat(self) -> dict[str, Any]:
+        """{field name: value} over every section."""
+        return {k: v for name in self.SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> Config:
+        """The inverse of flat(); names of no section are ignored, missing ones take defaults."""
+        sections = {}
+        for name, section in zip(cls.SECTIONS, (DataConfig, ModelConfig, TrainingConfig)):
+            sections[name] = section(**{k: values[k] for k in fields_of(section) if k in values})
+        return cls(**sections)
+
+    def replace(self, **values) -> Config:
+        """A copy with the named fields (of any section) replaced."""
+        unknown = set(values) - set(self.flat())
+        if unknown:
+            raise ValueError(f"Unknown config fields: {', '.join(sorted(unknown))}.")
+        return Config.from_flat({**self.flat(), **values})
+
+    def result_differences(self, other: Config) -> list[str]:
+        """The result-changing fields whose values differ, as '--name: before, now' lines."""
+        mine, theirs = self.flat(), other.flat()
+        return [
+            f"--{k}: {theirs[k]!r} before, {mine[k]!r} now" for k in result_fields() if mine[k] != theirs[k]
+        ]
+
+
+def fields_of(section: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section)}
+
+
+def result_fields() -> tuple[str, ...]:
+    """The fields of Config that change what the models are."""
+    return tuple(
+        name
+        for section in (DataConfig, ModelConfig, TrainingConfig)
+        for name, f in fields_of(section).items()
+        if f.metadata["result"]
+    )

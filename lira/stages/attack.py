@@ -1,0 +1,126 @@
+"""The attack stage as a library call: every attack against each target model, the metrics and
+the report (what experiments/attack.py runs). The protocol itself is lira/attacks/protocol.py.
+
+    from lira import config
+    from lira.stages import attack
+    metrics = attack.attack("exp/demo", config.AttackConfig(attacks=["lira_online"], num_targets=8))
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lira import data, report
+from lira import metrics as metrics_lib
+from lira.attacks import probability_signal
+from lira.attacks.protocol import (
+    AttackResult,
+    check_attack_names,
+    check_options,
+    check_references,
+    run_attacks,
+)
+from lira.attacks.signals import Signals, run_signals
+from lira.config import AttackConfig
+from lira.run import layout
+from lira.training import augment
+
+
+def attack(logdir: str | Path, config: AttackConfig) -> dict:
+    """Runs config.attacks on the run in `logdir` and writes report/: metrics.json,
+    scores/NAME.npy (float [T, N]), the plots and tables. Returns the metrics dict."""
+    config.validate()
+    logdir = Path(logdir)
+    metrics, results = run_audit(
+        logdir, config.attacks, num_targets=config.num_targets, num_shadows_used=config.num_shadows_used,
+        seed=config.seed, bootstrap=config.bootstrap, attack_options=config.options(),
+    )  # fmt: skip
+    report_dir = logdir / layout.REPORT_DIR
+    layout.save_json(report_dir / layout.METRICS, metrics)
+    for name, result in results.items():
+        layout.save_npy(report_dir / layout.SCORES_DIR / f"{name}.npy", result.scores)
+    record = layout.load_record(logdir)
+    report.write_report(
+        report_dir, results, metrics, labels=layout.load_labels(logdir), keep=layout.load_keep(logdir),
+        record=record, train_log=layout.read_jsonl(logdir / layout.TRAIN_LOG), images=_pool_images(record),
+    )  # fmt: skip
+    return metrics
+
+
+def _pool_images(record: layout.RunRecord) -> np.ndarray | None:
+    """The pool's images for the report, or None: a missing dataset must not stop the report."""
+    try:
+        return data.load_raw_images(record.config.data.dataset, record.config.data.data_dir,
+                                    record.config.data.pool_size)  # fmt: skip
+    except Exception as error:  # any failure here costs only the image grid
+        print(f"No images for the report ({type(error).__name__}: {error}).")
+        return None
+
+
+def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_queries: int, bootstrap: int = 200,
+                  seed: int = 0) -> dict:  # fmt: skip
+    """The metrics.json dict: figures per attack, pooling all targets (see lira.metrics). Attacks
+    are measured in parallel threads (numpy releases the GIL in the bootstrap's array work)."""
+    targets = next(iter(results.values())).targets if results else []
+    measure = lambda result: metrics_lib.attack_metrics(result.scores, keep[result.targets], bootstrap, seed)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
+        figures = list(pool.map(measure, results.values()))
+    return {
+        "num_models": int(keep.shape[0]),
+        "num_targets": len(targets),
+        "num_queries": int(num_queries),
+        "num_examples": int(keep.shape[1]),
+        "targets": list(targets),
+        "attacks": {name: {**entry, **results[name].info} for name, entry in zip(results, figures)},
+    }
+
+
+def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_shadows_used: int | None = None,
+              seed: int = 0, bootstrap: int = 200,
+              attack_options: dict[str, dict] | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
+    """Loads a run directory, runs `attacks` and returns (metrics dict, {name: AttackResult}).
+
+    Everything that can be checked from keep.npy alone (attack names, options, reference
+    counts) is checked before any logits are read.
+    """
+    attack_options = attack_options or {}
+    attacks = check_attack_names(attacks)
+    check_options(attacks, attack_options)
+    keep = layout.load_keep(logdir)
+    labels = layout.load_labels(logdir)
+    if num_targets < 1:
+        raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
+    targets = list(range(min(num_targets, keep.shape[0])))
+    check_references(keep, targets, attacks, num_shadows_used, seed)
+    signals = run_signals(logdir, probability_signal(attacks, attack_options))
+    results = run_attacks(signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options)
+    metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed)
+    metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
+    metrics["models"] = model_accuracy(
+        signals, keep, labels, layout.read_jsonl(Path(logdir) / layout.TRAIN_LOG)
+    )
+    return metrics, results
+
+
+def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train_log: list[dict]) -> dict:
+    """How well the attacked models fit, mean over all M models (fractions):
+
+    train_acc: accuracy on each model's own training examples (IN), plain query, BatchNorm in
+      inference mode, from the logits: how much of its training half the model memorized;
+    test_acc: the test accuracy the training stage logged at each model's last epoch (None if
+      it logged none).
+    """
+    plain = augment.query_offsets(signals.num_queries).index((False, 0, 0)) if signals.num_queries > 1 else 0
+    train = [
+        float(np.mean(np.argmax(signals.logits(m)[keep[m], plain], axis=-1) == labels[keep[m]]))
+        for m in range(keep.shape[0])
+    ]
+    logged = layout.final_accuracies(train_log)
+    return {
+        "train_acc": float(np.mean(train)),
+        "test_acc": logged["test_acc"][0] if "test_acc" in logged else None,
+    }
