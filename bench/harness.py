@@ -331,7 +331,10 @@ def child_main(spec: dict) -> dict:
 
     meter = PeakMemory().start()
     tic = time.perf_counter()
-    query.query(spec["logdir"], spec["queries"], spec["batch_size"], progress=False)
+    if spec.get("whitebox"):
+        query.query_whitebox(spec["logdir"], spec["queries"], progress=False)
+    else:
+        query.query(spec["logdir"], spec["queries"], spec["batch_size"], progress=False)
     return {**meter.stop(), "wall_s": time.perf_counter() - tic}
 
 
@@ -400,6 +403,27 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
             checkpoint.slice_dir(logdir, start, stop), 1, programs.init_slice(inputs, training.seed)
         )
     return run_config.flat()
+
+
+def whitebox_query(logdir, num_models: int = 8, num_examples: int = 2048, queries: int = 2, arch: str = "cnn32",
+                   image_shape=(32, 32, 3)) -> dict:  # fmt: skip
+    """The white-box query stage (lira.stages.query.query_whitebox: per-example gradient norms
+    and activations) against the logits-only query stage on the same run: each in a fresh process,
+    timed with its compiling, and its peak host memory. Returns both and their ratio."""
+    make_inference_rundir(logdir, num_models, num_examples, arch=arch, image_shape=image_shape)
+    out = {"arch": arch, "num_models": num_models, "num_examples": num_examples, "queries": queries}
+    for name, whitebox in (("logits", False), ("whitebox", True)):
+        spec = {
+            "job": "inference",
+            "logdir": str(logdir),
+            "queries": queries,
+            "batch_size": 256,
+            "whitebox": whitebox,
+        }
+        result = in_child(spec)
+        out[name] = {**result, "model_examples_per_s": num_models * num_examples / result["wall_s"]}
+    out["whitebox_vs_logits_time"] = out["whitebox"]["wall_s"] / out["logits"]["wall_s"]
+    return out
 
 
 def inference_memory(logdir, num_models: int = 64, num_examples: int = 50_000, queries: int = 18,

@@ -4,6 +4,7 @@
     python -m bench.training --quick                           # tiny sizes, well under a minute
     python -m bench.training --arch=cnn32 --models_per_step=1,4 --methods=vmap,loop
     python -m bench.training --case=inference_memory           # 64 models x 50,000 x 18 queries
+    python -m bench.training --case=whitebox_query             # white-box vs logits-only query, cnn32
 
 Throughput is in model-examples per second (models x examples per model x steps / seconds),
 the median of --repeats timed runs after one warm-up, with every case run once per repeat in a
@@ -31,7 +32,7 @@ from lira import cli
 from lira.run import layout
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("case", "train", ["train", "inference_memory"], "What to measure.")
+flags.DEFINE_enum("case", "train", ["train", "inference_memory", "whitebox_query"], "What to measure.")
 flags.DEFINE_bool("quick", False, "Tiny models and sizes, for the tests.")
 flags.DEFINE_list("arch", None, "Architectures (default mlp,cnn32, and wrn28-2 on a GPU).")
 flags.DEFINE_list("models_per_step", ["1", "4", "16", "64"], "Models per compiled step of the vmap cases.")
@@ -61,7 +62,12 @@ flags.DEFINE_integer("matmul_size", 0, "Side of the roofline's matmul (0: 512 wi
 flags.DEFINE_integer("inference_models", 64, "inference_memory: models.")
 flags.DEFINE_integer("inference_examples", 50_000, "inference_memory: pool examples.")
 flags.DEFINE_integer("inference_queries", 18, "inference_memory: queries per example.")
-flags.DEFINE_string("workdir", None, "inference_memory: where to build the run (default a temp dir).")
+flags.DEFINE_string(
+    "workdir", None, "inference_memory, whitebox_query: where to build runs (default a temp dir)."
+)
+flags.DEFINE_integer("whitebox_models", 8, "whitebox_query: models.")
+flags.DEFINE_integer("whitebox_examples", 2048, "whitebox_query: pool examples.")
+flags.DEFINE_integer("whitebox_queries", 2, "whitebox_query: queries per example (image data).")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 
 
@@ -280,6 +286,24 @@ def inference_main() -> dict:
     return {"inference_memory": result}
 
 
+def whitebox_main() -> dict:
+    """The white-box query stage against the logits-only one, per --arch (default cnn32)."""
+    archs = FLAGS.arch or ["cnn32"]
+    models, examples = (4, 256) if FLAGS.quick else (FLAGS.whitebox_models, FLAGS.whitebox_examples)
+    out = {}
+    for arch in archs:
+        shape = (600,) if arch.startswith("mlp") else (8, 8, 3) if FLAGS.quick else (32, 32, 3)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = harness.whitebox_query(Path(FLAGS.workdir or tmp) / arch, models, examples, 1 if len(shape) == 1
+                                            else FLAGS.whitebox_queries, arch, shape)  # fmt: skip
+        out[arch] = result
+        print(f"{arch}: {models} models x {examples:,} examples x {result['queries']} queries, compiling included: "
+              f"logits {result['logits']['model_examples_per_s']:,.0f} model-ex/s (peak RSS "
+              f"+{result['logits']['rss_mb']:,.0f} MB), white-box {result['whitebox']['model_examples_per_s']:,.0f} "
+              f"model-ex/s (+{result['whitebox']['rss_mb']:,.0f} MB): {result['whitebox_vs_logits_time']:.2f}x the time")  # fmt: skip
+    return {"whitebox_query": out}
+
+
 def _thp_mode() -> str | None:
     """The kernel's transparent-huge-page mode ("always", "madvise" or "never"), if it says."""
     try:
@@ -308,7 +332,11 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     load = os.getloadavg()
-    out = train_main(backend) if FLAGS.case == "train" else inference_main()
+    out = {
+        "train": lambda: train_main(backend),
+        "inference_memory": inference_main,
+        "whitebox_query": whitebox_main,
+    }[FLAGS.case]()
     out["environment"] = {
         "backend": backend, "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
         "cpu_count": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),

@@ -10,7 +10,6 @@ and the plots and tables of lira.report. The options' flags come from lira/confi
 (AttackConfig).
 """
 
-import dataclasses
 from pathlib import Path
 
 from absl import flags
@@ -30,7 +29,7 @@ flags.DEFINE_string(
 def main(argv):
     del argv
     options = cli.section(config.AttackConfig)
-    options = dataclasses.replace(options, attacks=check_attack_names(options.attacks))
+    check_attack_names(options.attacks, whitebox=True)  # unknown names fail before any work
     metrics = attack.attack(FLAGS.logdir, options)
     print(report.format_table(metrics))
     print(f"Log-scale ROC curves: {Path(FLAGS.logdir) / layout.REPORT_DIR / 'roc_log.png'}")

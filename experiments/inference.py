@@ -2,6 +2,7 @@
 (lira.stages.query).
 
     python experiments/inference.py --logdir=exp/demo --queries=18
+    python experiments/inference.py --logdir=exp/demo --whitebox   # + gradient norms and activations
 
 Queries: 1 = the image, 2 = image and mirror, 18 = mirror x shifts in {-4, 0, 4}^2,
 162 = mirror x shifts in {-4..4}^2 (reflect padding). Non-image data has 1 query.
@@ -21,7 +22,8 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 def main(argv):
     del argv
     options = cli.section(config.QueryConfig)
-    written = query.query(FLAGS.logdir, options.queries, options.batch_size, FLAGS.progress)
+    written = query.query(FLAGS.logdir, options.queries, options.batch_size, FLAGS.progress, options.whitebox,
+                          options.whitebox_queries)  # fmt: skip
     print(f"Wrote logits of {len(written)} models to {FLAGS.logdir}/logits; next: "
           f"python experiments/attack.py --logdir={FLAGS.logdir}")  # fmt: skip
 

@@ -31,6 +31,16 @@ RMIA_AGGREGATIONS = ("vote", "mean")
 RMIA_SIGNALS = ("taylor", "softmax")
 LIRA_LIKELIHOODS = ("gaussian", "student_t")
 SHOKRI_CLASSIFIERS = ("mlp", "logreg", "sklearn_mlp", "gbdt")
+NASR_INPUTS = ("gradients", "activations", "loss", "label")  # lira/attacks/nasr.py
+LIRA_ATTACKS = (
+    "lira_online",
+    "lira_online_fixed_var",
+    "lira_offline",
+    "lira_offline_fixed_var",
+    "whitebox_lira_online",
+    "whitebox_lira_online_fixed_var",
+    "whitebox_lira_offline",
+)  # --lira_likelihood
 
 
 def field(default, help: str, *, result: bool = False, choices: tuple | None = None):
@@ -123,12 +133,21 @@ class QueryConfig:
         2, "Augmented queries per example: 1, 2, 18 or 162 (non-image data: 1).", result=True, choices=QUERY_COUNTS
     )  # fmt: skip
     batch_size: int = field(256, "Images (examples x queries) per model in one inference call.")
+    whitebox: bool = field(
+        False, "Also store white-box signals from the checkpoints: per-example loss-gradient norms per layer and "
+        "the penultimate activations (whitebox/).",
+    )  # fmt: skip
+    whitebox_queries: int = field(
+        0, "Queries of the white-box signals: 1, 2, 18 or 162 (0: as --queries).", choices=(0, *QUERY_COUNTS)
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check([
             (self.queries in QUERY_COUNTS, f"--queries={self.queries} is not supported; valid: "
                                            f"{', '.join(map(str, QUERY_COUNTS))}."),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}."),
+            (self.whitebox_queries in (0, *QUERY_COUNTS), f"--whitebox_queries={self.whitebox_queries} is not "
+                                                          f"supported; valid: 0, {', '.join(map(str, QUERY_COUNTS))}."),
         ])  # fmt: skip
 
 
@@ -159,6 +178,10 @@ class AttackConfig:
         choices=LIRA_LIKELIHOODS,
     )  # fmt: skip
     shokri_classifier: str = field("mlp", "Shokri's attack model.", choices=SHOKRI_CLASSIFIERS)
+    nasr_inputs: list[str] = field(
+        list(NASR_INPUTS), "whitebox_nasr's inputs, any of: gradients (per-layer gradient norms), activations "
+        "(penultimate), loss, label.",
+    )  # fmt: skip
 
     def offline_a(self) -> float | str:
         """--rmia_offline_a as RMIA takes it: a number in [0, 1] or "auto"."""
@@ -185,6 +208,8 @@ class AttackConfig:
             (self.rmia_terms >= 1, f"--rmia_terms must be >= 1, got {self.rmia_terms}."),
             *(_choice(self, name) for name in ("rmia_signal", "rmia_aggregation", "lira_likelihood",
                                                "shokri_classifier")),
+            (bool(self.nasr_inputs) and set(self.nasr_inputs) <= set(NASR_INPUTS),
+             f"--nasr_inputs={','.join(self.nasr_inputs)}: choose from {', '.join(NASR_INPUTS)}."),
         ])  # fmt: skip
         self.offline_a()
 
@@ -200,10 +225,8 @@ class AttackConfig:
             "rmia_online": rmia,
             "rmia_offline": {**rmia, "offline_a": self.offline_a()},
             "shokri": {"classifier": self.shokri_classifier},
-            **{
-                name: lira
-                for name in ("lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var")
-            },
+            "whitebox_nasr": {"use": list(self.nasr_inputs)},
+            **{name: lira for name in LIRA_ATTACKS},
         }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from lira import data
 from lira import metrics as metrics_lib
-from lira.attacks import ATTACKS, protocol
+from lira.attacks import ATTACKS, WHITE_BOX, protocol
 from lira.attacks.common import reference_moments
 from lira.attacks.signals import ProbabilitySignal, Signals, run_signals
 from lira.report import plots, tables
@@ -95,17 +95,19 @@ class Run:
 
 
 def load_run(
-    logdir: str | os.PathLike, probability_signal: ProbabilitySignal | None = DEFAULT_PROBABILITY
+    logdir: str | os.PathLike,
+    probability_signal: ProbabilitySignal | None = DEFAULT_PROBABILITY,
+    whitebox: bool = False,
 ) -> Run:
     """Reads a run directory's signals once (RMIA's probability signal as the attack stage's
-    default; None leaves it out, and the RMIA attacks with it)."""
+    default; None leaves it out, and the RMIA attacks with it; `whitebox`: the white-box ones too)."""
     logdir = resolve_path(logdir)
     return Run(
         logdir=logdir,
         record=layout.load_record(logdir),
         keep=layout.load_keep(logdir),
         labels=layout.load_labels(logdir),
-        signals=run_signals(logdir, probability_signal),
+        signals=run_signals(logdir, probability_signal, whitebox=whitebox),
     )
 
 
@@ -318,3 +320,34 @@ def pool_images(run: Run) -> np.ndarray | None:
     except data.DatasetError as error:
         warnings.warn(f"No images of the pool: {error}", stacklevel=2)
         return None
+
+
+WHITEBOX_RIVALS = ("loss", "calibrated_loss", "shokri", "lira_online", "lira_online_fixed_var", "lira_offline",
+                   "rmia_online", "rmia_offline")  # fmt: skip
+
+
+def whitebox_comparison(run: Run, num_targets: int | None = None, level: float = 1e-3, num_resamples: int = 1000,
+                        seed: int = 0) -> tuple[dict, list[dict]]:  # fmt: skip
+    """Does white-box add anything? Every white-box attack and the black-box WHITEBOX_RIVALS on
+    the same targets, references and queries (the black-box ones on the logits of the views the
+    white-box signals were computed on), then each white-box attack against the best black-box
+    one at FPR `level` (highest TPR there) by the paired bootstrap over targets and examples.
+    Returns (metrics without intervals, paired_comparisons rows). Needs load_run(whitebox=True)."""
+    if run.signals.grad is None:
+        raise ValueError("whitebox_comparison needs a run loaded with load_run(..., whitebox=True).")
+    indices = query_indices(run.num_queries, run.record.whitebox["queries"])
+    signals = select_queries(run.signals, indices)
+    signals.grad, signals.whitebox = run.signals.grad, run.signals.whitebox
+    rivals = [
+        name
+        for name in WHITEBOX_RIVALS
+        if signals.probability is not None or not ATTACKS[name].needs_probability
+    ]
+    names = [*rivals, *WHITE_BOX]
+    targets = targets_of(run, num_targets)
+    results = protocol.run_attacks(signals, run.keep, run.labels, names, targets, seed=seed)
+    metrics = attack.audit_metrics(results, run.keep, len(indices), bootstrap=0, seed=seed)
+    key = metrics_lib.level_key(level)
+    best = max(rivals, key=lambda name: metrics["attacks"][name]["tpr_at_fpr"][key] or 0.0)
+    pairs = [(name, best) for name in WHITE_BOX]
+    return metrics, paired_comparisons(results, run.keep, pairs, level, num_resamples, seed)

@@ -74,6 +74,19 @@ def test_quick_inference_memory(tmp_path):
     assert len(logits) == result["num_models"]
 
 
+def test_quick_whitebox_query(tmp_path):
+    report, stdout = _run(
+        tmp_path, "--case=whitebox_query", "--arch=cnn-tiny,mlp-tiny", f"--workdir={tmp_path}"
+    )
+    for arch in ("cnn-tiny", "mlp-tiny"):
+        result = report["whitebox_query"][arch]
+        assert result["logits"]["model_examples_per_s"] > 0 and result["whitebox"]["model_examples_per_s"] > 0
+        assert result["whitebox_vs_logits_time"] > 0 and f"{arch}: 4 models" in stdout
+        norms = sorted((tmp_path / arch / "whitebox").glob("*_norms.npy"))
+        assert len(norms) == result["num_models"]
+    assert report["whitebox_query"]["mlp-tiny"]["queries"] == 1  # tabular data has one query
+
+
 def test_torch_worker_env():
     nchw = cases.Case("cnn32", "torch", 1, None, malloc="glibc")
     thp = cases.Case("cnn32", "torch", 1, "channels_last", malloc="thp")

@@ -1,6 +1,6 @@
 """Null calibration: with no membership signal at all, every attack is at chance.
 
-The logits of these runs do not depend on membership (a per-example difficulty shared by all
+The logits (and the white-box signals) of these runs do not depend on membership (a per-example difficulty shared by all
 models plus independent per-model noise; lira.run.synthetic with signal=0), the masks are balanced
 and every model is a target in turn. Then a score can only separate members from non-members
 through the protocol: with unequal IN/OUT reference counts (a member of the target has one IN
@@ -30,7 +30,7 @@ def null_audit(request, tmp_path_factory):
     num_models = request.param
     logdir = tmp_path_factory.mktemp(f"null_{num_models}")
     synthetic.make_synthetic_rundir(logdir, num_models=num_models, num_examples=NUM_EXAMPLES, signal=0.0,
-                                    seed=num_models)  # fmt: skip
+                                    seed=num_models, whitebox=True)  # fmt: skip
     metrics, _ = attack.run_audit(logdir, ["all"], num_targets=num_models, bootstrap=0)
     return num_models, metrics
 

@@ -17,11 +17,19 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 
-from lira.attacks import baselines, lira_attacks, rmia, shokri
+from lira.attacks import baselines, lira_attacks, nasr, rmia, shokri
 from lira.attacks.common import AttackInputs
 from lira.attacks.signals import ProbabilitySignal
 
-__all__ = ["ATTACKS", "AttackInputs", "AttackSpec", "option_names", "probability_signal"]
+__all__ = [
+    "ATTACKS",
+    "BLACK_BOX",
+    "WHITE_BOX",
+    "AttackInputs",
+    "AttackSpec",
+    "option_names",
+    "probability_signal",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +41,7 @@ class AttackSpec:
     needs_logits: bool = False  # reads prediction vectors (Signals.logits)
     needs_probability: bool = False  # reads RMIA's probability signal
     pooled: bool = False  # one variance pooled over examples: some example needs 2 of each kind
+    needs_whitebox: bool = False  # reads the white-box signals (experiments/inference.py --whitebox)
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -51,7 +60,18 @@ ATTACKS: dict[str, AttackSpec] = {
     "lira_offline_student": AttackSpec(lira_attacks.lira_offline_student, "out", 0, 2),
     "rmia_online": AttackSpec(rmia.rmia_online, "in_and_out", 1, 1, needs_probability=True),
     "rmia_offline": AttackSpec(rmia.rmia_offline, "out", 0, 1, needs_probability=True),
+    # White-box (Signals.grad, Signals.whitebox): run only on runs queried with --whitebox.
+    "whitebox_lira_online": AttackSpec(
+        lira_attacks.whitebox_lira_online, "in_and_out", 2, 2, needs_whitebox=True
+    ),
+    "whitebox_lira_online_fixed_var": AttackSpec(
+        lira_attacks.whitebox_lira_online_fixed_var, "in_and_out", 1, 1, pooled=True, needs_whitebox=True
+    ),
+    "whitebox_lira_offline": AttackSpec(lira_attacks.whitebox_lira_offline, "out", 0, 2, needs_whitebox=True),
+    "whitebox_nasr": AttackSpec(nasr.whitebox_nasr, "in_and_out", 1, 1, needs_whitebox=True),
 }
+BLACK_BOX = [name for name, spec in ATTACKS.items() if not spec.needs_whitebox]
+WHITE_BOX = [name for name, spec in ATTACKS.items() if spec.needs_whitebox]
 
 SIGNAL_OPTIONS = ("signal", "temperature", "margin", "terms")  # RMIA's, consumed when signals load
 

@@ -42,13 +42,13 @@ def _check(likelihood: str) -> None:
         raise ValueError(f"Unknown LiRA likelihood {likelihood!r}; valid: {', '.join(LIKELIHOODS)}.")
 
 
-def _fit(inputs: AttackInputs, kind: str, fixed_variance: bool):
+def _fit(inputs: AttackInputs, kind: str, fixed_variance: bool, signal: str = "phi"):
     """(mean [T, N, Q], variance [T, N, Q] or [T, 1, 1], count [T, N, 1], degrees of freedom)."""
-    mean, variance, count = inputs.moments("phi", kind)
+    mean, variance, count = inputs.moments(signal, kind)
     count = count[..., None].astype(np.float64)
     if fixed_variance:
-        variance = inputs.pooled_variance("phi", kind)[:, None, None]
-        _, _, per_example = inputs.moments("phi", kind)
+        variance = inputs.pooled_variance(signal, kind)[:, None, None]
+        per_example = count[..., 0]
         dof = (np.maximum(per_example - 1, 0).sum(axis=1) * mean.shape[-1])[:, None, None].astype(np.float64)
     else:
         dof = count - 1
@@ -73,18 +73,18 @@ def student_t_log_cdf(value: np.ndarray, dof: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(direct), direct, tail)
 
 
-def _online(inputs: AttackInputs, fixed_variance: bool, likelihood: str) -> np.ndarray:
+def _online(inputs: AttackInputs, fixed_variance: bool, likelihood: str, signal: str = "phi") -> np.ndarray:
     _check(likelihood)
-    x = inputs.target_values("phi")
-    log_in = _log_density(x, *_fit(inputs, "in", fixed_variance), likelihood)
-    log_out = _log_density(x, *_fit(inputs, "out", fixed_variance), likelihood)
+    x = inputs.target_values(signal)
+    log_in = _log_density(x, *_fit(inputs, "in", fixed_variance, signal), likelihood)
+    log_out = _log_density(x, *_fit(inputs, "out", fixed_variance, signal), likelihood)
     return (log_in - log_out).mean(axis=-1)
 
 
-def _offline(inputs: AttackInputs, fixed_variance: bool, likelihood: str) -> np.ndarray:
+def _offline(inputs: AttackInputs, fixed_variance: bool, likelihood: str, signal: str = "phi") -> np.ndarray:
     _check(likelihood)
-    x = inputs.target_values("phi")
-    mean, variance, count, dof = _fit(inputs, "offline_out", fixed_variance)
+    x = inputs.target_values(signal)
+    mean, variance, count, dof = _fit(inputs, "offline_out", fixed_variance, signal)
     if likelihood == "gaussian":
         return special.log_ndtr((x - mean) / np.sqrt(variance)).mean(axis=-1)
     scale = np.sqrt(variance * (1.0 + 1.0 / count))
@@ -122,3 +122,23 @@ def lira_online_student(inputs: AttackInputs) -> np.ndarray:
 def lira_offline_student(inputs: AttackInputs) -> np.ndarray:
     """lira_offline with the Student-t posterior predictive (module docstring)."""
     return _offline(inputs, fixed_variance=False, likelihood="student_t")
+
+
+# White-box LiRA: the same per-example Gaussian tests on -log of the loss-gradient norm
+# (Signals.grad), the calibrated white-box signal: a member's gradient is smaller than the
+# same example's gradient in models that did not train on it.
+
+
+def whitebox_lira_online(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+    """lira_online on -log ||grad_theta loss(x, y)|| instead of phi."""
+    return _online(inputs, fixed_variance=False, likelihood=likelihood, signal="grad")
+
+
+def whitebox_lira_online_fixed_var(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+    """lira_online_fixed_var on -log ||grad_theta loss(x, y)||."""
+    return _online(inputs, fixed_variance=True, likelihood=likelihood, signal="grad")
+
+
+def whitebox_lira_offline(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+    """lira_offline on -log ||grad_theta loss(x, y)||."""
+    return _offline(inputs, fixed_variance=False, likelihood=likelihood, signal="grad")

@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from lira.attacks import ATTACKS, AttackInputs, option_names, probability_signal
+from lira.attacks import ATTACKS, BLACK_BOX, WHITE_BOX, AttackInputs, option_names, probability_signal
 from lira.attacks.signals import Signals
 
 
@@ -43,13 +43,20 @@ class AttackResult:
     info: dict = dataclasses.field(default_factory=dict)
 
 
-def check_attack_names(attacks: list[str]) -> list[str]:
-    """Expands "all" and rejects unknown names, listing the valid ones."""
+def check_attack_names(attacks: list[str], whitebox: bool = False) -> list[str]:
+    """Expands "all" (the white-box attacks too when `whitebox`: the run has white-box signals)
+    and rejects unknown names, listing the valid ones, and white-box attacks without `whitebox`."""
     if list(attacks) == ["all"]:
-        return list(ATTACKS)
+        return BLACK_BOX + (WHITE_BOX if whitebox else [])
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise ValueError(f"Unknown attacks {unknown}; choose from {sorted(ATTACKS)} or 'all'.")
+    blind = [a for a in attacks if ATTACKS[a].needs_whitebox and not whitebox]
+    if blind:
+        raise ValueError(
+            f"{', '.join(blind)} need white-box signals, which this run has not: run experiments/inference.py "
+            "--whitebox on it first."
+        )
     return list(dict.fromkeys(attacks))
 
 
@@ -190,7 +197,7 @@ def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks:
                 attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
     """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N]."""
     attack_options = attack_options or {}
-    attacks = check_attack_names(attacks)
+    attacks = check_attack_names(attacks, whitebox=signals.grad is not None)
     check_options(attacks, attack_options)
     selection = check_references(keep, targets, attacks, num_shadows_used, seed)
     inputs = attack_inputs(signals, keep, labels, targets, selection, seed)

@@ -292,11 +292,12 @@ def _aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
     return raw[offset : offset + size].view(np.float32).reshape(shape)
 
 
-def gather_features(logits, sets: list[TrainingSet]) -> np.ndarray:
-    """Features of every training set, zero-padded to the longest: float32 [K, L, Q * C].
+def gather_features(read, sets: list[TrainingSet]) -> np.ndarray:
+    """Features of every training set, zero-padded to the longest: float32 [K, L, F].
 
-    `logits(m)` is read once per model and only at the rows some classifier drew (a memory-
-    mapped file reads just those pages), so the [M, N, Q, C] stack never exists."""
+    `read(m, rows)` gives model m's features of examples `rows` [n, F]; it is called once per
+    model, with only the rows some classifier drew (a memory-mapped file reads just those
+    pages), so no [M, N, ...] stack of model outputs ever exists."""
     sizes = np.array([len(s.models) for s in sets])
     models = np.concatenate([s.models for s in sets])
     examples = np.concatenate([s.examples for s in sets])
@@ -307,21 +308,21 @@ def gather_features(logits, sets: list[TrainingSet]) -> np.ndarray:
     out = None
     for picked in np.split(by_model, starts[1:]):
         rows, inverse = np.unique(examples[picked], return_inverse=True)
-        block = _features(np.asarray(logits(int(models[picked[0]]))[rows]))  # [len(rows), F]
+        block = read(int(models[picked[0]]), rows)  # [len(rows), F]
         if out is None:
             out = _aligned_zeros((len(sets), sizes.max(), block.shape[-1]))
         out[classifier[picked], slot[picked]] = block[inverse]
     return out
 
 
-def _fit_mlps(features: jax.Array, sets: list[TrainingSet]):
+def fit_mlps(features: jax.Array, sets: list[TrainingSet], config: MLPConfig = MLPConfig()):
     """The default: every classifier in one `train_mlps`; returns predict(k, x [n, F]) -> [n]."""
     sizes = np.array([len(s.models) for s in sets])
     weights = np.arange(features.shape[1]) < sizes[:, None]
     labels = np.zeros(weights.shape, np.float32)
     for k, s in enumerate(sets):
         labels[k, : sizes[k]] = s.is_member
-    mlps = train_mlps(features, weights, labels, np.array([s.seed for s in sets], np.uint32))
+    mlps = train_mlps(features, weights, labels, np.array([s.seed for s in sets], np.uint32), config)
     return lambda k, x: np.asarray(predict_mlp(mlps, k, x), np.float64)
 
 
@@ -353,10 +354,10 @@ def shokri(inputs: AttackInputs, classifier: str = DEFAULT_CLASSIFIER,
     sets = draw_training_sets(inputs, max_train_per_class)
     if not sets:
         return scores
-    features = gather_features(logits, sets)
+    features = gather_features(lambda m, rows: _features(np.asarray(logits(m)[rows])), sets)
     if classifier == "mlp":
         features = jax.device_put(features)  # adopts the aligned buffer: no copy
-        predict = _fit_mlps(features, sets)
+        predict = fit_mlps(features, sets)
     else:
         predict = _fit_sklearn(classifier, features, sets)
     del features

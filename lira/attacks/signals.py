@@ -130,6 +130,10 @@ class Signals:
     logits: model index -> float32 [N, Q, C], that model's logits (memory-mapped from the run
       directory): Shokri's attack reads prediction vectors of a sample of (model, example)
       pairs from them, so the [M, N, Q, C] stack is never held in memory.
+    grad: float32 [M, N, Qw], the white-box signal: -log of the per-example loss-gradient norm
+      over all parameters (larger = more member-like, as for phi), or None for a black-box run.
+    whitebox: model index -> (norms float32 [N, Qw, L + 1], features float32 [N, Qw, F]), that
+      model's white-box files, memory-mapped (the attack model of Nasr et al. reads them).
     """
 
     phi: np.ndarray
@@ -137,13 +141,16 @@ class Signals:
     probability: np.ndarray | None = None
     probability_signal: ProbabilitySignal | None = None
     logits: Callable[[int], np.ndarray] | None = None
+    grad: np.ndarray | None = None
+    whitebox: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def num_queries(self) -> int:
         return self.phi.shape[-1]
 
     def select_queries(self, indices: list[int]) -> Signals:
-        """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]."""
+        """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]. The
+        white-box signals have queries of their own and are left out."""
         pick = lambda array: None if array is None else np.ascontiguousarray(np.take(array, indices, axis=-1))
         logits = None if self.logits is None else (lambda m: self.logits(m)[:, indices])
         return Signals(pick(self.phi), pick(self.ce), pick(self.probability), self.probability_signal, logits)
@@ -176,7 +183,7 @@ def signals_from_logits(logits: np.ndarray, labels: np.ndarray,
 
 
 def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = None,
-                model_indices: list[int] | None = None) -> Signals:  # fmt: skip
+                model_indices: list[int] | None = None, whitebox: bool = False) -> Signals:  # fmt: skip
     """Signals [M, N, Q] of every model of a run directory (or of `model_indices`).
 
     Streams the logits files, one per core at a time (read, converted, released), so peak memory
@@ -221,5 +228,28 @@ def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = Non
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
         list(pool.map(load, range(len(model_indices))))
     paths = [layout.logits_path(logdir, m) for m in model_indices]
-    return Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
-                   lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip
+    signals = Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
+                      lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip
+    if whitebox:
+        signals.grad, signals.whitebox = whitebox_signals(logdir, model_indices)
+    return signals
+
+
+def whitebox_signals(logdir: Path, model_indices: list[int]):
+    """(grad float32 [M, N, Qw], accessor model row -> (norms, features) memory-mapped) of the
+    white-box files of `model_indices` (experiments/inference.py --whitebox wrote them)."""
+    have = set(layout.available_whitebox(logdir))
+    missing = [m for m in model_indices if m not in have]
+    if missing:
+        raise layout.RunDirError(
+            f"White-box signals are missing in {Path(logdir) / layout.WHITEBOX_DIR} (models "
+            f"{layout.format_ranges(missing)}); run experiments/inference.py --logdir={logdir} --whitebox."
+        )
+    paths = {
+        kind: [layout.whitebox_path(logdir, m, kind) for m in model_indices] for kind in layout.WHITEBOX_KINDS
+    }
+    load = lambda row: tuple(np.load(paths[kind][row], mmap_mode="r") for kind in layout.WHITEBOX_KINDS)
+    total = np.stack(
+        [-np.log(np.maximum(load(row)[0][..., -1], np.float32(1e-30))) for row in range(len(model_indices))]
+    )
+    return total.astype(np.float32), load

@@ -64,8 +64,11 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[st
     save_figure(fig, path)
 
 
-def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 60) -> None:
-    """IN vs OUT score densities per attack, one panel each; pooled[name] = (scores [n], is_member [n]).
+def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 60,
+                     xlabel: str = "score (larger = more likely member)",
+                     title: str = "Attack scores of members (IN) and non-members (OUT), all targets pooled") -> None:  # fmt: skip
+    """IN vs OUT densities per panel (an attack's scores, or a layer's gradient norms);
+    pooled[name] = (values [n], is_member [n]).
 
     Scores outside the 0.5-99.5 percentiles are clipped into the end bins, so one extreme score
     cannot squash the rest of a panel; the counts stay complete.
@@ -87,12 +90,12 @@ def score_histograms(pooled: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
                 density, _ = np.histogram(values, edges, density=True)
                 ax.stairs(density, edges, fill=True, alpha=0.5, color=colour, label=label)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("score (larger = more likely member)", fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
-    fig.suptitle("Attack scores of members (IN) and non-members (OUT), all targets pooled")
+    fig.suptitle(title)
     save_figure(fig, path)
 
 

@@ -2,6 +2,7 @@
 
     report/roc.png, roc_log.png     ROC of every attack, linear and log-log (all targets pooled)
     report/histograms.png           IN vs OUT score distributions per attack
+    report/gradient_norms.png       IN vs OUT loss-gradient norms per layer (white-box audits)
     report/per_class.png            per-class TPR and FPR at one threshold, per-class AUC (main attack)
     report/per_example.csv          per-example vulnerability, most vulnerable first
     report/vulnerable_examples.png  the most and least vulnerable images (image data only)
@@ -115,13 +116,15 @@ def _legend(name: str, entry: dict, fpr: np.ndarray, tpr: np.ndarray, num_nonmem
 
 
 def write_report(report_dir, results: dict, metrics: dict, *, labels: np.ndarray, keep: np.ndarray, record: layout.RunRecord,
-                 train_log: list[dict], images: np.ndarray | None = None,
-                 class_names: list[str] | None = None) -> None:  # fmt: skip
+                 train_log: list[dict], images: np.ndarray | None = None, class_names: list[str] | None = None,
+                 gradient_norms: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:  # fmt: skip
     """Writes every report file (see the module docstring) into report_dir, each atomically.
 
     results: {attack: object with .scores float [T, N] and .targets list[int] (lira.attacks.protocol.AttackResult)};
     metrics: the metrics.json dict; labels int [N]; keep bool [M, N]; images uint8 [N, H, W, C]
-    or None (no image grid, e.g. tabular data); class_names: label -> name, for the figures.
+    or None (no image grid, e.g. tabular data); class_names: label -> name, for the figures;
+    gradient_norms: {layer: (log10 gradient norms [n], is_member [n])} of the targets' examples
+    (white-box runs), drawn as gradient_norms.png.
     """
     labels, keep = np.asarray(labels), np.asarray(keep, dtype=bool)
     _check_inputs(results, labels, keep, images)
@@ -137,6 +140,12 @@ def write_report(report_dir, results: dict, metrics: dict, *, labels: np.ndarray
     plots.roc_curves(curves, legends, report_dir / "roc.png", log_scale=False)
     plots.roc_curves(curves, legends, report_dir / "roc_log.png", log_scale=True)
     plots.score_histograms(pooled, report_dir / "histograms.png")
+    norms_figure = report_dir / "gradient_norms.png"
+    if gradient_norms:
+        plots.score_histograms(gradient_norms, norms_figure, xlabel="log10 of the loss-gradient norm",
+                               title="Gradient norms of members (IN) and non-members (OUT), all targets pooled")  # fmt: skip
+    else:
+        norms_figure.unlink(missing_ok=True)  # a figure left by an earlier white-box audit
     main = main_attack(results)
     risk = metrics_lib.per_class_risk(np.asarray(results[main].scores), keep[results[main].targets], labels)
     plots.per_class_risk(risk, main, report_dir / "per_class.png", class_names)
@@ -230,6 +239,17 @@ def _markdown(metrics: dict, record: layout.RunRecord, train_log: list[dict], ma
         "",
         "![score histograms](histograms.png)",
         "",
+        *(
+            [
+                "White-box signals: the loss-gradient norms of members and non-members, per layer and for the",
+                "whole model (plain query). Training shrinks the gradients of the examples a model trained on.",
+                "",
+                "![gradient norms](gradient_norms.png)",
+                "",
+            ]
+            if metrics.get("whitebox")
+            else []
+        ),
         "## Per class and per example",
         "",
         f"Under `{main}`, with one threshold set at {level:g}% FPR over all classes (`per_class.png`):",

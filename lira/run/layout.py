@@ -8,6 +8,10 @@
       ckpt/              stacked training states, one folder per slice of models
       train_log.jsonl    one JSON object per (model, epoch)
       logits/NNNNN.npy   float32 [N, Q, C] per model
+      whitebox/          with experiments/inference.py --whitebox, per model NNNNN_norms.npy,
+                         float32 [N, Qw, L + 1]: the per-example loss-gradient norm of each of
+                         the L layers with parameters and of the whole model, and
+                         NNNNN_features.npy, float32 [N, Qw, F]: the penultimate activations
       report/            written by the attack stage
 
 Every write is atomic (write to a temporary name in the same folder, then rename), so a stage
@@ -34,6 +38,8 @@ TRAIN_LOG = "train_log.jsonl"
 LOGITS_DIR = "logits"
 CKPT_DIR = "ckpt"
 REPORT_DIR = "report"
+WHITEBOX_DIR = "whitebox"
+WHITEBOX_KINDS = ("norms", "features")
 METRICS = "metrics.json"  # in REPORT_DIR
 SCORES_DIR = "scores"  # in REPORT_DIR: NAME.npy, float [T, N] per attack
 
@@ -151,6 +157,7 @@ class RunRecord:
     versions: dict = dataclasses.field(default_factory=dict)  # library versions, backend, devices
     git_commit: str | None = None
     queries: int | None = None  # set by the query stage
+    whitebox: dict | None = None  # set by the white-box query stage: {"queries", "layers", "features"}
 
     def to_json(self) -> dict:
         out = {
@@ -159,7 +166,11 @@ class RunRecord:
             "versions": self.versions,
             "git_commit": self.git_commit,
         }
-        return {**out, "inference": {"queries": self.queries}} if self.queries is not None else out
+        if self.queries is not None:
+            out["inference"] = {"queries": self.queries}
+        if self.whitebox is not None:
+            out["whitebox"] = self.whitebox
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> RunRecord:
@@ -167,6 +178,7 @@ class RunRecord:
         return cls(
             config=Config.from_flat(obj.get("flags", {})), data=obj.get("data", {}), versions=obj.get("versions", {}),
             git_commit=obj.get("git_commit"), queries=(obj.get("inference") or {}).get("queries"),
+            whitebox=obj.get("whitebox"),
         )  # fmt: skip
 
 
@@ -194,6 +206,20 @@ def load_labels(logdir: Path) -> np.ndarray:
 
 def logits_path(logdir: Path, model_index: int) -> Path:
     return Path(logdir) / LOGITS_DIR / f"{model_index:05d}.npy"
+
+
+def whitebox_path(logdir: Path, model_index: int, kind: str) -> Path:
+    """whitebox/NNNNN_norms.npy or NNNNN_features.npy (kind: one of WHITEBOX_KINDS)."""
+    return Path(logdir) / WHITEBOX_DIR / f"{model_index:05d}_{kind}.npy"
+
+
+def available_whitebox(logdir: Path) -> list[int]:
+    """Model indices that have both white-box files, sorted."""
+    folder = Path(logdir) / WHITEBOX_DIR
+    if not folder.exists():
+        return []
+    norms = {int(p.name[:5]) for p in folder.glob("[0-9]*_norms.npy")}
+    return sorted(m for m in norms if whitebox_path(logdir, m, "features").exists())
 
 
 def available_logits(logdir: Path) -> list[int]:

@@ -4,6 +4,10 @@ Model m's logits on example n under query q: every class gets standard normal no
 true class gets the example's difficulty (shared by all models) plus `signal` when n is IN for
 m. Members therefore have higher confidence by `signal` logits, and a per-example-calibrated
 attack (LiRA, RMIA) should beat the plain loss because difficulty varies between examples.
+
+With `whitebox`, also the white-box files of experiments/inference.py --whitebox: each layer's
+gradient norm is exp(-(difficulty + signal * IN + noise)), the whole model's their root sum of
+squares, and the "activations" are noise plus signal * IN in their first coordinate.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from lira.training import masks
 
 def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int = 64, num_queries: int = 2,
                           num_classes: int = 3, signal: float = 1.0, seed: int = 0,
-                          keep: np.ndarray | None = None) -> dict:  # fmt: skip
+                          keep: np.ndarray | None = None, whitebox: bool = False, num_layers: int = 2,
+                          num_features: int = 4) -> dict:  # fmt: skip
     """Writes config.json, keep.npy, labels.npy, train_log.jsonl and logits/ under `logdir`.
 
     Returns the config. `keep` overrides the balanced mask (to build edge cases in tests).
@@ -62,4 +67,19 @@ def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int =
         shift = difficulty + signal * keep[m]
         logits += np.where(true_class, shift[:, None, None], 0.0).astype(np.float32)
         layout.save_npy(layout.logits_path(logdir, m), logits)
+        if whitebox:
+            exponent = difficulty[:, None, None] + signal * keep[m][:, None, None]
+            exponent = exponent + model_rng.standard_normal(
+                (num_examples, num_queries, num_layers), dtype=np.float32
+            )
+            layers = np.exp(-exponent)
+            whole = np.sqrt(np.sum(layers**2, axis=-1, keepdims=True))
+            layout.save_npy(layout.whitebox_path(logdir, m, "norms"), np.concatenate([layers, whole], -1))
+            features = model_rng.standard_normal((num_examples, num_queries, num_features), dtype=np.float32)
+            features[..., 0] += signal * keep[m][:, None]
+            layout.save_npy(layout.whitebox_path(logdir, m, "features"), features)
+    if whitebox:
+        config["whitebox"] = {"queries": num_queries, "layers": [f"layer_{i}" for i in range(num_layers)],
+                              "features": num_features}  # fmt: skip
+        layout.save_json(logdir / layout.CONFIG, config)
     return config

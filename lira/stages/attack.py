@@ -16,7 +16,7 @@ import numpy as np
 
 from lira import data, report
 from lira import metrics as metrics_lib
-from lira.attacks import probability_signal
+from lira.attacks import ATTACKS, probability_signal
 from lira.attacks.protocol import (
     AttackResult,
     check_attack_names,
@@ -44,11 +44,25 @@ def attack(logdir: str | Path, config: AttackConfig) -> dict:
     for name, result in results.items():
         layout.save_npy(report_dir / layout.SCORES_DIR / f"{name}.npy", result.scores)
     record = layout.load_record(logdir)
+    keep = layout.load_keep(logdir)
     report.write_report(
-        report_dir, results, metrics, labels=layout.load_labels(logdir), keep=layout.load_keep(logdir),
-        record=record, train_log=layout.read_jsonl(logdir / layout.TRAIN_LOG), images=_pool_images(record),
+        report_dir, results, metrics, labels=layout.load_labels(logdir), keep=keep, record=record,
+        train_log=layout.read_jsonl(logdir / layout.TRAIN_LOG), images=_pool_images(record),
+        gradient_norms=gradient_norms(logdir, record, keep, metrics["targets"]) if metrics.get("whitebox") else None,
     )  # fmt: skip
     return metrics
+
+
+def gradient_norms(logdir: Path, record: layout.RunRecord, keep: np.ndarray, targets: list[int]) -> dict:
+    """{layer or "whole model": (log10 loss-gradient norms [T * N], is_member [T * N])} on the
+    targets' examples, plain query: what report/gradient_norms.png draws."""
+    names = [*record.whitebox["layers"], "whole model"]
+    norms = np.stack(
+        [np.load(layout.whitebox_path(logdir, t, "norms"), mmap_mode="r")[:, 0] for t in targets]
+    )
+    values = np.log10(np.maximum(norms, 1e-30)).reshape(-1, len(names))  # [T * N, L + 1]
+    member = keep[targets].ravel()
+    return {name: (values[:, i], member) for i, name in enumerate(names)}
 
 
 def _pool_images(record: layout.RunRecord) -> np.ndarray | None:
@@ -88,18 +102,25 @@ def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_sha
     counts) is checked before any logits are read.
     """
     attack_options = attack_options or {}
-    attacks = check_attack_names(attacks)
-    check_options(attacks, attack_options)
     keep = layout.load_keep(logdir)
     labels = layout.load_labels(logdir)
+    whitebox = set(range(keep.shape[0])) <= set(layout.available_whitebox(logdir))
+    if list(attacks) == ["all"] and not whitebox:
+        print(f"Note: {logdir} has no white-box signals, so 'all' leaves out the white-box attacks "
+              "(experiments/inference.py --whitebox computes them).")  # fmt: skip
+    attacks = check_attack_names(attacks, whitebox)
+    check_options(attacks, attack_options)
     if num_targets < 1:
         raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
     targets = list(range(min(num_targets, keep.shape[0])))
     check_references(keep, targets, attacks, num_shadows_used, seed)
-    signals = run_signals(logdir, probability_signal(attacks, attack_options))
+    needs_whitebox = any(ATTACKS[name].needs_whitebox for name in attacks)
+    signals = run_signals(logdir, probability_signal(attacks, attack_options), whitebox=needs_whitebox)
     results = run_attacks(signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options)
     metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed)
     metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
+    if needs_whitebox:
+        metrics["whitebox"] = layout.load_record(logdir).whitebox
     metrics["models"] = model_accuracy(
         signals, keep, labels, layout.read_jsonl(Path(logdir) / layout.TRAIN_LOG)
     )

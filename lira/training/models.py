@@ -28,6 +28,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
             x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
@@ -46,6 +47,7 @@ class CNN(nn.Module):
         for block in range(self.depth):
             x = Conv(self.width << block, impl=self.conv_impl, dtype=self.dtype, pool_relu=True)(x)
         x = x.mean(axis=(1, 2))
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
@@ -91,6 +93,7 @@ class WideResNet(nn.Module):
                 x = WideResNetBlock(features, stride, self.conv_impl, self.dtype)(x, train)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
         x = x.mean(axis=(1, 2))
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 

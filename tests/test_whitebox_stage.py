@@ -1,0 +1,94 @@
+"""The white-box query stage (experiments/inference.py --whitebox): what it stores equals the
+one-model white-box function applied model by model, it resumes, and it refuses runs whose
+checkpoints are gone."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lira import config
+from lira.data import load_dataset
+from lira.run import checkpoint, layout
+from lira.stages import query, train
+from lira.training import loop, whitebox
+from lira.training.models import get_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """4 cnn-tiny models on 96 uint8 8x8 colour images, in slices of 2; logits and white-box
+    signals with 2 queries."""
+    root = tmp_path_factory.mktemp("whitebox_run")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 128)
+    x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
+    np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
+    run_config = config.Config().replace(
+        dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=4, epochs=2, batch_size=16, lr=0.05,
+        models_per_step=2,
+    )  # fmt: skip
+    train.train(run_config, root / "run", progress=False)
+    assert query.query(root / "run", queries=2, progress=False, whitebox=True) == [0, 1, 2, 3]
+    return root / "run"
+
+
+def test_stored_signals_equal_the_one_model_function(run):
+    record = layout.load_record(run)
+    training = record.config.training
+    dataset = load_dataset(record.config.data.dataset)
+    model = get_model("cnn-tiny", dataset.num_classes, record.whitebox["conv_impl"])
+    programs = loop.Programs(model, training, 3, jnp.asarray(dataset.x_train[0]))
+    one_model = jax.jit(whitebox.make_whitebox_fn(model, 2))
+    labels = layout.load_labels(run)
+    for start, stop, folder in checkpoint.finished_slices(run, training.epochs):
+        state = programs.restore(folder, start, stop, training.epochs, training.seed)
+        for offset, m in enumerate(range(start, stop)):
+            alone = jax.tree.map(lambda leaf, offset=offset: leaf[offset], state)
+            norms, features = one_model(alone, jnp.asarray(dataset.x_train), jnp.asarray(labels))
+            stored = [np.load(layout.whitebox_path(run, m, kind)) for kind in layout.WHITEBOX_KINDS]
+            np.testing.assert_allclose(stored[0], norms, rtol=2e-5, atol=1e-7)
+            np.testing.assert_allclose(stored[1], features, rtol=2e-5, atol=1e-6)
+    names, num_features = whitebox.whitebox_shapes(model, dataset.x_train[0])
+    assert record.whitebox == {"queries": 2, "layers": names, "features": num_features,
+                               "conv_impl": query.whitebox_conv_impl(record.config)}  # fmt: skip
+    # Models differ, and the whole-model norm is the root sum of squares of the layers'.
+    norms = [np.load(layout.whitebox_path(run, m, "norms")) for m in range(4)]
+    assert not np.allclose(norms[0], norms[1])
+    np.testing.assert_allclose(norms[2][..., -1], np.sqrt(np.sum(norms[2][..., :-1] ** 2, -1)), rtol=1e-5)
+
+
+def test_resumes_and_recomputes_only_what_is_missing(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert query.query_whitebox(copy, 2, progress=False) == []
+    before = layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns
+    layout.whitebox_path(copy, 3, "features").unlink()  # as a kill between the two files leaves it
+    assert query.query_whitebox(copy, 2, progress=False) == [2, 3]  # model 3's slice, models 2-3
+    assert layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns == before
+    assert not list((copy / layout.WHITEBOX_DIR).glob(".*partial*"))
+    with pytest.raises(ValueError, match="holds white-box signals for 2 queries"):
+        query.query_whitebox(copy, 18, progress=False)
+
+
+def test_refuses_a_run_without_checkpoints(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(layout.WHITEBOX_DIR))
+    shutil.rmtree(copy / layout.CKPT_DIR)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "experiments/inference.py", f"--logdir={copy}", "--queries=2", "--whitebox"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "models 0-3 have logits and no finished checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (copy / layout.WHITEBOX_DIR).exists()
