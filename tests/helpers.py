@@ -43,3 +43,18 @@ def _leaves(state):
     import jax
 
     return jax.tree.leaves((state.params, state.batch_stats))
+
+
+def tiny_image_run_config(root, num_models: int, models_per_step: int, **changes):
+    """A Config of `num_models` cnn-tiny models on 96 uint8 8x8 colour images of 4 classes (written
+    to root/images.npz, 32 more as the test split), 2 epochs in batches of 16."""
+    from lira import config
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 128)
+    x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
+    np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
+    return config.Config().replace(
+        dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=num_models, epochs=2, batch_size=16,
+        lr=0.05, models_per_step=models_per_step, **changes,
+    )  # fmt: skip

@@ -4,10 +4,10 @@ its figures; the committed notebooks are read, never written."""
 import importlib.util
 
 import nbformat
-import numpy as np
 import pytest
+from helpers import tiny_image_run_config
 
-from lira import config, studies
+from lira import studies
 from lira.stages import query, train
 
 # experiments/notebooks.py, the notebooks' executor, loaded as a module (experiments/ holds scripts).
@@ -30,14 +30,7 @@ FIGURES = {
 def logdir(tmp_path_factory):
     """M = 8 cnn-tiny models on 96 uint8 8x8 colour images of 4 classes, 2 epochs, Q = 18."""
     root = tmp_path_factory.mktemp("tiny_run")
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 128)
-    x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
-    np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
-    run_config = config.Config().replace(
-        dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=8, epochs=2, batch_size=16, lr=0.05,
-        augment="weak", models_per_step=8,
-    )  # fmt: skip
+    run_config = tiny_image_run_config(root, num_models=8, models_per_step=8, augment="weak")
     train.train(run_config, root / "run", progress=False)
     query.query(root / "run", queries=18, batch_size=96, progress=False)
     return root / "run"

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_image_run_config
 
-from lira import config
 from lira.data import load_dataset
 from lira.run import checkpoint, layout
 from lira.stages import query, train
@@ -28,14 +28,7 @@ def run(tmp_path_factory):
     """4 cnn-tiny models on 96 uint8 8x8 colour images, in slices of 2; logits and white-box
     signals with 2 queries."""
     root = tmp_path_factory.mktemp("whitebox_run")
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 128)
-    x = np.clip(rng.normal(60 + 40 * y[:, None, None, None], 40, (128, 8, 8, 3)), 0, 255).astype(np.uint8)
-    np.savez(root / "images.npz", x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
-    run_config = config.Config().replace(
-        dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=4, epochs=2, batch_size=16, lr=0.05,
-        models_per_step=2,
-    )  # fmt: skip
+    run_config = tiny_image_run_config(root, num_models=4, models_per_step=2)
     train.train(run_config, root / "run", progress=False)
     assert query.query(root / "run", queries=2, progress=False, whitebox=True) == [0, 1, 2, 3]
     return root / "run"

@@ -76,11 +76,7 @@ def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: b
     ]
     if not todo:
         return []
-    dataset = load_dataset(config.data.dataset, config.data.data_dir, config.data.pool_size)
-    if len(dataset.y_train) != num_examples:
-        raise layout.RunDirError(
-            f"The dataset now has {len(dataset.y_train)} pool examples; keep.npy has {num_examples}."
-        )
+    dataset = _load_pool(config, num_examples)
     layout.save_record(logdir, dataclasses.replace(record, queries=queries))
     model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
     num_steps = step.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
@@ -114,6 +110,16 @@ def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: b
             written.append(m)
     bar.close()
     return written
+
+
+def _load_pool(config, num_examples: int):
+    """The run's dataset, checked against keep.npy's pool size."""
+    dataset = load_dataset(config.data.dataset, config.data.data_dir, config.data.pool_size)
+    if len(dataset.y_train) != num_examples:
+        raise layout.RunDirError(
+            f"The dataset now has {len(dataset.y_train)} pool examples; keep.npy has {num_examples}."
+        )
+    return dataset
 
 
 def _call_groups(slices, min_models: int):
@@ -180,11 +186,7 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
     todo = [(a, b, f) for a, b, f in finished if any(m in lacking for m in range(a, b))]
     if not todo:
         return []
-    dataset = load_dataset(config.data.dataset, config.data.data_dir, config.data.pool_size)
-    if len(dataset.y_train) != num_examples:
-        raise layout.RunDirError(
-            f"The dataset now has {len(dataset.y_train)} pool examples; keep.npy has {num_examples}."
-        )
+    dataset = _load_pool(config, num_examples)
     conv_impl = whitebox_conv_impl(config)
     model = get_model(config.model.arch, dataset.num_classes, conv_impl)
     num_steps = step.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
