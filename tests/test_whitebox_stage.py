@@ -38,7 +38,7 @@ def test_stored_signals_equal_the_one_model_function(run):
     record = layout.load_record(run)
     training = record.config.training
     dataset = load_dataset(record.config.data.dataset)
-    model = get_model("cnn-tiny", dataset.num_classes, record.whitebox["conv_impl"])
+    model = get_model("cnn-tiny", dataset.num_classes)
     programs = loop.Programs(model, training, 3, jnp.asarray(dataset.x_train[0]))
     one_model = jax.jit(whitebox.make_whitebox_fn(model, 2))
     labels = layout.load_labels(run)
@@ -51,8 +51,7 @@ def test_stored_signals_equal_the_one_model_function(run):
             np.testing.assert_allclose(stored[0], norms, rtol=2e-5, atol=1e-7)
             np.testing.assert_allclose(stored[1], features, rtol=2e-5, atol=1e-6)
     names, num_features = whitebox.whitebox_shapes(model, dataset.x_train[0])
-    assert record.whitebox == {"queries": 2, "layers": names, "features": num_features,
-                               "conv_impl": query.whitebox_conv_impl(record.config)}  # fmt: skip
+    assert record.whitebox == {"queries": 2, "layers": names, "features": num_features}
     # Models differ, and the whole-model norm is the root sum of squares of the layers'.
     norms = [np.load(layout.whitebox_path(run, m, "norms")) for m in range(4)]
     assert not np.allclose(norms[0], norms[1])

@@ -187,8 +187,7 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
     if not todo:
         return []
     dataset = _load_pool(config, num_examples)
-    conv_impl = whitebox_conv_impl(config)
-    model = get_model(config.model.arch, dataset.num_classes, conv_impl)
+    model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
     num_steps = step.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
     programs = loop.Programs(model, training, num_steps, jnp.asarray(dataset.x_train[0]))
     one_state = programs.abstract_state(jnp.zeros(1, jnp.int32), training.seed, loop.model_sharding(1))
@@ -199,7 +198,7 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
     _, features_shape = jax.eval_shape(apply, one_state, *sample)
     num_features = features_shape.shape[-1]
     layout.save_record(logdir, dataclasses.replace(
-        record, whitebox={"queries": queries, "layers": names, "features": num_features, "conv_impl": conv_impl}
+        record, whitebox={"queries": queries, "layers": names, "features": num_features}
     ))  # fmt: skip
 
     written = []
@@ -227,16 +226,6 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
             written.append(m)
     bar.close()
     return written
-
-
-def whitebox_conv_impl(config) -> str | None:
-    """The convolution lowering of the white-box pass: the run's --conv_impl if it set one; else on
-    the CPU im2col, whose per-example weight gradients are batched matmuls (for cnn32 0.728 s
-    against the native convolution's 0.783 s, docs/performance.md; same parameters, same values
-    up to rounding); elsewhere the backend's default."""
-    if config.model.conv_impl is not None:
-        return config.model.conv_impl
-    return "im2col" if jax.default_backend() == "cpu" else None
 
 
 def _whitebox_done(logdir: Path, model_index: int, num_examples: int, queries: int) -> bool:
