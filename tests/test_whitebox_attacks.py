@@ -50,7 +50,7 @@ def test_a_black_box_run_leaves_them_out_and_refuses_them_by_name(tmp_path, monk
         raise AssertionError("signals were read before the check")
 
     monkeypatch.setattr(attack, "run_signals", fail)
-    with pytest.raises(ValueError, match="whitebox_nasr need white-box signals.*--whitebox"):
+    with pytest.raises(ValueError, match="whitebox_nasr needs white-box signals.*--whitebox"):
         attack.run_audit(tmp_path, ["loss", "whitebox_nasr"], num_targets=1)
 
 

@@ -54,8 +54,8 @@ def check_attack_names(attacks: list[str], whitebox: bool = False) -> list[str]:
     blind = [a for a in attacks if ATTACKS[a].needs_whitebox and not whitebox]
     if blind:
         raise ValueError(
-            f"{', '.join(blind)} need white-box signals, which this run has not: run experiments/inference.py "
-            "--whitebox on it first."
+            f"{', '.join(blind)} {'needs' if len(blind) == 1 else 'need'} white-box signals, which this run has "
+            "not: run experiments/inference.py --whitebox on it first."
         )
     return list(dict.fromkeys(attacks))
 
