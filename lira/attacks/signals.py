@@ -249,7 +249,8 @@ def whitebox_signals(logdir: Path, model_indices: list[int]):
         kind: [layout.whitebox_path(logdir, m, kind) for m in model_indices] for kind in layout.WHITEBOX_KINDS
     }
     load = lambda row: tuple(np.load(paths[kind][row], mmap_mode="r") for kind in layout.WHITEBOX_KINDS)
+    whole = lambda row: np.load(paths["norms"][row], mmap_mode="r")[..., -1]  # the whole model's norm
     total = np.stack(
-        [-np.log(np.maximum(load(row)[0][..., -1], np.float32(1e-30))) for row in range(len(model_indices))]
+        [-np.log(np.maximum(whole(row), np.float32(1e-30))) for row in range(len(model_indices))]
     )
     return total.astype(np.float32), load

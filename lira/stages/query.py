@@ -51,65 +51,60 @@ def query(logdir: str | Path, queries: int = 2, batch_size: int = 256, progress:
 def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: bool) -> list[int]:
     logdir = Path(logdir)
     record = layout.load_record(logdir)
-    config = record.config
-    keep = layout.load_keep(logdir)
-    num_examples = keep.shape[1]
-    if len(record.data["input_shape"]) != 3 and queries != 1:
-        raise ValueError(
-            f"{config.data.dataset} is not image data, so it has a single query; got --queries={queries}."
-        )
+    _check_queries(record, queries)
     if record.queries not in (None, queries) and layout.available_logits(logdir):
         raise ValueError(
             f"{logdir / layout.LOGITS_DIR} holds logits for --queries={record.queries}; "
             f"delete that folder to query with --queries={queries}."
         )
-    training = config.training
-    finished = checkpoint.finished_slices(logdir, training.epochs)
-    trained = {m for a, b, _ in finished for m in range(a, b)}
-    missing = sorted(set(range(keep.shape[0])) - trained)
-    if missing:
-        print(f"Note: models {layout.format_ranges(missing)} have no finished checkpoint yet; skipping them.")
-    todo = [
-        (a, b, f)
-        for a, b, f in finished
-        if any(not _logits_done(logdir, m, num_examples, queries) for m in range(a, b))
-    ]
+    num_models, num_examples = layout.load_keep(logdir).shape
+    path_of = lambda m: layout.logits_path(logdir, m)
+    lacking = [m for m in range(num_models) if not _done([path_of(m)], num_examples, queries)]
+    todo = _slices_to_do(logdir, record, lacking)
     if not todo:
         return []
-    dataset = _load_pool(config, num_examples)
+    dataset = _load_pool(record.config, num_examples)
     layout.save_record(logdir, dataclasses.replace(record, queries=queries))
-    model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
-    num_steps = step.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
-    programs = loop.Programs(model, training, num_steps, jnp.asarray(dataset.x_train[0]))
+    model, programs = _programs(record.config, dataset)
 
     @jax.jit
-    def apply(state, images):  # [B, ...] -> logits [models, B, Q, C], the queries made on device
+    def apply(state, images):  # [B, ...] -> (logits [models, B, Q, C],), the queries made on device
         views = augment.make_queries(images, queries)
         flat = views.reshape(-1, *views.shape[2:])
         logits = step.vmap_models(lambda s: step.predict(model, s, flat), (0,))(state)
-        return logits.reshape(logits.shape[0], images.shape[0], queries, -1)
+        return (logits.reshape(logits.shape[0], images.shape[0], queries, -1),)
 
-    written = []
-    total = sum(b - a for a, b, _ in todo) * num_examples
-    bar = tqdm(total=total, unit="model-example", disable=not progress, dynamic_ncols=True)
     # About batch_size images per model per call, whatever Q: the activations of Q * batch_size
     # images per model would take gigabytes.
+    outputs = [(path_of, (num_examples, queries, dataset.num_classes))]
     chunk = max(1, batch_size // queries)
-    for group in _call_groups(todo, MIN_MODELS_PER_CALL):
-        ids = [m for a, b, _ in group for m in range(a, b)]
-        state = loop.restore_slices(programs, group, training.epochs, training.seed)
-        shape = (num_examples, queries, dataset.num_classes)
-        outputs = {m: layout.PartialNpy(layout.logits_path(logdir, m), shape) for m in ids}
-        for i in range(0, num_examples, chunk):
-            logits = np.asarray(jax.device_get(apply(state, jnp.asarray(dataset.x_train[i : i + chunk]))))
-            for offset, m in enumerate(ids):
-                outputs[m].array[i : i + logits.shape[1]] = logits[offset]
-            bar.update(len(ids) * logits.shape[1])
-        for m, partial in outputs.items():
-            partial.commit()
-            written.append(m)
-    bar.close()
-    return written
+    return _stream(todo, programs, record.config.training, apply, (dataset.x_train,), outputs, lambda _: chunk,
+                   progress)  # fmt: skip
+
+
+def _check_queries(record: layout.RunRecord, queries: int) -> None:
+    if len(record.data["input_shape"]) != 3 and queries != 1:
+        raise ValueError(
+            f"{record.config.data.dataset} is not image data, so it has a single query; got --queries={queries}."
+        )
+
+
+def _done(paths: list[Path], num_examples: int, queries: int) -> bool:
+    """Whether every one of a model's output files exists with N examples and `queries` queries."""
+    return all(p.exists() and np.load(p, mmap_mode="r").shape[:2] == (num_examples, queries) for p in paths)
+
+
+def _slices_to_do(logdir: Path, record: layout.RunRecord, lacking: list[int]) -> list[tuple[int, int, Path]]:
+    """The finished training slices (start, stop, folder) with a model in `lacking`; notes the
+    lacking models that have no finished checkpoint yet, which are skipped."""
+    finished = checkpoint.finished_slices(logdir, record.config.training.epochs)
+    trained = {m for a, b, _ in finished for m in range(a, b)}
+    untrained = [m for m in lacking if m not in trained]
+    if untrained:
+        print(
+            f"Note: models {layout.format_ranges(untrained)} have no finished checkpoint yet; skipping them."
+        )
+    return [(a, b, f) for a, b, f in finished if any(m in lacking for m in range(a, b))]
 
 
 def _load_pool(config, num_examples: int):
@@ -122,6 +117,45 @@ def _load_pool(config, num_examples: int):
     return dataset
 
 
+def _programs(config, dataset):
+    """(model, lira.training.loop.Programs) of the run, to restore its checkpoints."""
+    model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
+    training = config.training
+    num_steps = step.steps_per_epoch(len(dataset.y_train), training.pkeep, training.batch_size)
+    return model, loop.Programs(model, training, num_steps, jnp.asarray(dataset.x_train[0]))
+
+
+def _stream(
+    todo, programs, training, apply, inputs: tuple, outputs: list, chunk_of, progress: bool
+) -> list[int]:
+    """Runs `apply(state, *chunks)` over the pool for every model of `todo`, groups of slices at a
+    time, and streams its outputs into per-model files. inputs: arrays [N, ...] fed in chunks of
+    chunk_of(models in the group) examples; outputs: (path_of(model) -> Path, shape) per
+    output of apply (an array [models, B, ...] each), written through PartialNpy and renamed into
+    place when complete. Returns the models written."""
+    num_examples = len(inputs[0])
+    written = []
+    bar = tqdm(total=sum(b - a for a, b, _ in todo) * num_examples, unit="model-example", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    for group in _call_groups(todo, MIN_MODELS_PER_CALL):
+        ids = [m for a, b, _ in group for m in range(a, b)]
+        state = loop.restore_slices(programs, group, training.epochs, training.seed)
+        files = {m: [layout.PartialNpy(path_of(m), shape) for path_of, shape in outputs] for m in ids}
+        chunk = chunk_of(len(ids))
+        for i in range(0, num_examples, chunk):
+            results = jax.device_get(apply(state, *(jnp.asarray(array[i : i + chunk]) for array in inputs)))
+            for offset, m in enumerate(ids):
+                for partial, result in zip(files[m], results, strict=True):
+                    partial.array[i : i + result.shape[1]] = result[offset]
+            bar.update(len(ids) * results[0].shape[1])
+        for m in ids:
+            for partial in files[m]:
+                partial.commit()
+            written.append(m)
+    bar.close()
+    return written
+
+
 def _call_groups(slices, min_models: int):
     """Consecutive training slices (start, stop, folder) grouped until each group has at least
     min_models models (the last may have fewer)."""
@@ -132,14 +166,6 @@ def _call_groups(slices, min_models: int):
             groups.append(group)
             group = []
     return groups + ([group] if group else [])
-
-
-def _logits_done(logdir: Path, model_index: int, num_examples: int, queries: int) -> bool:
-    path = layout.logits_path(logdir, model_index)
-    if not path.exists():
-        return False
-    shape = np.load(path, mmap_mode="r").shape
-    return shape[:2] == (num_examples, queries)
 
 
 # Per-example gradients of this many bytes, about, are alive in one white-box call: the chunk of
@@ -156,21 +182,21 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
     QueryConfig(queries=queries).validate()
     logdir = Path(logdir)
     record = layout.load_record(logdir)
-    config, training = record.config, record.config.training
-    keep = layout.load_keep(logdir)
-    labels = layout.load_labels(logdir)
-    num_models, num_examples = keep.shape
-    if len(record.data["input_shape"]) != 3 and queries != 1:
-        raise ValueError(f"{config.data.dataset} is not image data, so it has a single query; got {queries}.")
+    _check_queries(record, queries)
     previous = (record.whitebox or {}).get("queries")
     if previous not in (None, queries) and layout.available_whitebox(logdir):
         raise ValueError(
             f"{logdir / layout.WHITEBOX_DIR} holds white-box signals for {previous} queries; delete that folder "
             f"to compute them for {queries}."
         )
-    lacking = [m for m in range(num_models) if not _whitebox_done(logdir, m, num_examples, queries)]
-    finished = checkpoint.finished_slices(logdir, training.epochs)
-    trained = {m for a, b, _ in finished for m in range(a, b)}
+    num_models, num_examples = layout.load_keep(logdir).shape
+    paths = lambda m: [layout.whitebox_path(logdir, m, kind) for kind in layout.WHITEBOX_KINDS]
+    lacking = [m for m in range(num_models) if not _done(paths(m), num_examples, queries)]
+    trained = {
+        m
+        for a, b, _ in checkpoint.finished_slices(logdir, record.config.training.epochs)
+        for m in range(a, b)
+    }
     gone = [m for m in lacking if m not in trained and layout.logits_path(logdir, m).exists()]
     if gone:
         raise layout.RunDirError(
@@ -178,56 +204,27 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
             f"have logits and no finished checkpoint in {logdir / layout.CKPT_DIR} (deleted?); retrain them "
             "with experiments/train.py, or audit them black-box only (without --whitebox)."
         )
-    untrained = [m for m in lacking if m not in trained]
-    if untrained:
-        print(
-            f"Note: models {layout.format_ranges(untrained)} have no finished checkpoint yet; skipping them."
-        )
-    todo = [(a, b, f) for a, b, f in finished if any(m in lacking for m in range(a, b))]
+    todo = _slices_to_do(logdir, record, lacking)
     if not todo:
         return []
-    dataset = _load_pool(config, num_examples)
-    model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
-    num_steps = step.steps_per_epoch(num_examples, training.pkeep, training.batch_size)
-    programs = loop.Programs(model, training, num_steps, jnp.asarray(dataset.x_train[0]))
+    dataset = _load_pool(record.config, num_examples)
+    labels = layout.load_labels(logdir)
+    model, programs = _programs(record.config, dataset)
+    training = record.config.training
     one_state = programs.abstract_state(jnp.zeros(1, jnp.int32), training.seed, loop.model_sharding(1))
     names = whitebox_lib.layer_names(one_state.params)
     num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(one_state.params))
     apply = whitebox_lib.make_vmapped_whitebox_fn(model, queries)
-    sample = jnp.asarray(dataset.x_train[:1]), jnp.asarray(labels[:1])
-    _, features_shape = jax.eval_shape(apply, one_state, *sample)
+    _, features_shape = jax.eval_shape(
+        apply, one_state, jnp.asarray(dataset.x_train[:1]), jnp.asarray(labels[:1])
+    )
     num_features = features_shape.shape[-1]
     layout.save_record(logdir, dataclasses.replace(
         record, whitebox={"queries": queries, "layers": names, "features": num_features}
     ))  # fmt: skip
-
-    written = []
-    bar = tqdm(total=sum(b - a for a, b, _ in todo) * num_examples, unit="model-example", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
-    for group in _call_groups(todo, MIN_MODELS_PER_CALL):
-        ids = [m for a, b, _ in group for m in range(a, b)]
-        state = loop.restore_slices(programs, group, training.epochs, training.seed)
-        chunk = int(np.clip(WHITEBOX_BYTES // (len(ids) * queries * num_params * 4), 1, 256))
-        outputs = {
-            m: (layout.PartialNpy(layout.whitebox_path(logdir, m, "norms"), (num_examples, queries, len(names) + 1)),
-                layout.PartialNpy(layout.whitebox_path(logdir, m, "features"), (num_examples, queries, num_features)))
-            for m in ids
-        }  # fmt: skip
-        for i in range(0, num_examples, chunk):
-            images, targets = jnp.asarray(dataset.x_train[i : i + chunk]), jnp.asarray(labels[i : i + chunk])
-            norms, features = jax.device_get(apply(state, images, targets))
-            for offset, m in enumerate(ids):
-                outputs[m][0].array[i : i + len(targets)] = norms[offset]
-                outputs[m][1].array[i : i + len(targets)] = features[offset]
-            bar.update(len(ids) * len(targets))
-        for m, files in outputs.items():
-            for partial in files:
-                partial.commit()
-            written.append(m)
-    bar.close()
-    return written
-
-
-def _whitebox_done(logdir: Path, model_index: int, num_examples: int, queries: int) -> bool:
-    paths = [layout.whitebox_path(logdir, model_index, kind) for kind in layout.WHITEBOX_KINDS]
-    return all(p.exists() and np.load(p, mmap_mode="r").shape[:2] == (num_examples, queries) for p in paths)
+    outputs = [
+        (lambda m: layout.whitebox_path(logdir, m, "norms"), (num_examples, queries, len(names) + 1)),
+        (lambda m: layout.whitebox_path(logdir, m, "features"), (num_examples, queries, num_features)),
+    ]
+    chunk_of = lambda models: int(np.clip(WHITEBOX_BYTES // (models * queries * num_params * 4), 1, 256))
+    return _stream(todo, programs, training, apply, (dataset.x_train, labels), outputs, chunk_of, progress)
