@@ -32,6 +32,7 @@ RMIA_SIGNALS = ("taylor", "softmax")
 LIRA_LIKELIHOODS = ("gaussian", "student_t")
 SHOKRI_CLASSIFIERS = ("mlp", "logreg", "sklearn_mlp", "gbdt")
 NASR_INPUTS = ("gradients", "activations", "loss", "label")  # lira/attacks/nasr.py
+AUDIT_METHODS = ("one_run", "clopper_pearson")  # lira/audit.py
 LIRA_ATTACKS = (
     "lira_online",
     "lira_online_fixed_var",
@@ -70,11 +71,16 @@ class DataConfig:
     )  # fmt: skip
     data_dir: str | None = field(None, "tfds data_dir where the dataset is prepared.")
     pool_size: int | None = field(None, "Use only the first n train examples as the audit pool.", result=True)
+    canaries: int = field(
+        0, "Mislabel this many pool examples, drawn from --seed, as canaries (canaries.npy): the strongest "
+        "known black-box canaries, for empirical privacy auditing.", result=True,
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check([
             (bool(self.dataset), "--dataset is empty: give a tfds name, npz:PATH or digits."),
             (self.pool_size is None or self.pool_size >= 1, f"--pool_size must be >= 1, got {self.pool_size}."),
+            (self.canaries >= 0, f"--canaries must be >= 0, got {self.canaries}."),
         ])  # fmt: skip
 
 
@@ -110,6 +116,28 @@ class TrainingConfig:
         0, "Models one compiled step advances (0: the backend's default). Slices the checkpoints.", result=True
     )  # fmt: skip
     eval_every: int = field(1, "Measure test accuracy every this many epochs (0: only at the end).")
+    dp_noise_multiplier: float | None = field(
+        None, "DP-SGD: Gaussian noise of this many clip norms on each step's sum of clipped gradients "
+        "(unset: ordinary training; 0: clipping alone, epsilon infinite).", result=True,
+    )  # fmt: skip
+    dp_target_epsilon: float | None = field(
+        None, "DP-SGD: pick the noise multiplier whose accounted epsilon (at --dp_delta) is this.", result=True
+    )  # fmt: skip
+    dp_clip_norm: float = field(
+        1.0, "DP-SGD: per-example gradients are clipped to this L2 norm.", result=True
+    )
+    dp_delta: float = field(
+        1e-5, "DP-SGD: the delta of the accounted (epsilon, delta) guarantee.", result=True
+    )
+    dp_max_batch_size: int = field(
+        0, "DP-SGD: the physical batch; Poisson draws above it are truncated, and accounted so "
+        "(0: batch_size + 5 sqrt(batch_size)).", result=True,
+    )  # fmt: skip
+
+    @property
+    def dp(self) -> bool:
+        """Whether the models train with DP-SGD."""
+        return self.dp_noise_multiplier is not None or self.dp_target_epsilon is not None
 
     def validate(self) -> None:
         _check([
@@ -124,6 +152,18 @@ class TrainingConfig:
             _choice(self, "augment"),
             (self.models_per_step >= 0, f"--models_per_step must be >= 0 (0 = default), got {self.models_per_step}."),
             (self.eval_every >= 0, f"--eval_every must be >= 0 (0 = only at the end), got {self.eval_every}."),
+            (self.dp_noise_multiplier is None or self.dp_target_epsilon is None,
+             "--dp_noise_multiplier and --dp_target_epsilon both given: give one (the noise, or the epsilon "
+             "the accountant picks the noise for)."),
+            (self.dp_noise_multiplier is None or self.dp_noise_multiplier >= 0,
+             f"--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}."),
+            (self.dp_target_epsilon is None or self.dp_target_epsilon > 0,
+             f"--dp_target_epsilon must be > 0, got {self.dp_target_epsilon}."),
+            (self.dp_clip_norm > 0, f"--dp_clip_norm must be > 0, got {self.dp_clip_norm}."),
+            (0 < self.dp_delta < 1, f"--dp_delta must be in (0, 1), got {self.dp_delta}."),
+            (self.dp_max_batch_size == 0 or self.dp_max_batch_size >= self.batch_size,
+             f"--dp_max_batch_size must be 0 (automatic) or >= --batch_size={self.batch_size}, "
+             f"got {self.dp_max_batch_size}."),
         ])  # fmt: skip
 
 
@@ -182,6 +222,14 @@ class AttackConfig:
         list(NASR_INPUTS), "whitebox_nasr's inputs, any of: gradients (per-layer gradient norms), activations "
         "(penultimate), loss, label.",
     )  # fmt: skip
+    audit_method: str = field(
+        "one_run", "Empirical epsilon lower bound: one_run (Steinke et al. 2023, per target) or clopper_pearson "
+        "(pooled pairs; see lira/audit.py).", choices=AUDIT_METHODS,
+    )  # fmt: skip
+    audit_significance: float = field(0.05, "The epsilon lower bound holds with confidence 1 - this.")
+    audit_delta: float | None = field(
+        None, "The delta of the epsilon lower bound (default: the run's --dp_delta)."
+    )
 
     def offline_a(self) -> float | str:
         """--rmia_offline_a as RMIA takes it: a number in [0, 1] or "auto"."""
@@ -207,7 +255,11 @@ class AttackConfig:
             (self.rmia_temperature > 0, f"--rmia_temperature must be > 0, got {self.rmia_temperature}."),
             (self.rmia_terms >= 1, f"--rmia_terms must be >= 1, got {self.rmia_terms}."),
             *(_choice(self, name) for name in ("rmia_signal", "rmia_aggregation", "lira_likelihood",
-                                               "shokri_classifier")),
+                                               "shokri_classifier", "audit_method")),
+            (0 < self.audit_significance < 0.5,
+             f"--audit_significance must be in (0, 0.5), got {self.audit_significance}."),
+            (self.audit_delta is None or 0 < self.audit_delta < 1,
+             f"--audit_delta must be in (0, 1), got {self.audit_delta}."),
             (bool(self.nasr_inputs) and set(self.nasr_inputs) <= set(NASR_INPUTS),
              f"--nasr_inputs={','.join(self.nasr_inputs)}: choose from {', '.join(NASR_INPUTS)}."),
         ])  # fmt: skip

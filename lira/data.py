@@ -26,6 +26,7 @@ import numpy as np
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist")
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _CHUNK = 4096  # examples per step when computing statistics
+_CANARY_SEED = 5  # tag of the canary draw, apart from lira/training/step.py's streams
 _TFDS_BATCH = 4096  # not -1: whole-split batches abort the process under tfds.testing.mock_data
 
 
@@ -89,6 +90,22 @@ def load_dataset(spec: str, data_dir: str | None = None, pool_size: int | None =
         y_test=raw.y_test,
         num_classes=raw.num_classes,
     )
+
+
+def mislabel(labels: np.ndarray, num_classes: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(canaries int32 [count] sorted, labels int32 [N] with each canary's label moved to a
+    uniformly random other class): `count` pool examples drawn without replacement from `seed`.
+    Mislabelled examples are the strongest known black-box canaries: a model that fits one
+    has memorised it."""
+    if not 0 <= count <= len(labels):
+        raise ValueError(f"--canaries={count}: the pool has {len(labels)} examples; give 0..{len(labels)}.")
+    if count and num_classes < 2:
+        raise ValueError("--canaries needs at least two classes to mislabel into.")
+    rng = np.random.default_rng([seed, _CANARY_SEED])
+    canaries = np.sort(rng.choice(len(labels), size=count, replace=False)).astype(np.int32)
+    out = np.asarray(labels, np.int32).copy()
+    out[canaries] = (out[canaries] + rng.integers(1, num_classes, size=count)) % num_classes
+    return canaries, out
 
 
 def load_raw_images(

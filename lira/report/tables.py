@@ -70,6 +70,9 @@ def table_rows(metrics: dict, ci_unit: str = "both") -> tuple[list[str], list[li
     levels = _levels(metrics)
     ci_unit = _unit(metrics, ci_unit)
     header = ["attack", "AUC", "bal. acc"] + [f"TPR@{100 * float(level):g}%" for level in levels]
+    audited = any("epsilon_lower_bound" in entry for entry in metrics["attacks"].values())
+    if audited:
+        header.append("eps lower bound")
     rows = []
     for name, entry in metrics["attacks"].items():
         ci = _intervals(entry, ci_unit)
@@ -79,7 +82,28 @@ def table_rows(metrics: dict, ci_unit: str = "both") -> tuple[list[str], list[li
         accuracy = f"{entry['balanced_acc']:.3f}" if entry.get("balanced_acc") is not None else "n/a"
         tprs, tpr_ci = entry.get("tpr_at_fpr", {}), ci.get("tpr_at_fpr") or {}
         rows.append([name, auc, accuracy, *[percent(tprs.get(level), tpr_ci.get(level)) for level in levels]])
+        if audited:
+            bound = entry.get("epsilon_lower_bound")
+            rows[-1].append("n/a" if bound is None else f"{bound:.2f}")
     return header, rows
+
+
+def audit_note(metrics: dict) -> str:
+    """What the table's epsilon lower bounds are, against the accounted epsilon; '' if none."""
+    audit = metrics.get("audit")
+    if not audit:
+        return ""
+    method = {"one_run": "the one-run bound of Steinke, Nasr and Jagielski (2023), largest over the targets",
+              "clopper_pearson": "Clopper-Pearson over all (target, example) pairs"}.get(audit["method"], audit["method"])  # fmt: skip
+    examples = f"{audit['num_examples']} canaries" if audit["examples"] == "canaries" else "all pool examples"
+    accounted = (
+        f"accounted epsilon {audit['epsilon']:.3g} (DP-SGD)" if audit.get("epsilon") is not None
+        else "no accounted epsilon (not trained with DP)"
+    )  # fmt: skip
+    return (
+        f"eps lower bound: empirical epsilon at delta {audit['delta']:g}, confidence "
+        f"{1 - audit['significance']:g}, from each attack's scores on {examples} ({method}); {accounted}."
+    )
 
 
 def footnote(metrics: dict, ci_unit: str = "both") -> str:
@@ -133,7 +157,7 @@ def format_table(metrics: dict, ci_unit: str = "both") -> str:
         f"{metrics.get('num_queries', '?')} queries"
     ) + _accuracy_note(metrics)
     body = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
-    return "\n".join([title, *body, footnote(metrics, ci_unit)])
+    return "\n".join([title, *body, footnote(metrics, ci_unit), *filter(None, [audit_note(metrics)])])
 
 
 def markdown_table(metrics: dict, ci_unit: str = "both") -> str:

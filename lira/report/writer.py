@@ -31,7 +31,7 @@ import numpy as np
 
 from lira import metrics as metrics_lib
 from lira.report import plots
-from lira.report.tables import footnote, main_attack, markdown_table, percent
+from lira.report.tables import audit_note, footnote, main_attack, markdown_table, percent
 from lira.run import layout
 
 CAUGHT_LEVEL = 1e-3
@@ -203,6 +203,16 @@ def _run_lines(metrics: dict, record: layout.RunRecord, train_log: list[dict]) -
         f"references (leave-one-out); queries per example: {queries}"
         + (f"; {metrics['num_shadows_used']} references used" if metrics.get("num_shadows_used") else ""),
     ]
+    if record.dp:
+        dp = record.dp
+        lines.append(
+            f"- **Differential privacy**: DP-SGD, ({dp['epsilon']:.3g}, {dp['delta']:g})-DP accounted "
+            f"(noise multiplier {dp['noise_multiplier']:.4g}, clip norm {dp['clip_norm']:g}, Poisson sampling "
+            f"q = {dp['sampling_probability']:.4g}, {dp['steps']} steps; {dp['accountant']})"
+        )
+    canaries = flags.get("canaries")
+    if canaries:
+        lines.append(f"- **Canaries**: {canaries} mislabelled pool examples (canaries.npy)")
     versions = record.versions
     provenance = [f"commit `{record.git_commit[:12]}`"] if record.git_commit else []
     provenance += [f"{k} {versions[k]}" for k in ("jax", "flax", "backend") if k in versions]
@@ -223,7 +233,10 @@ def _markdown(metrics: dict, record: layout.RunRecord, train_log: list[dict], ma
         "## Attacks",
         "",
     ]
-    lines += [markdown_table(metrics), "", footnote(metrics), "", "## How to read this", ""]
+    lines += [markdown_table(metrics), "", footnote(metrics), ""]
+    if audit_note(metrics):
+        lines += [audit_note(metrics), ""]
+    lines += ["## How to read this", ""]
     lines += [
         "An attack scores every pool example against a target model; larger means more likely a training",
         "example (member). What matters for privacy is the **TPR at a low FPR**: an attack that flags even",

@@ -4,7 +4,8 @@
       config.json        the run's lira.config.Config (as "flags"), dataset facts, library versions,
                          git commit, the query count once queried: RunRecord
       keep.npy           bool [M, N]: keep[m, j] = pool example j is in model m's training set
-      labels.npy         int32 [N]
+      labels.npy         int32 [N] (with --canaries, the canaries' wrong labels)
+      canaries.npy       int32 [K]: with --canaries=K, the mislabelled pool examples
       ckpt/              stacked training states, one folder per slice of models
       train_log.jsonl    one JSON object per (model, epoch)
       logits/NNNNN.npy   float32 [N, Q, C] per model
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from lira.config import Config
+from lira.config import Config, TrainingConfig
 
 CONFIG = "config.json"
 KEEP = "keep.npy"
 LABELS = "labels.npy"
+CANARIES = "canaries.npy"
 TRAIN_LOG = "train_log.jsonl"
 LOGITS_DIR = "logits"
 CKPT_DIR = "ckpt"
@@ -158,6 +160,17 @@ class RunRecord:
     git_commit: str | None = None
     queries: int | None = None  # set by the query stage
     whitebox: dict | None = None  # set by the white-box query stage: {"queries", "layers", "features"}
+    dp: dict | None = None  # DP-SGD runs: the accounted guarantee, lira.dp.Guarantee.to_json()
+
+    def training(self) -> TrainingConfig:
+        """The training config the models ran with: for a DP run, with the noise multiplier the
+        accountant picked for --dp_target_epsilon in place of the target."""
+        training = self.config.training
+        if self.dp is not None:
+            training = dataclasses.replace(
+                training, dp_noise_multiplier=self.dp["noise_multiplier"], dp_target_epsilon=None
+            )
+        return training
 
     def to_json(self) -> dict:
         out = {
@@ -170,6 +183,8 @@ class RunRecord:
             out["inference"] = {"queries": self.queries}
         if self.whitebox is not None:
             out["whitebox"] = self.whitebox
+        if self.dp is not None:
+            out["dp"] = self.dp
         return out
 
     @classmethod
@@ -178,7 +193,7 @@ class RunRecord:
         return cls(
             config=Config.from_flat(obj.get("flags", {})), data=obj.get("data", {}), versions=obj.get("versions", {}),
             git_commit=obj.get("git_commit"), queries=(obj.get("inference") or {}).get("queries"),
-            whitebox=obj.get("whitebox"),
+            whitebox=obj.get("whitebox"), dp=obj.get("dp"),
         )  # fmt: skip
 
 
@@ -202,6 +217,12 @@ def load_keep(logdir: Path) -> np.ndarray:
 def load_labels(logdir: Path) -> np.ndarray:
     """int32 [N]."""
     return np.load(_require(logdir, LABELS, "experiments/train.py")).astype(np.int32)
+
+
+def load_canaries(logdir: Path) -> np.ndarray:
+    """int32 [K]: the run's canaries (empty for a run made without --canaries)."""
+    path = Path(logdir) / CANARIES
+    return np.load(path).astype(np.int32) if path.exists() else np.zeros(0, np.int32)
 
 
 def logits_path(logdir: Path, model_index: int) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lira import data, report
+from lira import audit, data, report
 from lira import metrics as metrics_lib
 from lira.attacks import ATTACKS, probability_signal
 from lira.attacks.protocol import (
@@ -38,6 +38,8 @@ def attack(logdir: str | Path, config: AttackConfig) -> dict:
     metrics, results = run_audit(
         logdir, config.attacks, num_targets=config.num_targets, num_shadows_used=config.num_shadows_used,
         seed=config.seed, bootstrap=config.bootstrap, attack_options=config.options(),
+        audit_method=config.audit_method, audit_significance=config.audit_significance,
+        audit_delta=config.audit_delta,
     )  # fmt: skip
     report_dir = logdir / layout.REPORT_DIR
     layout.save_json(report_dir / layout.METRICS, metrics)
@@ -94,12 +96,14 @@ def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_querie
 
 
 def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_shadows_used: int | None = None,
-              seed: int = 0, bootstrap: int = 200,
-              attack_options: dict[str, dict] | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
+              seed: int = 0, bootstrap: int = 200, attack_options: dict[str, dict] | None = None,
+              audit_method: str = "one_run", audit_significance: float = 0.05,
+              audit_delta: float | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
     """Loads a run directory, runs `attacks` and returns (metrics dict, {name: AttackResult}).
 
     Everything that can be checked from keep.npy alone (attack names, options, reference
-    counts) is checked before any logits are read.
+    counts) is checked before any logits are read. The metrics hold each attack's empirical
+    epsilon lower bound (lira.audit) and the run's accounted epsilon (None without DP).
     """
     attack_options = attack_options or {}
     keep = layout.load_keep(logdir)
@@ -124,7 +128,29 @@ def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_sha
     metrics["models"] = model_accuracy(
         signals, keep, labels, layout.read_jsonl(Path(logdir) / layout.TRAIN_LOG)
     )
+    metrics["audit"] = privacy_audit(logdir, results, keep, audit_method, audit_significance, audit_delta)
+    for name, bound in metrics["audit"].pop("bounds").items():
+        metrics["attacks"][name]["epsilon_lower_bound"] = bound
     return metrics, results
+
+
+def privacy_audit(logdir: Path, results: dict[str, AttackResult], keep: np.ndarray, method: str,
+                  significance: float, delta: float | None) -> dict:  # fmt: skip
+    """metrics.json's "audit": {"method", "significance", "delta", "epsilon" (accounted; None
+    without DP), "examples" ("canaries" or "pool"), "num_examples", "bounds" {attack: bound}}."""
+    record = layout.load_record(logdir)
+    canaries = layout.load_canaries(logdir)
+    examples = canaries if len(canaries) else np.arange(keep.shape[1])
+    delta = record.config.training.dp_delta if delta is None else delta
+    return {
+        "method": method,
+        "significance": significance,
+        "delta": delta,
+        "epsilon": record.dp["epsilon"] if record.dp else None,
+        "examples": "canaries" if len(canaries) else "pool",
+        "num_examples": int(len(examples)),
+        "bounds": audit.audit(results, keep, examples, method, significance, delta),
+    }
 
 
 def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train_log: list[dict]) -> dict:

@@ -65,7 +65,7 @@ def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: b
         return []
     dataset = _load_pool(record.config, num_examples)
     layout.save_record(logdir, dataclasses.replace(record, queries=queries))
-    model, programs = _programs(record.config, dataset)
+    model, programs = _programs(record, dataset)
 
     @jax.jit
     def apply(state, images):  # [B, ...] -> (logits [models, B, Q, C],), the queries made on device
@@ -117,10 +117,11 @@ def _load_pool(config, num_examples: int):
     return dataset
 
 
-def _programs(config, dataset):
+def _programs(record: layout.RunRecord, dataset):
     """(model, lira.training.loop.Programs) of the run, to restore its checkpoints."""
+    config = record.config
     model = get_model(config.model.arch, dataset.num_classes, config.model.conv_impl)
-    training = config.training
+    training = record.training()
     num_steps = step.steps_per_epoch(len(dataset.y_train), training.pkeep, training.batch_size)
     return model, loop.Programs(model, training, num_steps, jnp.asarray(dataset.x_train[0]))
 
@@ -209,7 +210,7 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
         return []
     dataset = _load_pool(record.config, num_examples)
     labels = layout.load_labels(logdir)
-    model, programs = _programs(record.config, dataset)
+    model, programs = _programs(record, dataset)
     training = record.config.training
     one_state = programs.abstract_state(jnp.zeros(1, jnp.int32), training.seed, loop.model_sharding(1))
     names = whitebox_lib.layer_names(one_state.params)

@@ -9,6 +9,7 @@ notebooks can call directly.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import subprocess
 from pathlib import Path
@@ -16,11 +17,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from lira import dp
 from lira.config import Config
-from lira.data import load_dataset
+from lira.data import load_dataset, mislabel
 from lira.run import layout
 from lira.training import loop, masks
-from lira.training.models import canonical_arch
+from lira.training.models import canonical_arch, uses_batch_norm
 
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
 
@@ -30,6 +32,14 @@ def resolve(config: Config) -> Config:
     models_per_step in place of 0. Validates first; reads and computes nothing."""
     config.validate()
     arch = canonical_arch(config.model.arch)
+    if config.training.dp and uses_batch_norm(arch):
+        raise ValueError(
+            f"--arch={arch} has BatchNorm, which DP-SGD cannot clip per example (its batch statistics mix "
+            "examples); under --dp_noise_multiplier or --dp_target_epsilon use a model without it "
+            "(mlp or a cnn: cnn16, cnn32, cnn64)."
+        )
+    if config.data.pool_size is not None and config.data.canaries > config.data.pool_size:
+        raise ValueError(f"--canaries={config.data.canaries} exceeds --pool_size={config.data.pool_size}.")
     models_per_step = config.training.models_per_step or loop.default_models_per_step(arch)
     return config.replace(arch=arch, models_per_step=models_per_step)
 
@@ -47,9 +57,18 @@ def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, pro
     _check_same_run(logdir, config)
 
     dataset = load_dataset(config.data.dataset, config.data.data_dir, config.data.pool_size)
+    canaries, labels = mislabel(dataset.y_train, dataset.num_classes, config.data.canaries, training.seed)
+    dataset = dataclasses.replace(dataset, y_train=labels)
     keep = masks.make_keep(training.num_shadows, len(dataset.y_train), training.pkeep, training.seed)
+    guarantee = _guarantee(logdir, config, keep)
+    if guarantee is not None:  # the trainer adds the noise the accountant picked
+        training = dataclasses.replace(
+            training, dp_noise_multiplier=guarantee["noise_multiplier"], dp_target_epsilon=None
+        )
+        print(f"DP-SGD: ({guarantee['epsilon']:.3g}, {guarantee['delta']:g})-DP, noise multiplier "
+              f"{guarantee['noise_multiplier']:.4g}, clip norm {guarantee['clip_norm']:g}.")  # fmt: skip
     if jax.process_index() == 0:
-        write_run_files(logdir, config, dataset, keep)
+        write_run_files(logdir, config, dataset, keep, canaries, guarantee)
     if start == stop:
         return logdir
     loop.train_models(
@@ -60,14 +79,30 @@ def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, pro
     return logdir
 
 
-def write_run_files(logdir: Path, config: Config, dataset, keep: np.ndarray) -> None:
-    """config.json, keep.npy and labels.npy of a run: what every later stage reads first."""
+def _guarantee(logdir: Path, config: Config, keep: np.ndarray) -> dict | None:
+    """The run's DP guarantee (None without DP): from config.json when resuming the same run
+    (calibrating the noise for --dp_target_epsilon takes a while), else from the accountant."""
+    if not config.training.dp:
+        return None
+    if (logdir / layout.CONFIG).exists():
+        recorded = layout.load_record(logdir).dp
+        if recorded is not None:
+            return recorded
+    return dp.account(config.training, keep).to_json()
+
+
+def write_run_files(logdir: Path, config: Config, dataset, keep: np.ndarray, canaries: np.ndarray | None = None,
+                    guarantee: dict | None = None) -> None:  # fmt: skip
+    """config.json, keep.npy, labels.npy (and canaries.npy) of a run: what every later stage
+    reads first."""
     record = layout.RunRecord(
-        config=config, data=dataset.facts(), versions=_versions(), git_commit=_git_commit()
+        config=config, data=dataset.facts(), versions=_versions(), git_commit=_git_commit(), dp=guarantee
     )
     layout.save_record(logdir, record)
     layout.save_npy(logdir / layout.KEEP, keep)
     layout.save_npy(logdir / layout.LABELS, dataset.y_train.astype(np.int32))
+    if canaries is not None and len(canaries):
+        layout.save_npy(logdir / layout.CANARIES, canaries)
 
 
 def process_share(start: int, stop: int, models_per_step: int, process: int, num_processes: int):

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from lira import xla_flags
+from lira import dp, xla_flags
 from lira.config import TrainingConfig
 from lira.run import checkpoint, layout
 from lira.training import step as step_lib
@@ -84,12 +84,11 @@ class Programs:
     def __init__(self, model, config: TrainingConfig, num_steps_per_epoch: int, sample_input):
         self.tx = step_lib.make_optimizer(config, num_steps_per_epoch)
         self.init = jax.jit(
-            step_lib.vmap_models(step_lib.make_init(model, self.tx, sample_input), (0, None)),
+            step_lib.vmap_models(step_lib.make_init(model, self.tx, sample_input, dp=config.dp), (0, None)),
             static_argnums=1,
         )
-        step = step_lib.vmap_models(
-            step_lib.make_train_step(model, self.tx, config), (0, 0, 0, 0, None, None, None)
-        )
+        make_step = step_lib.make_dp_train_step if config.dp else step_lib.make_train_step
+        step = step_lib.vmap_models(make_step(model, self.tx, config), (0, 0, 0, 0, None, None, None))
 
         def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
             state, loss, correct = step(state, order, num_in, ids, x, y, step_in_epoch)
@@ -205,12 +204,15 @@ def train_models(
                 bar.close()
                 return
             tic = time.perf_counter()
-            order = programs.order(inputs.keep, inputs.ids, epoch, config.seed)
+            if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
+                order, num_in = jax.device_put(
+                    dp.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
+                )
+            else:
+                order, num_in = programs.order(inputs.keep, inputs.ids, epoch, config.seed), inputs.num_in
             totals = zero_totals(b - a, inputs.by_model)
             for step_in_epoch in range(num_steps):
-                state, totals = programs.step(
-                    state, totals, order, inputs.num_in, inputs.ids, x, y, step_in_epoch
-                )
+                state, totals = programs.step(state, totals, order, num_in, inputs.ids, x, y, step_in_epoch)
                 bar.update(b - a)
             loss_sum, correct, first_bad = jax.device_get(totals)
             if (first_bad >= 0).any():

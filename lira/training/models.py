@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lira.config import CONV_IMPLS
@@ -166,3 +167,12 @@ def get_model(arch: str, num_classes: int, conv_impl: str | None = None, dtype=N
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {CONV_IMPLS}.")
     return _REGISTRY[canonical_arch(arch)](num_classes, conv_impl, dtype)
+
+
+def uses_batch_norm(arch: str) -> bool:
+    """Whether `arch` keeps BatchNorm statistics, found by initialising it abstractly on a
+    32x32x3 image (shapes only, nothing computed). DP-SGD refuses such models: a BatchNorm's
+    batch statistics mix examples before their gradients are clipped."""
+    model = get_model(arch, 10, "xla")
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    return bool(jax.tree.leaves(variables.get("batch_stats", {})))

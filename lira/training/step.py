@@ -10,6 +10,8 @@ Randomness is a function of (seed, model index, epoch or step) alone:
     init      = fold_in(model_key, 0)
     epoch order   fold_in(fold_in(model_key, 1), epoch)
     augmentation  fold_in(fold_in(model_key, 2), global_step)
+    DP batches    numpy's default_rng([seed, model_index, 3, epoch])   (lira/dp.py)
+    DP noise      fold_in(model_key, 4), then split every step          (jax-privacy's privatizer)
 
 so model i comes out the same whether it trains alone, in a vectorized chunk, in another
 process's `--shadow_ids` slice, or after a resume.
@@ -24,13 +26,15 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jax_privacy
 import numpy as np
 import optax
+from jax_privacy import noise_addition
 
 from lira.config import TrainingConfig
 from lira.training import augment as augment_lib
 
-_INIT, _ORDER, _AUGMENT = 0, 1, 2
+_INIT, _ORDER, _AUGMENT, _NOISE = 0, 1, 2, 4  # 3: lira/dp.py's batch sampling
 
 
 @flax.struct.dataclass
@@ -58,7 +62,13 @@ def model_key(seed: int, model_index):
 
 
 def make_optimizer(config: TrainingConfig, num_steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with momentum, linear warm-up then cosine decay, weight decay on kernels only."""
+    """SGD with momentum, linear warm-up then cosine decay, weight decay on kernels only.
+
+    Under DP (config.dp), the gradient it receives is the sum of clipped per-example gradients:
+    jax-privacy's Gaussian privatizer adds N(0, (sigma C)^2) noise to it first and the sum is
+    divided by the expected batch size, both before anything else sees it (lira/dp.py). The
+    privatizer's key is per model, set by make_init.
+    """
     total = config.epochs * num_steps_per_epoch
     warmup = min(int(config.warmup_epochs * num_steps_per_epoch), total - 1)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -67,24 +77,41 @@ def make_optimizer(config: TrainingConfig, num_steps_per_epoch: int) -> optax.Gr
     decay_mask = lambda params: jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params
     )
-    return optax.chain(
+    optimizer = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
         optax.sgd(schedule, momentum=config.momentum or None),
     )
+    if not config.dp:
+        return optimizer
+    if config.dp_noise_multiplier is None:
+        raise ValueError("DP training needs its noise multiplier resolved from --dp_target_epsilon first.")
+    privatizer = noise_addition.gaussian_privatizer(
+        stddev=config.dp_noise_multiplier * config.dp_clip_norm, prng_key=jax.random.PRNGKey(0)
+    )  # the key is a placeholder: make_init gives every model its own
+    return optax.chain(privatizer, optax.scale(1.0 / config.batch_size), optimizer)
 
 
-def make_init(model: nn.Module, tx: optax.GradientTransformation, sample_input: jax.Array):
-    """init(model_index, seed) -> TrainState for one model; vmap it over model indices."""
+def make_init(model: nn.Module, tx: optax.GradientTransformation, sample_input: jax.Array, dp: bool = False):
+    """init(model_index, seed) -> TrainState for one model; vmap it over model indices.
+
+    With `dp`, tx is make_optimizer's DP chain, whose first state is the privatizer's
+    (key, ()): its key becomes fold_in(model_key, _NOISE), so no two models share noise.
+    """
 
     def init(model_index, seed):
         key = jax.random.fold_in(model_key(seed, model_index), _INIT)
         variables = model.init(key, sample_input[None], train=False)
         params = variables["params"]
+        opt_state = tx.init(params)
+        if dp:
+            (_, inner), *rest = opt_state
+            noise_key = jax.random.key_data(jax.random.fold_in(model_key(seed, model_index), _NOISE))
+            opt_state = ((noise_key, inner), *rest)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
+            opt_state=opt_state,
         )
 
     return init
@@ -113,11 +140,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     def step(state, order, num_in, model_index, x, y, step_in_epoch):
         positions = (step_in_epoch * config.batch_size + jnp.arange(config.batch_size)) % num_in
         index = order[positions]
-        images, labels = x[index], y[index]
-        key = jax.random.fold_in(
-            jax.random.fold_in(model_key(config.seed, model_index), _AUGMENT), state.step
-        )
-        images = augment_lib.augment(images, key, config.augment)
+        images = augment_lib.augment(x[index], _augment_key(config, model_index, state.step), config.augment)
+        labels = y[index]
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
@@ -130,6 +154,55 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         new_state = TrainState(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, loss, correct
+
+    return step
+
+
+def _augment_key(config: TrainingConfig, model_index, global_step):
+    return jax.random.fold_in(jax.random.fold_in(model_key(config.seed, model_index), _AUGMENT), global_step)
+
+
+def make_clipped_sum(model: nn.Module, clip_norm: float):
+    """jax-privacy's clipped_grad of one example's cross-entropy: fn(params, images [P, ...],
+    labels [P], is_padding_example=bool [P]) -> (sum over the non-padding examples of each one's
+    parameter gradient clipped to clip_norm, aux with per-example .values (losses) and .aux
+    (1 where the prediction is right))."""
+
+    def example_loss(params, images, labels):  # one example, as [1, ...]
+        logits = model.apply({"params": params}, images, train=True)
+        return cross_entropy(logits, labels).sum(), jnp.sum(jnp.argmax(logits, -1) == labels)
+
+    return jax_privacy.clipped_grad(
+        example_loss, has_aux=True, return_values=True, l2_clip_norm=clip_norm, batch_argnums=(1, 2)
+    )
+
+
+def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainingConfig):
+    """DP-SGD's step(state, batches, sizes, model_index, x, y, step_in_epoch) -> (state, loss,
+    correct), the same signature as make_train_step's.
+
+    For one model: batches int32 [S, P] and sizes int32 [S] from lira/dp.py's Poisson sampling
+    for this epoch (P the physical batch); row `step_in_epoch` holds the step's draw, then
+    padding. jax-privacy's clipped_grad clips every example's gradient to config.dp_clip_norm
+    and sums them, padding contributing exactly zero; tx (make_optimizer's DP chain) adds the
+    noise. The model must hold no BatchNorm: its statistics would mix examples before clipping.
+    """
+
+    clipped_sum = make_clipped_sum(model, config.dp_clip_norm)
+
+    def step(state, batches, sizes, model_index, x, y, step_in_epoch):
+        index, size = batches[step_in_epoch], sizes[step_in_epoch]
+        padding = jnp.arange(index.shape[0]) >= size
+        images = augment_lib.augment(x[index], _augment_key(config, model_index, state.step), config.augment)
+        grads, aux = clipped_sum(state.params, images, y[index], is_padding_example=padding)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        loss = jnp.sum(jnp.where(padding, 0.0, aux.values)) / jnp.maximum(size, 1)
+        correct = jnp.sum(jnp.where(padding, 0, aux.aux))
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=state.batch_stats, opt_state=opt_state
         )
         return new_state, loss, correct
 
