@@ -18,6 +18,7 @@ same leave-one-out protocol as experiments/attack.py; figures pool the scores of
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from pathlib import Path
@@ -351,3 +352,36 @@ def whitebox_comparison(run: Run, num_targets: int | None = None, level: float =
     best = max(rivals, key=lambda name: metrics["attacks"][name]["tpr_at_fpr"][key] or 0.0)
     pairs = [(name, best) for name in WHITE_BOX]
     return metrics, paired_comparisons(results, run.keep, pairs, level, num_resamples, seed)
+
+
+# --- DP auditing (notebooks/dp_audit.ipynb) ---------------------------------------------------------
+
+
+def dp_sweep(root: str | os.PathLike, level: float = 1e-3) -> list[dict]:
+    """One row per attacked run under `root` (experiments/dp_audit.py's noise_* folders), by noise
+    multiplier (0: ordinary training): its test accuracy, accounted epsilon (inf without DP), the
+    largest empirical epsilon lower bound over its attacks and which, and the best TPR at FPR
+    `level` and which attack."""
+    rows = []
+    for metrics_path in sorted(Path(root).glob(f"*/{layout.REPORT_DIR}/{layout.METRICS}")):
+        logdir = metrics_path.parent.parent
+        metrics, record = json.loads(metrics_path.read_text()), layout.load_record(logdir)
+        attacks = metrics["attacks"]
+        bound = max(attacks, key=lambda name: attacks[name].get("epsilon_lower_bound") or 0.0)
+        best = max(attacks, key=lambda name: attacks[name]["tpr_at_fpr"].get(str(level)) or 0.0)
+        accuracy = layout.final_accuracies(layout.read_jsonl(logdir / layout.TRAIN_LOG))
+        rows.append({
+            "run": logdir.name,
+            "noise_multiplier": record.dp["noise_multiplier"] if record.dp else 0.0,
+            "dp": record.dp is not None,
+            "test_acc": accuracy["test_acc"][0] if "test_acc" in accuracy else None,
+            "epsilon": record.dp["epsilon"] if record.dp else float("inf"),
+            "epsilon_lower_bound": attacks[bound].get("epsilon_lower_bound"),
+            "bound_attack": bound,
+            "tpr": attacks[best]["tpr_at_fpr"].get(str(level)),
+            "tpr_attack": best,
+            "audit": metrics.get("audit"),
+        })  # fmt: skip
+    if not rows:
+        raise FileNotFoundError(f"No attacked runs under {root} (run experiments/dp_audit.py --root={root}).")
+    return sorted(rows, key=lambda row: (row["dp"], row["noise_multiplier"]))

@@ -37,7 +37,7 @@ def logdir(tmp_path_factory):
 
 
 def test_notebooks_open_with_the_command_and_read_the_run_through_lira():
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(FIGURES)
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted([*FIGURES, "dp_audit"])
     for name, figures in FIGURES.items():
         notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         first = notebook.cells[0]
@@ -76,3 +76,33 @@ def test_notebook_runs_and_saves_its_figures(name, logdir, tmp_path, monkeypatch
     if name == "attack_comparison":
         assert "| shokri |" in tables and "3 targets pooled" in tables
         assert "| lira_online_student | lira_online |" in tables and "paired 95% verdict" in tables
+
+
+@pytest.fixture(scope="module")
+def dp_sweep_root(tmp_path_factory):
+    """experiments/dp_audit.py's layout in miniature: the tiny run ordinarily and with DP-SGD,
+    12 canaries, each queried once and attacked."""
+    from lira import config
+    from lira.stages import attack
+
+    root = tmp_path_factory.mktemp("dp_sweep")
+    base = tiny_image_run_config(root, num_models=8, models_per_step=8, augment="none", canaries=12)
+    for name, noise in (("noise_none", None), ("noise_1", 1.0)):
+        train.train(base.replace(dp_noise_multiplier=noise), root / name, progress=False)
+        query.query(root / name, queries=1, progress=False)
+        attack.attack(
+            root / name, config.AttackConfig(attacks=["loss", "lira_offline"], num_targets=8, bootstrap=0)
+        )
+    return root
+
+
+def test_dp_audit_notebook_runs_on_a_sweep(dp_sweep_root, tmp_path):
+    path = NOTEBOOKS / "dp_audit.ipynb"
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert "python experiments/dp_audit.py --root=exp/dp_mnist" in first.source
+    notebook = NOTEBOOK_RUNNER.execute_notebook(path, dp_sweep_root, figures=tmp_path)
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert (tmp_path / "dp_audit.png").read_bytes().startswith(b"\x89PNG")
+    tables = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
+    assert "| noise_none | 0 |" in tables and "inf (no DP)" in tables and "| noise_1 | 1 |" in tables

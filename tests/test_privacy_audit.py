@@ -88,3 +88,51 @@ def test_bad_audit_options_are_named(kwargs, message):
     scores, member = _gaussian_scores(1.0, 1, 10)
     with pytest.raises(ValueError, match=message):
         audit.epsilon_lower_bound(scores, member, **kwargs)
+
+
+# --- End to end: train, query and attack a run with canaries, with and without DP -------------------
+
+
+def _audited_run(root, name, **changes):
+    from lira import config
+    from lira.run import layout
+    from lira.stages import attack, query, train
+
+    run_config = config.Config().replace(
+        dataset="digits", pool_size=800, canaries=80, arch="mlp", num_shadows=8, batch_size=32, lr=0.1,
+        augment="none", models_per_step=4, **changes,
+    )  # fmt: skip
+    logdir = train.train(run_config, root / name, progress=False)
+    query.query(logdir, queries=1, progress=False)
+    options = config.AttackConfig(attacks=["loss", "lira_online", "lira_offline"], num_targets=8, bootstrap=0)
+    return attack.attack(logdir, options), layout.load_record(logdir), logdir
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    return _audited_run(tmp_path_factory.mktemp("audit"), "plain", epochs=20)
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory):
+    return _audited_run(tmp_path_factory.mktemp("audit"), "dp", epochs=10, dp_noise_multiplier=1.5)
+
+
+def test_a_model_without_dp_leaks_its_mislabelled_canaries(plain_run):
+    metrics, record, logdir = plain_run
+    assert record.dp is None and (logdir / "canaries.npy").exists()
+    assert metrics["audit"] == {"method": "one_run", "significance": 0.05, "delta": 1e-5, "epsilon": None,
+                                "examples": "canaries", "num_examples": 80}  # fmt: skip
+    bounds = {name: entry["epsilon_lower_bound"] for name, entry in metrics["attacks"].items()}
+    assert max(bounds.values()) > 1.0, bounds  # clearly positive: the model is not private
+
+
+def test_dp_run_records_its_guarantee_and_no_attack_beats_it(dp_run):
+    metrics, record, logdir = dp_run
+    assert {"epsilon", "delta", "noise_multiplier", "clip_norm"} <= set(record.dp)
+    assert record.dp["noise_multiplier"] == 1.5 and 0 < record.dp["epsilon"] < 10
+    assert metrics["audit"]["epsilon"] == record.dp["epsilon"]
+    for name, entry in metrics["attacks"].items():
+        assert 0 <= entry["epsilon_lower_bound"] <= record.dp["epsilon"], name
+    report = (logdir / "report" / "report.md").read_text()
+    assert "Differential privacy" in report and "eps lower bound" in report
