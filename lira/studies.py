@@ -360,8 +360,8 @@ def whitebox_comparison(run: Run, num_targets: int | None = None, level: float =
 def dp_sweep(root: str | os.PathLike, level: float = 1e-3) -> list[dict]:
     """One row per attacked run under `root` (experiments/dp_audit.py's noise_* folders), by noise
     multiplier (0: ordinary training): its test accuracy, accounted epsilon (inf without DP), the
-    largest empirical epsilon lower bound over its attacks and which, and the best TPR at FPR
-    `level` and which attack."""
+    largest empirical epsilon lower bound over its attacks and which (None when all are 0), and
+    the best TPR at FPR `level` and which attack."""
     rows = []
     for metrics_path in sorted(Path(root).glob(f"*/{layout.REPORT_DIR}/{layout.METRICS}")):
         logdir = metrics_path.parent.parent
@@ -377,7 +377,7 @@ def dp_sweep(root: str | os.PathLike, level: float = 1e-3) -> list[dict]:
             "test_acc": accuracy["test_acc"][0] if "test_acc" in accuracy else None,
             "epsilon": record.dp["epsilon"] if record.dp else float("inf"),
             "epsilon_lower_bound": attacks[bound].get("epsilon_lower_bound"),
-            "bound_attack": bound,
+            "bound_attack": bound if attacks[bound].get("epsilon_lower_bound") else None,
             "tpr": attacks[best]["tpr_at_fpr"].get(str(level)),
             "tpr_attack": best,
             "audit": metrics.get("audit"),
