@@ -3,10 +3,11 @@
     python -m bench.dp [--arch=mlp,cnn32] [--models=4] [--repeats=5] [--json=docs/bench_dp_cpu.json]
 
 For each arch: the trainer's compiled step (lira.training.loop.Programs.step) on the same models
-and synthetic data (bench/cases.py), once ordinary and once DP-SGD (per-example gradients clipped
-by jax-privacy, Gaussian noise, Poisson batches padded to the physical batch B + 5 sqrt(B)).
-Both are timed interleaved, compiling excluded; the figure is the median over repeats of the
-DP step's time over the ordinary step's, measured side by side. Per model-example of the
+and synthetic data (bench/cases.py), once ordinary and as DP-SGD with each clipping
+(lira/training/dpsgd.py: jax-privacy's per-example gradients, or ghost clipping; Gaussian
+noise, Poisson batches padded to the physical batch B + 5 sqrt(B)). All are timed interleaved,
+compiling excluded; the figures are medians over repeats of each DP step's time over the
+ordinary step's, measured side by side. Per model-example of the
 *expected* batch B, so the padding of the DP batch counts as DP's cost.
 """
 
@@ -29,6 +30,7 @@ from lira.training import step as step_lib
 from lira.training.models import get_model
 
 FLAGS = flags.FLAGS
+CLIPPINGS = ("per_example", "ghost")  # lira/training/dpsgd.py
 flags.DEFINE_list("arch", ["mlp", "cnn32"], "Architectures to time.")
 flags.DEFINE_integer("models", 4, "Models a step (vectorized).")
 flags.DEFINE_integer("steps", 8, "Steps a timed run.")
@@ -79,14 +81,16 @@ def bench_arch(arch: str, num_models: int, steps: int, repeats: int, batch_size:
     base = dataclasses.replace(
         train_config(WORKLOADS[arch]), batch_size=batch_size, models_per_step=num_models
     )
-    configs = {"sgd": base, "dp_sgd": dataclasses.replace(base, dp_noise_multiplier=1.0, dp_clip_norm=1.0)}
+    dp_config = dataclasses.replace(base, dp_noise_multiplier=1.0, dp_clip_norm=1.0)
+    configs = {"sgd": base, **{f"dp_{m}": dataclasses.replace(dp_config, dp_clipping=m) for m in CLIPPINGS}}
     runners = {name: StepRunner(arch, config, num_models, steps) for name, config in configs.items()}
     compile_s = {name: runner.compile() for name, runner in runners.items()}
     wall, _ = harness.time_interleaved(runners, repeats)
-    ratio = statistics.median(d / s for d, s in zip(wall["dp_sgd"], wall["sgd"]))
+    ratios = {f"dp_{m}_vs_sgd_time": statistics.median(d / s for d, s in zip(wall[f"dp_{m}"], wall["sgd"]))
+              for m in CLIPPINGS}  # fmt: skip
     out = {
         "models": num_models, "batch_size": batch_size, "physical_dp_batch": dp.max_batch_size(batch_size),
-        "steps_per_run": steps, "dp_vs_sgd_time": ratio, "compile_s": compile_s,
+        "steps_per_run": steps, **ratios, "compile_s": compile_s,
         **{name: {"median_s": statistics.median(times), "model_examples_per_s":
                   runners[name].model_examples / statistics.median(times), "runs_s": times}
            for name, times in wall.items()},
@@ -97,12 +101,14 @@ def bench_arch(arch: str, num_models: int, steps: int, repeats: int, batch_size:
 def main(argv):
     del argv
     results = {}
-    print(f"{'arch':8} {'SGD model-ex/s':>15} {'DP-SGD model-ex/s':>18} {'DP / SGD time':>14}")
+    print(f"{'arch':8} {'clipping':12} {'model-ex/s':>11} {'time / SGD':>11}")
     for arch in FLAGS.arch:
         result = bench_arch(arch, FLAGS.models, FLAGS.steps, FLAGS.repeats, FLAGS.batch_size)
         results[arch] = result
-        print(f"{arch:8} {result['sgd']['model_examples_per_s']:15,.0f} "
-              f"{result['dp_sgd']['model_examples_per_s']:18,.0f} {result['dp_vs_sgd_time']:13.2f}x")  # fmt: skip
+        print(f"{arch:8} {'(SGD)':12} {result['sgd']['model_examples_per_s']:11,.0f}")
+        for m in CLIPPINGS:
+            print(f"{arch:8} {m:12} {result[f'dp_{m}']['model_examples_per_s']:11,.0f} "
+                  f"{result[f'dp_{m}_vs_sgd_time']:10.2f}x")  # fmt: skip
     if FLAGS.json:
         environment = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                        "jax": jax.__version__}  # fmt: skip

@@ -33,6 +33,7 @@ LIRA_LIKELIHOODS = ("gaussian", "student_t")
 SHOKRI_CLASSIFIERS = ("mlp", "logreg", "sklearn_mlp", "gbdt")
 NASR_INPUTS = ("gradients", "activations", "loss", "label")  # lira/attacks/nasr.py
 AUDIT_METHODS = ("one_run", "clopper_pearson")  # lira/audit.py
+DP_CLIPPINGS = ("auto", "per_example", "ghost")  # lira/training/dpsgd.py
 LIRA_ATTACKS = (
     "lira_online",
     "lira_online_fixed_var",
@@ -134,6 +135,12 @@ class TrainingConfig:
         "(0: batch_size + 5 sqrt(batch_size)).", result=True,
     )  # fmt: skip
 
+    dp_clipping: str = field(
+        "auto", "DP-SGD: per_example (jax-privacy's clipped_grad), ghost (per-example norms without per-example "
+        "gradients, then one reweighted backward pass: Dense and Conv layers only; the same sum), or auto "
+        "(ghost for Dense-only models, the faster there).", choices=DP_CLIPPINGS,
+    )  # fmt: skip
+
     @property
     def dp(self) -> bool:
         """Whether the models train with DP-SGD."""
@@ -150,6 +157,7 @@ class TrainingConfig:
             (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}."),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}."),
             _choice(self, "augment"),
+            _choice(self, "dp_clipping"),
             (self.models_per_step >= 0, f"--models_per_step must be >= 0 (0 = default), got {self.models_per_step}."),
             (self.eval_every >= 0, f"--eval_every must be >= 0 (0 = only at the end), got {self.eval_every}."),
             (self.dp_noise_multiplier is None or self.dp_target_epsilon is None,

@@ -16,7 +16,7 @@ from lira import dp
 from lira.config import Config, TrainingConfig
 from lira.data import mislabel
 from lira.stages import train
-from lira.training import masks, step
+from lira.training import dpsgd, masks, step
 from lira.training.models import get_model, uses_batch_norm
 
 
@@ -30,12 +30,13 @@ def _norm(tree) -> float:
     return float(optax.tree.norm(tree))
 
 
+@pytest.mark.parametrize("method", ["per_example", "ghost"])
 @pytest.mark.parametrize("arch", ["cnn-tiny", "mlp-tiny"])
-def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch):
+def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch, method):
     x, y = synthetic_images(num_examples=12)
     model, params = _model_and_params(arch)
     clip = 0.05  # well below these examples' gradient norms, so clipping binds
-    clipped_sum = jax.jit(step.make_clipped_sum(model, clip))
+    clipped_sum = jax.jit(dpsgd.make_clipped_sum(model, clip, method))
     raw = jax.jit(
         lambda p, xi, yi: jax.grad(
             lambda q: step.cross_entropy(model.apply({"params": q}, xi[None]), yi[None])[0]
@@ -45,7 +46,7 @@ def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch):
     for i in range(len(y)):
         # Every other example is padding: the sum is example i's clipped gradient.
         alone = np.arange(len(y)) != i
-        grad, aux = clipped_sum(params, x, y, is_padding_example=jnp.asarray(alone))
+        grad, _, _ = clipped_sum(params, x, y, is_padding_example=jnp.asarray(alone))
         unclipped = raw(params, x[i], y[i])
         assert _norm(grad) <= clip * (1 + 1e-5)
         # Direction kept: the clipped gradient is the raw one scaled by min(1, C / ||g||).
@@ -57,8 +58,29 @@ def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch):
         binding += _norm(unclipped) > clip
     assert binding == len(y)
     # Padding contributes nothing: all padding sums to zero.
-    grad, _ = clipped_sum(params, x, y, is_padding_example=jnp.ones(len(y), bool))
+    grad, _, _ = clipped_sum(params, x, y, is_padding_example=jnp.ones(len(y), bool))
     assert _norm(grad) == 0
+
+
+@pytest.mark.parametrize(
+    "arch, shape",
+    [("mlp-tiny", (8, 8, 1)), ("mlp", (6, 6, 2)), ("cnn-tiny", (8, 8, 1)), ("cnn32", (16, 16, 3))],
+)
+def test_ghost_clipping_gives_jax_privacys_clipped_sum(arch, shape):
+    x, y = synthetic_images(num_examples=10, shape=shape)
+    model, params = _model_and_params(arch, shape=shape)
+    assert dpsgd.ghost_applies(model, params, jnp.asarray(x[0]))
+    assert dpsgd.ghost_applies(model, params, jnp.asarray(x[0]), dense_only=True) == arch.startswith("mlp")
+    padding = jnp.asarray(np.arange(10) >= 7)  # three padding rows
+    for clip in (1e-3, 1.0, 1e3):  # every gradient clipped, some, none
+        reference = dpsgd.make_clipped_sum(model, clip, "per_example")(
+            params, x, y, is_padding_example=padding
+        )
+        ghost = dpsgd.make_clipped_sum(model, clip, "ghost")(params, x, y, is_padding_example=padding)
+        for a, b in zip(jax.tree.leaves(reference[0]), jax.tree.leaves(ghost[0]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6 * clip)
+        np.testing.assert_allclose(reference[1], ghost[1], rtol=1e-5)
+        np.testing.assert_array_equal(reference[2], ghost[2])
 
 
 def test_noise_has_the_accounted_scale_and_differs_between_models():

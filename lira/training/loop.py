@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from lira import dp, xla_flags
 from lira.config import TrainingConfig
 from lira.run import checkpoint, layout
+from lira.training import dpsgd
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -87,8 +88,11 @@ class Programs:
             step_lib.vmap_models(step_lib.make_init(model, self.tx, sample_input, dp=config.dp), (0, None)),
             static_argnums=1,
         )
-        make_step = step_lib.make_dp_train_step if config.dp else step_lib.make_train_step
-        step = step_lib.vmap_models(make_step(model, self.tx, config), (0, 0, 0, 0, None, None, None))
+        if config.dp:
+            train_step = dpsgd.make_dp_train_step(model, self.tx, config, sample_input)
+        else:
+            train_step = step_lib.make_train_step(model, self.tx, config)
+        step = step_lib.vmap_models(train_step, (0, 0, 0, 0, None, None, None))
 
         def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
             state, loss, correct = step(state, order, num_in, ids, x, y, step_in_epoch)

@@ -26,7 +26,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import jax_privacy
 import numpy as np
 import optax
 from jax_privacy import noise_addition
@@ -140,7 +139,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     def step(state, order, num_in, model_index, x, y, step_in_epoch):
         positions = (step_in_epoch * config.batch_size + jnp.arange(config.batch_size)) % num_in
         index = order[positions]
-        images = augment_lib.augment(x[index], _augment_key(config, model_index, state.step), config.augment)
+        images = augment_lib.augment(x[index], augment_key(config, model_index, state.step), config.augment)
         labels = y[index]
 
         def loss_fn(params):
@@ -160,53 +159,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     return step
 
 
-def _augment_key(config: TrainingConfig, model_index, global_step):
+def augment_key(config: TrainingConfig, model_index, global_step):
     return jax.random.fold_in(jax.random.fold_in(model_key(config.seed, model_index), _AUGMENT), global_step)
-
-
-def make_clipped_sum(model: nn.Module, clip_norm: float):
-    """jax-privacy's clipped_grad of one example's cross-entropy: fn(params, images [P, ...],
-    labels [P], is_padding_example=bool [P]) -> (sum over the non-padding examples of each one's
-    parameter gradient clipped to clip_norm, aux with per-example .values (losses) and .aux
-    (1 where the prediction is right))."""
-
-    def example_loss(params, images, labels):  # one example, as [1, ...]
-        logits = model.apply({"params": params}, images, train=True)
-        return cross_entropy(logits, labels).sum(), jnp.sum(jnp.argmax(logits, -1) == labels)
-
-    return jax_privacy.clipped_grad(
-        example_loss, has_aux=True, return_values=True, l2_clip_norm=clip_norm, batch_argnums=(1, 2)
-    )
-
-
-def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainingConfig):
-    """DP-SGD's step(state, batches, sizes, model_index, x, y, step_in_epoch) -> (state, loss,
-    correct), the same signature as make_train_step's.
-
-    For one model: batches int32 [S, P] and sizes int32 [S] from lira/dp.py's Poisson sampling
-    for this epoch (P the physical batch); row `step_in_epoch` holds the step's draw, then
-    padding. jax-privacy's clipped_grad clips every example's gradient to config.dp_clip_norm
-    and sums them, padding contributing exactly zero; tx (make_optimizer's DP chain) adds the
-    noise. The model must hold no BatchNorm: its statistics would mix examples before clipping.
-    """
-
-    clipped_sum = make_clipped_sum(model, config.dp_clip_norm)
-
-    def step(state, batches, sizes, model_index, x, y, step_in_epoch):
-        index, size = batches[step_in_epoch], sizes[step_in_epoch]
-        padding = jnp.arange(index.shape[0]) >= size
-        images = augment_lib.augment(x[index], _augment_key(config, model_index, state.step), config.augment)
-        grads, aux = clipped_sum(state.params, images, y[index], is_padding_example=padding)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        loss = jnp.sum(jnp.where(padding, 0.0, aux.values)) / jnp.maximum(size, 1)
-        correct = jnp.sum(jnp.where(padding, 0, aux.aux))
-        new_state = TrainState(
-            step=state.step + 1, params=params, batch_stats=state.batch_stats, opt_state=opt_state
-        )
-        return new_state, loss, correct
-
-    return step
 
 
 def predict(model: nn.Module, state: TrainState, x):
