@@ -30,6 +30,7 @@ relative paths given on the command line are taken from the folder reproduce.py 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -194,12 +195,22 @@ def _check(s: dict) -> None:
     s["attack_names"] = protocol.check_attack_names(s["attacks"].split(","))
 
 
+def inert(train: config.Config) -> set[str]:
+    """Flags the recipe leaves out because they change nothing: DP-SGD's without DP, and no canaries."""
+    out = {"canaries"} if not train.data.canaries else set()
+    if not train.training.dp:
+        out |= {f.name for f in dataclasses.fields(config.TrainingConfig) if f.name.startswith("dp_")}
+    return out
+
+
 def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage]:
     """The commands of the recipe, in order."""
     logdir = s["logdir"]
     script = lambda name: f"experiments/{name}.py"
     bars = [] if progress else ["--progress=false"]
-    train = [f"--{k}={v}" for k, v in s["train"].flat().items() if v is not None]
+    train = [
+        f"--{k}={v}" for k, v in s["train"].flat().items() if v is not None and k not in inert(s["train"])
+    ]
     out = [
         Stage("train", [sys.executable, script("train"), *train, f"--logdir={logdir}", *bars]),
         Stage("inference", [sys.executable, script("inference"), f"--logdir={logdir}",
@@ -207,7 +218,11 @@ def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage
         Stage("attack", [sys.executable, script("attack"), f"--logdir={logdir}", f"--attacks={s['attacks']}",
                          f"--num_targets={s['num_targets']}"]),
     ]  # fmt: skip
-    names = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    names = [  # dp_audit reads a sweep of runs (experiments/dp_audit.py), not this one run
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+        if path.stem != "dp_audit"
+    ]
     if notebooks and names:
         out.append(Stage("notebooks", [sys.executable, script("notebooks"), f"--logdir={logdir}",
                                        f"--figures={figures}", "--write", *names]))  # fmt: skip
