@@ -1,6 +1,8 @@
 """White-box signals: per-example gradient norms equal single-example gradients, the vmapped
 program equals the one-model one, features are the head's input, and sowing changes no logit."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import optax
 import pytest
 from helpers import synthetic_images
 
-from lira.training import augment, loop, step, whitebox
+from lira.training import augment, layers, loop, step, whitebox
 from lira.training.models import get_model
 
 LAYERS = {
@@ -54,17 +56,22 @@ def one(state, m):
     return jax.tree.map(lambda v: v[m], state)
 
 
-def reference_norms(model, state, views, labels, names):
-    """float64 [B, Q, L + 1] from a loop of single-example jax.grad calls on step.predict."""
+@functools.partial(jax.jit, static_argnums=0)
+def single_example_grad(model, state, view, label):
+    """The gradient of one view's loss w.r.t. state.params, through step.predict."""
 
-    def loss(params, view, label):
+    def loss(params):
         logits = step.predict(model, state.replace(params=params), view[None])
         return step.cross_entropy(logits, label[None])[0]
 
-    grad = jax.jit(jax.grad(loss))
+    return jax.grad(loss)(state.params)
+
+
+def reference_norms(model, state, views, labels, names):
+    """float64 [B, Q, L + 1] from a loop of single-example jax.grad calls on step.predict."""
     out = np.zeros((*views.shape[:2], len(names) + 1))
     for b, q in np.ndindex(*views.shape[:2]):
-        g = grad(state.params, views[b, q], labels[b])
+        g = single_example_grad(model, state, views[b, q], labels[b])
         squares = [sum(np.sum(np.square(np.float64(v))) for v in jax.tree.leaves(g[n])) for n in names]
         out[b, q] = np.sqrt([*squares, sum(squares)])
     return out
@@ -157,3 +164,115 @@ def test_layer_names_sort_by_module_type_then_index():
     assert whitebox.layer_names(params) == [
         "Conv_0", "Conv_1", "Dense_0", "WideResNetBlock_2", "WideResNetBlock_10",
     ]  # fmt: skip
+
+
+# --- The tapped layers: norms from each layer's input and output gradient -------------------------
+
+
+def per_view_kernel_squares(x, g, kernel_size, strides):
+    """float64: ||kernel gradient||^2 of a SAME convolution of one view x [1, H, W, I] whose output
+    has loss gradient g [1, H', W', O], from jax.vjp of the convolution itself."""
+    kernel = jnp.zeros((*kernel_size, x.shape[-1], g.shape[-1]))
+    _, vjp = jax.vjp(lambda k: layers._native_conv(x, k, strides), kernel)
+    return np.sum(np.square(np.float64(vjp(g)[0])))
+
+
+@pytest.mark.parametrize(
+    "hw, channels, kernel_size, strides, blocked, ghost",
+    [
+        ((8, 8), (3, 5), (3, 3), (1, 1), False, False),  # P = 64 positions: the K x O blocks
+        ((8, 8), (3, 5), (3, 3), (1, 1), True, False),  # the same, output in 2x2 blocks
+        ((4, 4), (24, 40), (3, 3), (1, 1), False, True),  # P = 16: Gram matrices
+        ((4, 4), (24, 40), (3, 3), (1, 1), True, True),
+        ((7, 5), (16, 64), (3, 3), (2, 2), False, True),  # strided, odd sizes
+        ((7, 5), (40, 40), (1, 1), (2, 2), False, False),
+    ],
+)
+def test_conv_tap_squares_equal_the_kernel_gradient(hw, channels, kernel_size, strides, blocked, ghost):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, *hw, channels[0])), jnp.float32)
+    out_hw = [-(-size // stride) for size, stride in zip(hw, strides)]
+    g = jnp.asarray(rng.normal(size=(1, *out_hw, channels[1])), jnp.float32)
+    output = layers._to_blocks(g) if blocked else g
+    tap = whitebox._Tap(
+        "tap",
+        (*kernel_size, *channels),
+        x.shape[1:],
+        kernel_size,
+        strides,
+        jax.ShapeDtypeStruct(output.shape, g.dtype),
+    )
+    assert tap.ghost() == ghost  # the branch this case takes
+    kernel, bias = whitebox._tap_squares(tap, x, output)
+    np.testing.assert_allclose(kernel, per_view_kernel_squares(x, g, kernel_size, strides), rtol=1e-5)
+    np.testing.assert_allclose(bias, np.sum(np.square(np.float64(g).sum((0, 1, 2)))), rtol=1e-5)
+
+
+class Mixed(nn.Module):
+    """Layers the fast path taps (lira's Conv on each of its paths, nn.Dense on one position and on
+    several) next to ones it must leave to per-view gradients (flax's nn.Conv, a Dense called
+    twice, one inside nn.remat, BatchNorm)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = layers.Conv(4, pool_relu=True)(x)  # Conv_0: the space-to-depth stem, [5, 5, 4]
+        x = layers.Conv(6, (1, 1), (2, 2), use_bias=False)(x)  # Conv_1: [3, 3, 6]
+        tokens = nn.relu(nn.Dense(5)(x.reshape(x.shape[0], -1, 6)))  # Dense_0: 9 positions a view
+        x = nn.Conv(5, (3, 3))(x)  # Conv_2, flax's
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = layers.Conv(8, pool_relu=True, impl="im2col")(x)  # Conv_3: 3x3 pooled to 1x1, a row dropped
+        x = layers.Conv(8, pool_relu=True)(x)  # Conv_4: 1x1, nothing to pool
+        shared = nn.Dense(8)  # Dense_1, called twice
+        x = shared(nn.relu(shared(x.reshape(x.shape[0], -1)))) + tokens.mean(1).sum(-1, keepdims=True)
+        x = nn.remat(nn.Dense)(8)(nn.relu(x))  # CheckpointDense_0
+        self.sow("intermediates", whitebox.FEATURES, x)
+        return nn.Dense(3)(x)  # Dense_2
+
+
+def test_mixed_model_norms_equal_single_example_gradients():
+    x, y = synthetic_images(num_examples=2, shape=(10, 10, 1))
+    model = Mixed()
+    state = step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0]))(0, 0)
+    rng = np.random.default_rng(1)  # BatchNorm statistics far from (0, 1)
+    state = state.replace(
+        batch_stats=jax.tree.map(lambda v: rng.uniform(0.5, 2.0, v.shape), state.batch_stats)
+    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    taps = whitebox._find_taps(model, variables, jnp.asarray(x[0]))
+    assert sorted(taps) == [("Conv_0",), ("Conv_1",), ("Conv_3",), ("Conv_4",), ("Dense_0",), ("Dense_2",)]
+    assert taps[("Conv_0",)].output.shape == (1, 5, 5, 4, 4)  # the stem's 2x2 blocks
+    names = whitebox.layer_names(state.params)
+    norms, _ = jax.jit(whitebox.make_whitebox_fn(model, 2))(state, x, y)
+    expected = reference_norms(model, state, np.asarray(augment.make_queries(x, 2)), y, names)
+    np.testing.assert_allclose(norms, expected, rtol=1e-4)
+    assert (norms > 0).all()
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+def test_cnn32_models_vmapped_equal_single_example_gradients(conv_impl):
+    """cnn32 on 16x16 images, 2 models a call: the stem on 2x2 blocks (xla) or not (im2col), a
+    conv layer through the K x O gradient and one through Gram matrices, and the dense head."""
+    x, y = synthetic_images(num_examples=2, shape=(16, 16, 3))
+    model = get_model("cnn32", 3, conv_impl)
+    state = jax.jit(jax.vmap(step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0])), (0, None)))(
+        jnp.arange(2), 0
+    )
+    norms, _ = whitebox.make_vmapped_whitebox_fn(model, 2)(state, x, y)
+    views = np.asarray(augment.make_queries(x, 2))
+    names = whitebox.layer_names(state.params)
+    for m in range(2):
+        np.testing.assert_allclose(
+            norms[m], reference_norms(model, one(state, m), views, y, names), rtol=1e-4
+        )
+    assert not np.allclose(norms[0], norms[1], rtol=1e-2)
+
+
+def test_mlp_norms_equal_single_example_gradients():
+    x, y = synthetic_images(num_examples=4)
+    x = x.reshape(len(x), -1)
+    model = get_model("mlp", 3)
+    state = step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0]))(0, 0)
+    names = whitebox.layer_names(state.params)
+    assert names == ["Dense_0", "Dense_1", "Dense_2", "Dense_3"]
+    norms, _ = jax.jit(whitebox.make_whitebox_fn(model, 1))(state, x, y)
+    np.testing.assert_allclose(norms, reference_norms(model, state, x[:, None], y, names), rtol=1e-4)

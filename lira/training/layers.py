@@ -77,13 +77,25 @@ class Conv(nn.Module):
         if self.pool_relu:
             bias = jnp.zeros((self.features,), dtype) if bias is None else bias
             if self._uses_space_to_depth(x):
-                return pool_bias_relu(_space_to_depth_conv(x, kernel), bias, (3,))
-            y = _conv(x, kernel, self.strides, self.impl)
+                return pool_bias_relu(self.tap(x, _space_to_depth_conv(x, kernel)), bias, (3,))
+            y = self.tap(x, _conv(x, kernel, self.strides, self.impl))
             if min(y.shape[1:3]) < 2:  # nothing to pool
                 return jax.nn.relu(y + bias)
             return pool_bias_relu(_pool_windows(y), bias, (2, 4))
-        y = _conv(x, kernel, self.strides, self.impl)
+        y = self.tap(x, _conv(x, kernel, self.strides, self.impl))
         return y if bias is None else y + bias
+
+    def tap(self, x, y):
+        """Returns y: the convolution of x [B, H, W, I] (cast to the layer's dtype) by the kernel,
+        before bias, pooling and ReLU, [B, H', W', O], or on the space-to-depth path
+        [B, H/2, W/2, 4, O] (2x2 output blocks, `_to_blocks`' layout).
+
+        The identity, and a method of its own so that flax.linen.intercept_methods sees each
+        call's input and linear output: lira/training/whitebox.py adds a zero to y there to read
+        the gradient of the loss with respect to y, from which (with x) it computes the norm of
+        each example's kernel and bias gradients."""
+        del x
+        return y
 
     def _uses_space_to_depth(self, x) -> bool:
         return (
@@ -128,7 +140,13 @@ def _native_conv(x, kernel, strides=(1, 1)):
 
 def _im2col_conv(x, kernel, strides):
     """x: [B, H, W, I], kernel: [kh, kw, I, O] -> [B, H', W', O], same result as SAME conv."""
-    kh, kw, _, out = kernel.shape
+    return im2col_patches(x, kernel.shape[:2], strides) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def im2col_patches(x, kernel_size, strides):
+    """x: [B, H, W, I] -> [B, H', W', kh * kw * I]: the input patch that each output position of a
+    SAME convolution reads, flattened in the order of kernel.reshape(-1, O) ([kh, kw, I, O])."""
+    kh, kw = kernel_size
     (pad_h, pad_w) = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, "SAME")
     x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
     sh, sw = strides
@@ -139,8 +157,7 @@ def _im2col_conv(x, kernel, strides):
         for i in range(kh)
         for j in range(kw)
     ]
-    patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
-    return patches @ kernel.reshape(-1, out)
+    return jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
 
 
 def _to_blocks(x):
