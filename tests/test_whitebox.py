@@ -232,7 +232,7 @@ class Mixed(nn.Module):
 def test_mixed_model_norms_equal_single_example_gradients():
     x, y = synthetic_images(num_examples=2, shape=(10, 10, 1))
     model = Mixed()
-    state = step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0]))(0, 0)
+    state = jax.jit(step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0])))(0, 0)
     rng = np.random.default_rng(1)  # BatchNorm statistics far from (0, 1)
     state = state.replace(
         batch_stats=jax.tree.map(lambda v: rng.uniform(0.5, 2.0, v.shape), state.batch_stats)
@@ -271,7 +271,7 @@ def test_mlp_norms_equal_single_example_gradients():
     x, y = synthetic_images(num_examples=4)
     x = x.reshape(len(x), -1)
     model = get_model("mlp", 3)
-    state = step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0]))(0, 0)
+    state = jax.jit(step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0])))(0, 0)
     names = whitebox.layer_names(state.params)
     assert names == ["Dense_0", "Dense_1", "Dense_2", "Dense_3"]
     norms, _ = jax.jit(whitebox.make_whitebox_fn(model, 1))(state, x, y)

@@ -27,6 +27,11 @@ from lira.training.models import get_model
 # dispatch costs more than their work, and the vmapped forward of 4 cnn32 is 1.8x faster there
 # than 4 one-model forwards.
 MIN_MODELS_PER_CALL = 4
+# Except the white-box stage on the CPU: its calls are large already (hundreds of views, each with
+# its activations and output gradients), and grouping slices only takes them out of the cache. On
+# bench.training's cnn32 case (8 models of one-model slices, 2,048 examples, 2 queries) the stage
+# took 12.3 s with one-model calls of 256 examples against 17.8 s with 4-model calls of 115.
+CPU_WHITEBOX_MODELS_PER_CALL = 1
 
 
 def query(logdir: str | Path, queries: int = 2, batch_size: int = 256, progress: bool = True,
@@ -127,18 +132,19 @@ def _programs(record: layout.RunRecord, dataset):
 
 
 def _stream(
-    todo, programs, training, apply, inputs: tuple, outputs: list, chunk_of, progress: bool
-) -> list[int]:
-    """Runs `apply(state, *chunks)` over the pool for every model of `todo`, groups of slices at a
-    time, and streams its outputs into per-model files. inputs: arrays [N, ...] fed in chunks of
-    chunk_of(models in the group) examples (the last padded to that size); outputs: (path_of(model) -> Path, shape) per
-    output of apply (an array [models, B, ...] each), written through PartialNpy and renamed into
-    place when complete. Returns the models written."""
+    todo, programs, training, apply, inputs: tuple, outputs: list, chunk_of, progress: bool,
+    min_models: int = MIN_MODELS_PER_CALL,
+) -> list[int]:  # fmt: skip
+    """Runs `apply(state, *chunks)` over the pool for every model of `todo`, groups of slices of at
+    least min_models models at a time, and streams its outputs into per-model files. inputs: arrays
+    [N, ...] fed in chunks of chunk_of(models in the group) examples (the last padded to that
+    size); outputs: (path_of(model) -> Path, shape) per output of apply (an array [models, B, ...]
+    each), written through PartialNpy and renamed into place when complete. Returns the models written."""
     num_examples = len(inputs[0])
     written = []
     bar = tqdm(total=sum(b - a for a, b, _ in todo) * num_examples, unit="model-example", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
-    for group in _call_groups(todo, MIN_MODELS_PER_CALL):
+    for group in _call_groups(todo, min_models):
         ids = [m for a, b, _ in group for m in range(a, b)]
         state = loop.restore_slices(programs, group, training.epochs, training.seed)
         files = {m: [layout.PartialNpy(path_of(m), shape) for path_of, shape in outputs] for m in ids}
@@ -242,4 +248,7 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
         (lambda m: layout.whitebox_path(logdir, m, "features"), (num_examples, queries, num_features)),
     ]
     chunk_of = lambda models: int(np.clip(WHITEBOX_BYTES // (models * queries * view_bytes), 1, 256))
-    return _stream(todo, programs, training, apply, (dataset.x_train, labels), outputs, chunk_of, progress)
+    min_models = CPU_WHITEBOX_MODELS_PER_CALL if jax.default_backend() == "cpu" else MIN_MODELS_PER_CALL
+    return _stream(
+        todo, programs, training, apply, (dataset.x_train, labels), outputs, chunk_of, progress, min_models
+    )
