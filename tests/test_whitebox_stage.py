@@ -84,3 +84,22 @@ def test_refuses_a_run_without_checkpoints(run, tmp_path):
     assert "models 0-3 have logits and no finished checkpoint" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (copy / layout.WHITEBOX_DIR).exists()
+
+
+def test_call_sizes_follow_the_device(monkeypatch):
+    """256 MiB of per-view buffers a call on the CPU; on an accelerator an eighth of its memory
+    (16 GiB assumed where it does not say), never less than the CPU's."""
+
+    class Device:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    assert query._whitebox_bytes() == query.WHITEBOX_BYTES  # these tests run on the CPU
+    monkeypatch.setattr(query.jax, "default_backend", lambda: "gpu")
+    for stats, expected in (({"bytes_limit": 80 * 2**30}, 10 * 2**30), (None, 2 * 2**30),
+                            ({"bytes_limit": 2**30}, query.WHITEBOX_BYTES)):  # fmt: skip
+        monkeypatch.setattr(query.jax, "local_devices", lambda stats=stats: [Device(stats)])
+        assert query._whitebox_bytes() == expected, stats

@@ -187,8 +187,20 @@ def _call_groups(slices, min_models: int):
 
 
 # About this many bytes of per-view buffers (lira.training.whitebox.view_floats) are alive in one
-# white-box call: the chunk of examples shrinks as models, queries and layers grow.
+# white-box call on the CPU: the chunk of examples shrinks as models, queries and layers grow. On
+# an accelerator, a fraction of its memory (_whitebox_bytes): 256 MiB would cut 64 cnn32 models'
+# calls to 6 examples each.
 WHITEBOX_BYTES = 256 * 2**20
+ACCELERATOR_WHITEBOX_FRACTION = 1 / 8
+
+
+def _whitebox_bytes() -> int:
+    """The per-view buffers one white-box call may hold: WHITEBOX_BYTES on the CPU, else
+    ACCELERATOR_WHITEBOX_FRACTION of the first device's memory (16 GiB where it does not say)."""
+    if jax.default_backend() == "cpu":
+        return WHITEBOX_BYTES
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", 16 * 2**30)
+    return max(WHITEBOX_BYTES, int(limit * ACCELERATOR_WHITEBOX_FRACTION))
 
 
 def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) -> list[int]:
@@ -247,7 +259,8 @@ def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) 
         (lambda m: layout.whitebox_path(logdir, m, "norms"), (num_examples, queries, len(names) + 1)),
         (lambda m: layout.whitebox_path(logdir, m, "features"), (num_examples, queries, num_features)),
     ]
-    chunk_of = lambda models: int(np.clip(WHITEBOX_BYTES // (models * queries * view_bytes), 1, 256))
+    budget = _whitebox_bytes()
+    chunk_of = lambda models: int(np.clip(budget // (models * queries * view_bytes), 1, 256))
     min_models = CPU_WHITEBOX_MODELS_PER_CALL if jax.default_backend() == "cpu" else MIN_MODELS_PER_CALL
     return _stream(
         todo, programs, training, apply, (dataset.x_train, labels), outputs, chunk_of, progress, min_models
