@@ -8,6 +8,10 @@ budget (--budget_s), with time kept back for the end-to-end part:
     cnn32/float32     the same at 1, 16, 64 and 128
     end_to_end        64 cnn32 models trained on the CIFAR-10 subset with lira's trainer, timed;
                       then models 0 and 63 trained alone, and compared with the vectorized run
+    whitebox_query    bench/training.py --case=whitebox_query: the white-box query stage against
+                      the logits-only one, 64 cnn32 models (issue 15's cost, never yet on a GPU)
+    dp_step           bench/dp.py: the DP-SGD step against the ordinary one, mlp and cnn32, 16
+                      models a step, both clippings (issue 16's cost)
     wrn28-2/bfloat16, cnn32/bfloat16
 
 After every part the merged results go to --json (and $OUT when set), so a part that fails or
@@ -87,7 +91,9 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class Part:
     """One process of the check, at most cap_s seconds; while earlier parts run, time is kept
-    back for a part with `reserve`. Bench parts have an arch."""
+    back for a part with `reserve`. Training bench parts have an arch; the other benchmarks are
+    named by `bench` ("whitebox_query" or "dp_step", other_bench_command); the rest run in this
+    file."""
 
     name: str
     cap_s: float
@@ -95,6 +101,7 @@ class Part:
     models_per_step: str = ""
     dtype: str = "float32"
     reserve: bool = False
+    bench: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +126,8 @@ def plan(smoke: bool) -> list[Part]:
         Part(f"{wrn}/float32", 200, wrn, wrn_steps, "float32"),
         Part(f"{cnn}/float32", 120, cnn, cnn_steps, "float32"),
         Part("end_to_end", 200, reserve=True),
+        Part("whitebox_query", 120, bench="whitebox_query"),
+        Part("dp_step", 120, bench="dp_step"),
         Part(f"{wrn}/bfloat16", 160, wrn, wrn_steps, "bfloat16"),
         Part(f"{cnn}/bfloat16", 100, cnn, cnn_steps, "bfloat16"),
     ]
@@ -141,6 +150,18 @@ def bench_command(part: Part, smoke: bool, json_path: Path) -> list[str]:
         command += ["--steps=2", "--batch_size=8", "--num_examples=64", "--repeats=1", "--loop_models=2",
                     "--matmul_size=256"]  # fmt: skip
     return command
+
+
+def other_bench_command(part: Part, smoke: bool, json_path: Path) -> list[str]:
+    """The command of a part that runs bench/training.py's white-box case or bench/dp.py."""
+    if part.bench == "whitebox_query":
+        sizes = ["--quick", "--arch=cnn-tiny"] if smoke else ["--arch=cnn32", "--whitebox_models=64",
+                                                              "--whitebox_examples=4096"]  # fmt: skip
+        command = [sys.executable, "-m", "bench.training", "--case=whitebox_query", *sizes]
+        return [*command, f"--json={json_path}"]
+    sizes = (["--arch=mlp-tiny,cnn-tiny", "--models=2", "--steps=1", "--repeats=1", "--batch_size=16"] if smoke
+             else ["--arch=mlp,cnn32", "--models=16", "--steps=4", "--repeats=3"])  # fmt: skip
+    return [sys.executable, "-m", "bench.dp", *sizes, f"--json={json_path}"]
 
 
 # --- The driver ---------------------------------------------------------------------------------
@@ -203,6 +224,8 @@ def run_parts(parts: list[Part], options: Options, log: Log) -> dict:
 def part_command(part: Part, options: Options, part_json: Path) -> list[str]:
     if part.arch:
         return bench_command(part, options.smoke, part_json)
+    if part.bench:
+        return other_bench_command(part, options.smoke, part_json)
     return [sys.executable, "-m", "bench.gpu_check", f"--child={part.name}", f"--child_json={part_json}", f"--data={options.data}",
             f"--rtol={options.rtol}", f"--smoke={options.smoke}"]  # fmt: skip
 
@@ -222,6 +245,8 @@ def merge(parts: list[Part], results: dict, statuses: list[dict], options: Optio
         "environment": {name: results[name]["environment"] for name in bench_parts},
         "projection": merge_projections([results[name]["projection"] for name in bench_parts]),
         "end_to_end": results.get("end_to_end"),
+        "whitebox_query": results.get("whitebox_query", {}).get("whitebox_query"),
+        "dp_step": results.get("dp_step", {}).get("dp_step"),
     }  # fmt: skip
 
 
@@ -293,6 +318,15 @@ def summarize(merged: dict, log: Log) -> None:
             log(f"  {arch}: {', '.join(at)}")
     if merged["end_to_end"]:
         summarize_end_to_end(merged["end_to_end"], rows, log)
+    for arch, result in (merged["whitebox_query"] or {}).items():
+        log(f"\nWhite-box query stage, {result['num_models']} {arch} x {result['num_examples']:,} examples x "
+            f"{result['queries']} queries, compiling included: {result['whitebox']['model_examples_per_s']:,.0f} "
+            f"model-ex/s, {result['whitebox_vs_logits_time']:.2f}x the logits-only stage's time "
+            f"({result['logits']['model_examples_per_s']:,.0f} model-ex/s)")  # fmt: skip
+    for arch, result in (merged["dp_step"] or {}).items():
+        log(f"DP-SGD step, {arch}, {result['models']} models a step, batch {result['batch_size']}: "
+            f"{result['dp_per_example_vs_sgd_time']:.2f}x the ordinary step's time with per-example "
+            f"clipping, {result['dp_ghost_vs_sgd_time']:.2f}x with ghost clipping")  # fmt: skip
 
 
 def summarize_end_to_end(result: dict, rows: list[dict], log: Log) -> None:

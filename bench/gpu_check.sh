@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The vectorized trainer on one GPU, in one time-boxed command (bench/gpu_check.py):
 # benchmarks cnn32 and wrn28-2 against the jitted single-model loop, trains 64 cnn32 models on
-# the CIFAR-10 subset and checks model i against a single-model run of i, writes
-# docs/bench_gpu.json and prints the LiRA paper's projection and a summary.
+# the CIFAR-10 subset and checks model i against a single-model run of i, times the white-box query
+# stage and the DP-SGD step, writes docs/bench_gpu.json and prints the LiRA paper's projection
+# and a summary.
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine (experiments/gpu_check.sh forwards here)
 #   bash bench/gpu_check.sh --smoke          # tiny sizes on the CPU, as the tests run it

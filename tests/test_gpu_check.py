@@ -16,6 +16,8 @@ PARTS = [
     "mlp-tiny/float32",
     "cnn-tiny/float32",
     "end_to_end",
+    "whitebox_query",
+    "dp_step",
     "mlp-tiny/bfloat16",
     "cnn-tiny/bfloat16",
 ]
@@ -61,7 +63,14 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
         end_to_end["vectorized"]["first_epoch_s"] > 0 and end_to_end["vectorized"]["model_examples_per_s"] > 0
     )
 
+    whitebox = report["whitebox_query"]["cnn-tiny"]
+    assert whitebox["whitebox_vs_logits_time"] > 0 and whitebox["whitebox"]["model_examples_per_s"] > 0
+    assert set(report["dp_step"]) == {"mlp-tiny", "cnn-tiny"}
+    for arch, dp_step in report["dp_step"].items():
+        assert dp_step["dp_per_example_vs_sgd_time"] > 0 and dp_step["dp_ghost_vs_sgd_time"] > 0, arch
+
     out = result.stdout
+    assert "White-box query stage, 4 cnn-tiny" in out and "DP-SGD step, mlp-tiny" in out
     assert "GPU check summary" in out and "model-ex/s" in out and "LiRA paper" in out
     assert "Check PASSED" in out and "Exit status 0" in out
     assert json.loads((tmp_path / "out" / "bench_gpu.json").read_text()) == report
