@@ -140,13 +140,7 @@ def _native_conv(x, kernel, strides=(1, 1)):
 
 def _im2col_conv(x, kernel, strides):
     """x: [B, H, W, I], kernel: [kh, kw, I, O] -> [B, H', W', O], same result as SAME conv."""
-    return im2col_patches(x, kernel.shape[:2], strides) @ kernel.reshape(-1, kernel.shape[-1])
-
-
-def im2col_patches(x, kernel_size, strides):
-    """x: [B, H, W, I] -> [B, H', W', kh * kw * I]: the input patch that each output position of a
-    SAME convolution reads, flattened in the order of kernel.reshape(-1, O) ([kh, kw, I, O])."""
-    kh, kw = kernel_size
+    kh, kw, _, out = kernel.shape
     (pad_h, pad_w) = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, "SAME")
     x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
     sh, sw = strides
@@ -157,7 +151,8 @@ def im2col_patches(x, kernel_size, strides):
         for i in range(kh)
         for j in range(kw)
     ]
-    return jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+    patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+    return patches @ kernel.reshape(-1, out)
 
 
 def _to_blocks(x):
