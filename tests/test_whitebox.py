@@ -238,7 +238,7 @@ def test_mixed_model_norms_equal_single_example_gradients():
         batch_stats=jax.tree.map(lambda v: rng.uniform(0.5, 2.0, v.shape), state.batch_stats)
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    taps = whitebox._find_taps(model, variables, jnp.asarray(x[0]))
+    taps = whitebox.find_taps(model, variables, jnp.asarray(x[0]))
     assert sorted(taps) == [("Conv_0",), ("Conv_1",), ("Conv_3",), ("Conv_4",), ("Dense_0",), ("Dense_2",)]
     assert taps[("Conv_0",)].output.shape == (1, 5, 5, 4, 4)  # the stem's 2x2 blocks
     names = whitebox.layer_names(state.params)

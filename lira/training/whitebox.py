@@ -11,7 +11,7 @@ top-level submodule belongs to its layer, so a WideResNetBlock_k is one layer (i
 shortcut projection and BatchNorm scales and offsets together), and the WRN's final BatchNorm_0
 another. A parameter declared on the root module itself is a layer of its own.
 
-How. The per-example gradients of the layers that `_find_taps` recognises (flax's nn.Dense and
+How. The per-example gradients of the layers that `find_taps` recognises (flax's nn.Dense and
 lira's Conv, at any depth, each called once) are never formed. Each view's loss is differentiated
 (jax.vmap(jax.grad(...)) over the views of a call: the batched backward pass, less its weight
 gradients) with respect to each such layer's linear output y, a zero added there with
@@ -125,7 +125,7 @@ def _apply(model: nn.Module, variables, view):
     return logits, sown.get("intermediates", {})
 
 
-def _find_taps(model: nn.Module, variables, view) -> dict[tuple[str, ...], _Tap]:
+def find_taps(model: nn.Module, variables, view) -> dict[tuple[str, ...], _Tap]:
     """{module path: _Tap} for the layers of `model` whose norms come from their outputs' gradient:
     those _tapped_method recognises, called once per forward pass, and whose parameters are
     exactly a kernel of the shape that input and output imply and maybe a bias [O]. Traces the
@@ -173,7 +173,7 @@ def view_floats(model: nn.Module, variables, sample) -> int:
     its calls: the gradient of every parameter not tapped, and each tapped layer's input and the
     loss gradient w.r.t. its output (the norms' own buffers are a few views' at a time). variables
     as step.predict takes them (arrays or shapes), sample [...] one example."""
-    taps = _find_taps(model, variables, sample)
+    taps = find_taps(model, variables, sample)
     params = traverse_util.flatten_dict(variables["params"])
     untapped = sum(math.prod(leaf.shape) for key, leaf in params.items() if key[:-1] not in taps)
     return untapped + sum(math.prod(tap.image) + math.prod(tap.output.shape) for tap in taps.values())
@@ -298,6 +298,15 @@ def _norms(taps, params, squares, inputs, out_grads):
     return jnp.sqrt(jnp.concatenate([per_layer, per_layer.sum(-1, keepdims=True)], -1))
 
 
+def _signals(taps, params, outputs, leading: tuple[int, ...]):
+    """(norms float32 [*leading, Q, L + 1], features float32 [*leading, Q, F]) from _gradients'
+    outputs over prod(leading) * Q views, in that order (example-major, query last)."""
+    squares, inputs, out_grads, features = outputs
+    norms = _norms(taps, params, squares, inputs, out_grads)
+    shape = (*leading, len(norms) // math.prod(leading))
+    return norms.reshape(*shape, norms.shape[-1]), features.reshape(*shape, features.shape[-1])
+
+
 def _variables(state):
     return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -312,11 +321,9 @@ def make_whitebox_fn(model: nn.Module, num_queries: int):
     """
 
     def fn(state, images, labels):
-        taps = _find_taps(model, _variables(state), images[0])
-        squares, inputs, out_grads, features = _gradients(model, num_queries, taps, state, images, labels)
-        norms = _norms(taps, state.params, squares, inputs, out_grads)
-        shape = (len(images), len(norms) // len(images))
-        return norms.reshape(*shape, norms.shape[-1]), features.reshape(*shape, features.shape[-1])
+        taps = find_taps(model, _variables(state), images[0])
+        outputs = _gradients(model, num_queries, taps, state, images, labels)
+        return _signals(taps, state.params, outputs, (len(images),))
 
     return fn
 
@@ -336,13 +343,11 @@ def make_vmapped_whitebox_fn(model: nn.Module, num_queries: int):
     def mapped(state, images, labels):
         num_models = jax.tree.leaves(state)[0].shape[0]
         one = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), state)
-        taps = _find_taps(model, _variables(one), images[0])
+        taps = find_taps(model, _variables(one), images[0])
         gradients = step.vmap_models(functools.partial(_gradients, model, num_queries, taps), (0, 0, None))
         outputs = gradients(state, jnp.broadcast_to(images, (num_models, *images.shape)), labels)
-        squares, inputs, out_grads, features = jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), outputs)
-        norms = _norms(taps, one.params, squares, inputs, out_grads)
-        shape = (num_models, len(images), len(norms) // (num_models * len(images)))
-        return norms.reshape(*shape, norms.shape[-1]), features.reshape(*shape, features.shape[-1])
+        outputs = jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), outputs)
+        return _signals(taps, one.params, outputs, (num_models, len(images)))
 
     return jax.jit(mapped)
 
@@ -358,14 +363,11 @@ def whitebox_shapes(model: nn.Module, sample_image) -> tuple[list[str], int]:
     return layer_names(variables["params"]), features.shape[0]
 
 
-find_taps = _find_taps  # for lira/training/dpsgd.py's ghost clipping
-
-
 def per_example_norms(model: nn.Module, params, images, labels):
     """float32 [B]: the whole-model loss-gradient norm of each of images [B, ...] with labels
     int [B], for a BatchNorm-free model (lira/training/dpsgd.py's ghost clipping): the last
     column of make_whitebox_fn's norms on one query, the image itself."""
     state = step.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=())
-    taps = _find_taps(model, _variables(state), images[0])
+    taps = find_taps(model, _variables(state), images[0])
     squares, inputs, out_grads, _ = _gradients(model, 1, taps, state, images, labels)
     return _norms(taps, params, squares, inputs, out_grads)[:, -1]
