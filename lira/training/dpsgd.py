@@ -12,10 +12,11 @@ Two ways to the same sum of clipped per-example gradients (--dp_clipping):
   sum_i c_i g_i, the clipped sum (Li et al. 2022, "ghost clipping"). Only for models whose every
   parameter belongs to such a layer.
 - "auto" (default): ghost for models of Dense layers only, per_example elsewhere. On this CPU
-  (bench/dp.py, 4 models a step, B = 256) ghost took the MLP's DP step from 103x the ordinary
-  step's time to 4.6x, while on cnn32 per_example was slightly faster (2.30x against 2.48x):
-  its convolutions' per-example gradients are cheap next to the Gram matrices or patch products
-  that their norms need.
+  (bench/dp.py, 4 models a step, B = 256, docs/dp.md) ghost took the MLP's DP step from 86.5x
+  the ordinary step's time to 2.57x, while on cnn32 the two were level (2.54x each; 2.30x
+  against 2.48x for per_example in a run with other work on the cores): its convolutions'
+  per-example gradients are cheap next to the Gram matrices or patch products that their norms
+  need.
 
 tests/test_dp.py checks that both give the same sum, and jax-privacy's is the reference.
 """
