@@ -9,7 +9,9 @@ attacked, every run in its own folder under --root (noise_none, noise_0.5, ...).
 
 Every stage resumes, so re-running the command finishes an interrupted sweep. The training
 flags are those of experiments/train.py (lira/config.py) and apply to every run; --noise
-replaces --dp_noise_multiplier run by run ("none": ordinary training).
+replaces --dp_noise_multiplier run by run ("none": ordinary training). Each run's privacy audit
+bounds --audit_attacks (default: every attack of --attacks, with a Bonferroni factor of their
+number; name one in advance for the tightest bound; docs/dp.md).
 """
 
 from pathlib import Path
@@ -25,6 +27,7 @@ flags.DEFINE_string("root", None, "Folder of the sweep's runs.", required=True)
 flags.DEFINE_list("noise", ["none", "0.5", "1", "2"], "Noise multipliers, 'none' for ordinary training.")
 flags.DEFINE_list("attacks", ["loss", "lira_online", "lira_online_fixed_var", "lira_offline", "rmia_online"],
                   "Attacks run on every model of the sweep.")  # fmt: skip
+flags.DEFINE_list("audit_attacks", [], "Attacks the privacy audit bounds (default: all of --attacks).")
 flags.DEFINE_integer("num_targets", 8, "Targets attacked per run.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
@@ -45,7 +48,9 @@ def main(argv):
         (noise, base.replace(dp_noise_multiplier=noise, dp_target_epsilon=None))
         for noise in noise_levels(FLAGS.noise)
     ]
-    options = config.AttackConfig(attacks=FLAGS.attacks, num_targets=FLAGS.num_targets, bootstrap=0)
+    options = config.AttackConfig(
+        attacks=FLAGS.attacks, num_targets=FLAGS.num_targets, bootstrap=0, audit_attacks=FLAGS.audit_attacks
+    )
     for _, run_config in runs:  # every flag checked before anything trains
         train.resolve(run_config)
     options.validate()

@@ -1,4 +1,4 @@
-"""Empirical privacy auditing: a lower bound on epsilon from an attack's scores, with
+"""Empirical privacy auditing: a lower bound on epsilon from attacks' scores, with
 jax_privacy.auditing's CanaryScoreAuditor (scores where members score higher).
 
 The audited examples are the run's canaries (--canaries: mislabelled pool examples) or, in a run
@@ -6,20 +6,24 @@ without any, the whole pool. For target model t, the IN scores are those of the 
 t trained on, the OUT scores those of the rest. Two methods:
 
 - "one_run" (the default): Steinke, Nasr and Jagielski 2023, "Privacy Auditing with One (1)
-  Training Run", on each target alone. It needs what the run gives: every audited example is IN
-  for a target independently with probability 1/2 (keep.npy's columns are drawn independently,
-  lira/training/masks.py). Each target's bound holds with confidence 1 - significance / T, so the
-  largest of the T holds with confidence 1 - significance (a union bound), and that is reported.
+  Training Run", on each target alone (the library takes the best number of guesses with a
+  Bonferroni correction over them). Its premise: each canary is IN for the target independently
+  with probability 1/2, and the guesses depend on the target's output alone. keep.npy's canary
+  columns are coin flips per model (lira/training/masks.py) and the protocol never lets a canary's
+  membership choose its references or RMIA's population (lira/attacks/protocol.py), so the bound
+  is a theorem there. On the pool of a run without canaries it is not: balanced masks let the
+  references' masks reveal the target's membership (`premise` says which case a run is).
 - "clopper_pearson": Jagielski et al. 2020 and Nasr et al. 2021's bound from the attack's TPR and
   FPR at its best threshold, Clopper-Pearson intervals, Bonferroni over thresholds, over every
   (target, example) pair pooled. It treats the pairs as independent trials, which holds exactly
   for one audited example per model; with many per model it is the field's usual estimate, not a
   proof.
 
-A bound above a DP run's accounted epsilon means a fault in clipping, noise or accounting (or in
-the attack's independence from the target's inclusion: the reference attacks fit on the other
-models, whose masks are balanced with the target's, which the protocol's equal IN/OUT reference
-counts neutralise; docs/dp.md).
+The choice of the largest bound is corrected too: with A attacks and T targets, each one-run bound
+is taken at significance alpha / (A T) (each pooled Clopper-Pearson bound at alpha / A), so every
+attack's reported bound, and hence their maximum, holds with confidence 1 - alpha together (a
+union bound). Auditing one attack chosen in advance (the attack stage with --attacks=NAME) pays no
+correction for the others.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def epsilon_lower_bound(scores: np.ndarray, membership: np.ndarray, method: str 
                         significance: float = 0.05, delta: float = 1e-5) -> float:  # fmt: skip
     """scores float [T, K]: an attack's scores of the K audited examples on each of T targets
     (higher: member), membership bool [T, K] -> the epsilon lower bound at `delta`, holding with
-    confidence 1 - significance (0 when the scores show nothing)."""
+    confidence 1 - significance (0 when the scores show nothing). one_run takes each target's
+    bound at significance / T and returns the largest."""
     if method not in METHODS:
         raise ValueError(f"Unknown audit method {method!r}; valid: {', '.join(METHODS)}.")
     if not 0 < significance < 0.5:
@@ -63,12 +68,51 @@ def _auditor(scores: np.ndarray, member: np.ndarray) -> auditing.CanaryScoreAudi
 
 
 def audit(results: dict, keep: np.ndarray, examples: np.ndarray, method: str, significance: float,
-          delta: float) -> dict[str, float]:  # fmt: skip
-    """{attack name: epsilon lower bound} over its targets, on the pool examples `examples`
-    (int [K]); results: {name: AttackResult} with scores [T, N] on targets `result.targets`."""
-    return {
+          delta: float) -> dict:  # fmt: skip
+    """The bounds of all attacks, corrected for the choice among them (module docstring), on the
+    pool examples `examples` (int [K]); results: {name: AttackResult} with scores [T, N] on
+    targets `result.targets`. Returns {"bounds": {attack: bound}, "epsilon_lower_bound": the
+    largest, "attack": whose (None when all are 0), "correction": what each bound was taken at}."""
+    per_attack = significance / max(len(results), 1)
+    bounds = {
         name: epsilon_lower_bound(
-            result.scores[:, examples], keep[result.targets][:, examples], method, significance, delta
+            result.scores[:, examples], keep[result.targets][:, examples], method, per_attack, delta
         )
         for name, result in results.items()
     }
+    best = max(bounds, key=bounds.get) if bounds else None
+    num_targets = len(next(iter(results.values())).targets) if results else 0
+    if method == "one_run":
+        per_target = per_attack / max(num_targets, 1)
+        correction = (
+            f"Bonferroni over {len(results)} attacks and {num_targets} targets: each target's bound at "
+            f"significance {significance:g} / {len(results) * num_targets} = {per_target:.3g}"
+        )
+    else:
+        correction = (
+            f"Bonferroni over {len(results)} attacks: each attack's bound at significance {per_attack:.3g}"
+        )
+    return {
+        "bounds": bounds,
+        "epsilon_lower_bound": bounds[best] if best else 0.0,
+        "attack": best if best and bounds[best] > 0 else None,
+        "correction": correction,
+    }
+
+
+def premise(method: str, keep: np.ndarray, canaries: np.ndarray, pkeep: float) -> str | None:
+    """None when the one-run bound is a theorem for this run (module docstring), else why not.
+    keep bool [M, N]; canaries int [K] (empty: the pool is audited); pkeep: the run's --pkeep."""
+    if method != "one_run":
+        return "Clopper-Pearson over pooled (target, example) pairs treats them as independent trials"
+    if not len(canaries):
+        return (
+            "no canaries: on the pool's balanced masks the references' masks reveal the target's membership"
+        )
+    if pkeep != 0.5:
+        return f"canaries are IN with probability --pkeep={pkeep:g}; the one-run bound assumes 1/2"
+    if len(canaries) > 1 and np.all(keep[:, canaries].sum(axis=0) == round(pkeep * keep.shape[0])):
+        return (
+            "the canary columns are balanced (a run trained before lira drew them independently): retrain it"
+        )
+    return None

@@ -25,8 +25,9 @@ from typing import Any
 
 # Choices that belong to one module but are needed before it is imported (flags, validation).
 AUGMENTS = ("none", "mirror", "weak")  # lira/training/augment.py
-QUERY_COUNTS = (1, 2, 18, 162)  # lira/training/augment.py: make_queries
+QUERY_COUNTS = (1, 2, 18, 162)  # lira/training/augment.py: make_queries, resolve_queries
 CONV_IMPLS = ("xla", "im2col")  # lira/training/layers.py
+DTYPES = ("float32", "bfloat16")  # lira/training/models.py: the models' compute dtype
 RMIA_AGGREGATIONS = ("vote", "mean")
 RMIA_SIGNALS = ("taylor", "softmax")
 LIRA_LIKELIHOODS = ("gaussian", "student_t")
@@ -92,9 +93,14 @@ class ModelConfig:
         None, "Convolution lowering: xla or im2col (default: the fastest measured on the backend).",
         choices=CONV_IMPLS,
     )  # fmt: skip
+    dtype: str | None = field(
+        None, "Compute dtype of activations and convolutions: float32 or bfloat16 (parameters, optimizer state, "
+        "BatchNorm statistics and the loss stay float32; queries run in float32). Default: the backend's "
+        "(lira.training.loop.default_dtype).", result=True, choices=DTYPES,
+    )  # fmt: skip
 
     def validate(self) -> None:
-        _check([_choice(self, "conv_impl")])
+        _check([_choice(self, "conv_impl"), _choice(self, "dtype")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +123,17 @@ class TrainingConfig:
         0, "Models one compiled step advances (0: the backend's default). Slices the checkpoints.", result=True
     )  # fmt: skip
     eval_every: int = field(1, "Measure test accuracy every this many epochs (0: only at the end).")
+    eval_examples: int = field(
+        1000, "Test examples of the evaluations before the last epoch (0: all); the last epoch uses all of them."
+    )  # fmt: skip
+    checkpoint_every: int = field(
+        0, "Save the training state every this many epochs, and after the last (0: automatic, so that saving "
+        "costs at most about 5% of the training time). A resumed run starts from the last save.",
+    )  # fmt: skip
+    steps_per_call: int = field(
+        0, "Training steps in one compiled call, inside a lax.fori_loop (0: the backend's default, "
+        "lira.training.loop.default_steps_per_call). The same models whatever the value.",
+    )  # fmt: skip
     dp_noise_multiplier: float | None = field(
         None, "DP-SGD: Gaussian noise of this many clip norms on each step's sum of clipped gradients "
         "(unset: ordinary training; 0: clipping alone, epsilon infinite).", result=True,
@@ -160,6 +177,10 @@ class TrainingConfig:
             _choice(self, "dp_clipping"),
             (self.models_per_step >= 0, f"--models_per_step must be >= 0 (0 = default), got {self.models_per_step}."),
             (self.eval_every >= 0, f"--eval_every must be >= 0 (0 = only at the end), got {self.eval_every}."),
+            (self.eval_examples >= 0, f"--eval_examples must be >= 0 (0 = all), got {self.eval_examples}."),
+            (self.checkpoint_every >= 0,
+             f"--checkpoint_every must be >= 0 (0 = automatic), got {self.checkpoint_every}."),
+            (self.steps_per_call >= 0, f"--steps_per_call must be >= 0 (0 = default), got {self.steps_per_call}."),
             (self.dp_noise_multiplier is None or self.dp_target_epsilon is None,
              "--dp_noise_multiplier and --dp_target_epsilon both given: give one (the noise, or the epsilon "
              "the accountant picks the noise for)."),
@@ -178,7 +199,8 @@ class TrainingConfig:
 @dataclasses.dataclass(frozen=True)
 class QueryConfig:
     queries: int = field(
-        2, "Augmented queries per example: 1, 2, 18 or 162 (non-image data: 1).", result=True, choices=QUERY_COUNTS
+        0, "Augmented queries per example: 1, 2, 18 or 162, or 0: the views the models trained on (the run's "
+        "--augment: none 1, mirror 2, weak 18; non-image data 1).", result=True, choices=(0, *QUERY_COUNTS),
     )  # fmt: skip
     batch_size: int = field(256, "Images (examples x queries) per model in one inference call.")
     whitebox: bool = field(
@@ -188,11 +210,16 @@ class QueryConfig:
     whitebox_queries: int = field(
         0, "Queries of the white-box signals: 1, 2, 18 or 162 (0: as --queries).", choices=(0, *QUERY_COUNTS)
     )  # fmt: skip
+    allow_untrained_views: bool = field(
+        False, "Allow --queries / --whitebox_queries with views the run's --augment never trained on (refused "
+        "otherwise: they weaken the attacks).",
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check([
-            (self.queries in QUERY_COUNTS, f"--queries={self.queries} is not supported; valid: "
-                                           f"{', '.join(map(str, QUERY_COUNTS))}."),
+            (self.queries in (0, *QUERY_COUNTS), f"--queries={self.queries} is not supported; valid: "
+                                                 f"{', '.join(map(str, QUERY_COUNTS))}. 0 (the default) queries the "
+                                                 "views the models trained on."),
             (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}."),
             (self.whitebox_queries in (0, *QUERY_COUNTS), f"--whitebox_queries={self.whitebox_queries} is not "
                                                           f"supported; valid: 0, {', '.join(map(str, QUERY_COUNTS))}."),
@@ -207,16 +234,28 @@ class AttackConfig:
         None, "Use only K references per target (offline attacks: K OUT references per example)."
     )  # fmt: skip
     bootstrap: int = field(200, "Bootstrap resamples for the 95% intervals (0 = none).")
+    min_false_positives: int | None = field(
+        None, "Report TPR at an FPR level only where the level allows at least this many false positives "
+        "(default: lira.metrics.MIN_FALSE_POSITIVES). Lower reaches lower levels on the same run, at the price "
+        "of a TPR biased upward and intervals that miss more often (docs/results/tpr_resolution).",
+    )  # fmt: skip
     seed: int = field(0, "Seed of the reference order, subsamples and bootstrap.")
     rmia_gamma: float = field(2.0, "RMIA: LR(x) / LR(z) threshold.")
     rmia_offline_a: str = field(
-        "0.3", "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, in [0, 1], or 'auto' (fitted)."
+        "0.3", "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, in [0, 1], or 'auto': the a under which "
+        "the offline attack best finds a reference model's members (needs 2 OUT references per example).",
     )  # fmt: skip
     rmia_num_population: int = field(0, "RMIA: population examples z (0 = every non-member, as the authors).")
-    rmia_signal: str = field("taylor", "RMIA: the authors' Taylor soft-margin or p_y.", choices=RMIA_SIGNALS)
-    rmia_temperature: float = field(2.0, "RMIA: logits are divided by this before the signal.")
+    rmia_signal: str = field(
+        "softmax", "RMIA: p_y of softmax(z / T), always in [0, 1] (docs/results/rmia_signal), or taylor: the "
+        "authors' Taylor soft-margin softmax (with --rmia_terms=4 a cubic that leaves [0, 1]).", choices=RMIA_SIGNALS,
+    )  # fmt: skip
+    rmia_temperature: float = field(2.0, "RMIA: T, logits are divided by this before the signal.")
     rmia_margin: float = field(0.6, "RMIA: the Taylor signal's soft margin m.")
-    rmia_terms: int = field(4, "RMIA: terms of the truncated exponential (4: a cubic).")
+    rmia_terms: int = field(
+        4, "RMIA: terms of the Taylor signal's truncated exponential (4, the authors': a cubic; 5: a quartic, "
+        "always in [0, 1]).",
+    )  # fmt: skip
     rmia_trim: float = field(0.2, "RMIA: fraction trimmed from each end of the reference mean.")
     rmia_aggregation: str = field(
         "vote", "RMIA: a test per query and a majority vote, or p averaged over queries.", choices=RMIA_AGGREGATIONS
@@ -234,7 +273,13 @@ class AttackConfig:
         "one_run", "Empirical epsilon lower bound: one_run (Steinke et al. 2023, per target) or clopper_pearson "
         "(pooled pairs; see lira/audit.py).", choices=AUDIT_METHODS,
     )  # fmt: skip
-    audit_significance: float = field(0.05, "The epsilon lower bound holds with confidence 1 - this.")
+    audit_significance: float = field(
+        0.05, "Every audited attack's epsilon lower bound (and so their largest) holds with confidence 1 - this."
+    )  # fmt: skip
+    audit_attacks: list[str] = field(
+        [], "Attacks the privacy audit bounds, among --attacks (default: all of them); each bound pays a "
+        "Bonferroni factor of their number, so one attack named in advance gives the tightest bound.",
+    )  # fmt: skip
     audit_delta: float | None = field(
         None, "The delta of the epsilon lower bound (default: the run's --dp_delta)."
     )
@@ -257,6 +302,8 @@ class AttackConfig:
             (self.num_shadows_used is None or self.num_shadows_used >= 1,
              f"--num_shadows_used must be >= 1, got {self.num_shadows_used}."),
             (self.bootstrap >= 0, f"--bootstrap must be >= 0, got {self.bootstrap}."),
+            (self.min_false_positives is None or self.min_false_positives >= 1,
+             f"--min_false_positives must be >= 1, got {self.min_false_positives}."),
             (self.rmia_num_population >= 0, f"--rmia_num_population must be >= 0, got {self.rmia_num_population}."),
             (self.rmia_gamma > 0, f"--rmia_gamma must be > 0, got {self.rmia_gamma}."),
             (0 <= self.rmia_trim < 0.5, f"--rmia_trim must be in [0, 0.5), got {self.rmia_trim}."),
@@ -268,6 +315,8 @@ class AttackConfig:
              f"--audit_significance must be in (0, 0.5), got {self.audit_significance}."),
             (self.audit_delta is None or 0 < self.audit_delta < 1,
              f"--audit_delta must be in (0, 1), got {self.audit_delta}."),
+            (self.attacks == ["all"] or set(self.audit_attacks) <= set(self.attacks),
+             f"--audit_attacks={','.join(self.audit_attacks)}: name attacks among --attacks={','.join(self.attacks)}."),
             (bool(self.nasr_inputs) and set(self.nasr_inputs) <= set(NASR_INPUTS),
              f"--nasr_inputs={','.join(self.nasr_inputs)}: choose from {', '.join(NASR_INPUTS)}."),
         ])  # fmt: skip

@@ -203,3 +203,95 @@ def test_benchmark_quick(tmp_path):
     )
     assert result["peak_rss_gib"] > 0 and result["total_s"] > 0 and "lira_online" in finished.stdout
     assert all(auc > 0.55 for auc in result["auc"].values())  # the planted signal is found
+
+
+# --- Canaries: independent keep columns, references and population from the references alone --------
+
+
+def _flip_changes(keep, columns, canaries, num_shadows_used=None):
+    """For every target t and column c of `columns`: does flipping keep[t, c] change t's reference
+    masks or RMIA population when the protocol is told `canaries`? (The one-run audit's premise, for
+    canaries: it must not.) -> list of (t, c) that do."""
+    targets = list(range(keep.shape[0]))
+    independent = protocol.canary_columns(keep.shape[1], canaries)
+
+    def view(mask):
+        selection = protocol.select_references(mask, targets, num_shadows_used, seed=3, canaries=canaries)
+        return selection, [protocol.population(mask, t, independent) for t in targets]
+
+    (base, populations), changed = view(keep), []
+    for t in targets:
+        for c in columns:
+            flipped = keep.copy()
+            flipped[t, c] = ~flipped[t, c]
+            selection, flipped_populations = view(flipped)
+            same = all(
+                np.array_equal(getattr(base, kind)[t], getattr(selection, kind)[t])
+                for kind in ("is_in", "is_out", "offline_out")
+            )
+            if not same or not np.array_equal(populations[t], flipped_populations[t]):
+                changed.append((t, c))
+    return changed
+
+
+@pytest.mark.parametrize("num_shadows_used", [None, 4])
+def test_a_canarys_references_and_population_ignore_the_targets_membership(num_shadows_used):
+    from lira.training import masks
+
+    canaries = np.arange(0, 40, 2)
+    keep = masks.make_keep(8, 40, 0.5, seed=1, canaries=canaries)
+    assert _flip_changes(keep, canaries, canaries, num_shadows_used) == []
+    for t in range(8):
+        assert not np.isin(
+            protocol.population(keep, t, protocol.canary_columns(40, canaries)), canaries
+        ).any()
+    # The balanced rule on the same columns reads the target's own entry: the check can fail.
+    assert len(_flip_changes(keep, canaries, None, num_shadows_used)) > 20
+
+
+def test_canary_reference_counts_come_from_the_references_alone():
+    from lira.training import masks
+
+    canaries = np.arange(30)
+    keep = masks.make_keep(9, 60, 0.5, seed=2, canaries=canaries)
+    selection = protocol.select_references(keep, [4], seed=0, canaries=canaries)
+    references = np.delete(np.arange(9), 4)
+    for n in canaries:
+        num_in = keep[references, n].sum()
+        num_out = len(references) - num_in
+        assert selection.is_in[0, :, n].sum() == selection.is_out[0, :, n].sum() == min(num_in, num_out)
+        assert selection.offline_out[0, :, n].sum() == num_out  # every OUT reference
+    for n in range(30, 60):  # balanced columns: the equal-count rule as before, M/2 - 1 (M = 9: 4 IN of 9)
+        assert selection.is_in[0, :, n].sum() == selection.is_out[0, :, n].sum() == 3
+
+
+def test_canaries_short_of_references_get_the_targets_lowest_score(tmp_path):
+    from lira.training import masks
+
+    canaries = np.arange(12)
+    keep = masks.make_keep(8, 80, 0.5, seed=4, canaries=canaries)
+    keep[:, 0] = True  # no OUT reference for any target
+    keep[:, 1] = False  # no IN reference
+    keep[:6, 2], keep[6:, 2] = True, False  # two OUT models: each sees one OUT reference
+    synthetic.make_synthetic_rundir(tmp_path, num_models=8, num_examples=80, seed=4, keep=keep)
+    names = ["loss", "lira_online", "lira_offline", "rmia_online", "lira_online_fixed_var"]
+    run_signals = signals.run_signals(tmp_path, attacks.probability_signal(names))
+    labels = layout.load_labels(tmp_path)
+    results = protocol.run_attacks(run_signals, keep, labels, names, list(range(8)), canaries=canaries)
+    selection = protocol.select_references(keep, list(range(8)), canaries=canaries)
+    for name, result in results.items():
+        short = protocol.unscored(selection, name)
+        assert np.isfinite(result.scores).all(), name
+        assert result.info.get("unscored_canaries", 0) == short.sum(), name
+        assert not short[:, 12:].any()  # only canaries are ever short
+        for row in range(8):
+            lowest = result.scores[row, ~short[row]].min()
+            np.testing.assert_array_equal(result.scores[row, short[row]], lowest)
+    short_offline = protocol.unscored(selection, "lira_offline")
+    assert short_offline[:, 0].all() and not short_offline[:, 1].any()
+    assert short_offline[6:, 2].all() and not short_offline[:6, 2].any()
+    online = protocol.unscored(selection, "lira_online")
+    assert online[:, :2].all() and online[6:, 2].all() and not online[:6, 2].any()
+    # The same short column outside the canaries is the user's error, named before any work.
+    with pytest.raises(ValueError, match="lira_offline needs >= 2 OUT references"):
+        protocol.run_attacks(run_signals, keep, labels, ["lira_offline"], [0], canaries=canaries[3:])

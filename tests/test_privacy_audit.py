@@ -1,5 +1,6 @@
-"""Empirical epsilon lower bounds (lira/audit.py) against jax-privacy's own answers, and the
-attack stage's "audit" in metrics.json."""
+"""Empirical epsilon lower bounds (lira/audit.py) against jax-privacy's own answers, the
+correction for the choice among attacks and targets, the null (no membership signal: a bound
+> 0 in at most alpha of the runs), and the attack stage's "audit" in metrics.json."""
 
 import dp_accounting
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from jax_privacy import auditing
 
 from lira import audit
+from lira.attacks.protocol import AttackResult
 
 
 def _gaussian_scores(mu, num_targets, num_examples, seed=0):
@@ -76,6 +78,15 @@ def test_nan_scores_count_as_least_member_like_and_one_sided_targets_are_skipped
     assert audit.epsilon_lower_bound(scores[1:], member[1:]) == 0.0
 
 
+def test_audit_attacks_must_be_among_the_attacks_run():
+    from lira import config
+
+    config.AttackConfig(attacks=["loss", "lira_online"], audit_attacks=["loss"]).validate()
+    config.AttackConfig(attacks=["all"], audit_attacks=["loss"]).validate()
+    with pytest.raises(ValueError, match="--audit_attacks=rmia_online: name attacks among --attacks=loss"):
+        config.AttackConfig(attacks=["loss"], audit_attacks=["rmia_online"]).validate()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -88,6 +99,131 @@ def test_bad_audit_options_are_named(kwargs, message):
     scores, member = _gaussian_scores(1.0, 1, 10)
     with pytest.raises(ValueError, match=message):
         audit.epsilon_lower_bound(scores, member, **kwargs)
+
+
+def _gaussian_attacks(shifts, num_targets, num_examples, seed=0):
+    """{name: AttackResult} of one simulated attack per shift (IN ~ N(shift, 1), OUT ~ N(0, 1)) on
+    the same membership bool [T, K]; each attack's noise is its own."""
+    rng = np.random.default_rng(seed)
+    member = rng.random((num_targets, num_examples)) < 0.5
+    results = {
+        f"shift_{shift:g}": AttackResult(
+            rng.normal(size=member.shape) + shift * member, list(range(num_targets))
+        )
+        for shift in shifts
+    }
+    return results, member
+
+
+def test_the_reported_bound_is_bonferroni_over_attacks_and_targets():
+    results, member = _gaussian_attacks([0.5, 1.0, 2.0], num_targets=3, num_examples=500, seed=4)
+    audited = audit.audit(results, member, np.arange(500), "one_run", 0.05, 1e-5)
+    for name, result in results.items():  # direct: each (attack, target) at 0.05 / (3 attacks x 3 targets)
+        direct = max(
+            auditing.CanaryScoreAuditor(s[m], s[~m]).epsilon_one_run(0.05 / 9, 1e-5)
+            for s, m in zip(result.scores, member)
+        )
+        assert audited["bounds"][name] == pytest.approx(direct)
+    assert audited["epsilon_lower_bound"] == max(audited["bounds"].values()) > 0
+    assert audited["attack"] == "shift_2"
+    assert audited["epsilon_lower_bound"] < _gdp_epsilon(2.0, 1e-5)  # below the truth
+    assert "3 attacks and 3 targets" in audited["correction"] and "0.00556" in audited["correction"]
+    uncorrected = audit.epsilon_lower_bound(results["shift_2"].scores, member, "one_run", 0.05, 1e-5)
+    assert audited["epsilon_lower_bound"] < uncorrected  # the correction costs something
+    pooled = audit.audit(results, member, np.arange(500), "clopper_pearson", 0.05, 1e-5)
+    scores = results["shift_1"].scores
+    direct = auditing.CanaryScoreAuditor(scores[member], scores[~member]).epsilon_clopper_pearson(
+        0.05 / 3, 1e-5
+    )
+    assert pooled["bounds"]["shift_1"] == pytest.approx(direct)
+    assert "3 attacks" in pooled["correction"]
+
+
+def test_under_the_null_a_positive_bound_is_reported_in_at_most_alpha_of_the_runs():
+    # No membership signal: 5 attacks' scores independent of membership (and of each other, the
+    # worst case for the union bound), 2 targets x 100 canaries. The reported bound must be > 0 in
+    # at most alpha of the runs (binomial tolerance); the uncorrected maximum of the attacks is not.
+    runs, alpha, num_attacks, num_targets, num_canaries = 200, 0.05, 5, 2, 100
+    rng = np.random.default_rng(11)
+    reported = uncorrected = 0
+    for _ in range(runs):
+        member = rng.random((num_targets, num_canaries)) < 0.5
+        results = {
+            f"attack_{i}": AttackResult(rng.normal(size=member.shape), list(range(num_targets)))
+            for i in range(num_attacks)
+        }
+        audited = audit.audit(results, member, np.arange(num_canaries), "one_run", alpha, 1e-5)
+        reported += audited["epsilon_lower_bound"] > 0
+        uncorrected += (
+            max(audit.epsilon_lower_bound(r.scores, member, "one_run", alpha, 1e-5) for r in results.values())
+            > 0
+        )
+    assert reported / runs <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / runs)
+    assert uncorrected / runs > alpha  # the test can fail: without the correction the rate is ~3x alpha
+
+
+def test_premise_says_when_the_one_run_bound_is_a_theorem():
+    from lira.training import masks
+
+    canaries = np.arange(50)
+    keep = masks.make_keep(8, 200, 0.5, seed=0, canaries=canaries)
+    assert audit.premise("one_run", keep, canaries, 0.5) is None
+    assert "no canaries" in audit.premise("one_run", keep, np.zeros(0, int), 0.5)
+    assert "pooled" in audit.premise("clopper_pearson", keep, canaries, 0.5)
+    assert "assumes 1/2" in audit.premise("one_run", masks.make_keep(8, 200, 0.3, 0, canaries), canaries, 0.3)
+    balanced = masks.make_keep(8, 200, 0.5, seed=0)  # canaries drawn as before the fix
+    assert "retrain" in audit.premise("one_run", balanced, canaries, 0.5)
+
+
+def _synthetic_canary_run(logdir, signal, canaries=40):
+    from lira.run import layout, synthetic
+    from lira.training import masks
+
+    chosen = np.arange(0, 2 * canaries, 2)
+    keep = masks.make_keep(8, 400, 0.5, seed=1, canaries=chosen)
+    synthetic.make_synthetic_rundir(logdir, num_models=8, num_examples=400, num_queries=1, signal=signal,
+                                    seed=1, keep=keep)  # fmt: skip
+    if canaries:
+        layout.save_npy(logdir / layout.CANARIES, chosen.astype(np.int32))
+    return keep, chosen
+
+
+def test_the_attack_stage_reports_the_corrected_bound_and_whether_it_is_a_theorem(tmp_path):
+    from lira.stages import attack
+
+    names = ["loss", "lira_online", "lira_offline", "rmia_online"]
+    keep, canaries = _synthetic_canary_run(tmp_path / "canaries", signal=4.0)
+    metrics, results = attack.run_audit(tmp_path / "canaries", names, num_targets=8, bootstrap=0)
+    record = metrics["audit"]
+    assert record["examples"] == "canaries" and record["num_examples"] == 40
+    assert record["theorem"] is True and record["caveat"] is None
+    assert "4 attacks and 8 targets" in record["correction"]
+    bounds = {name: metrics["attacks"][name]["epsilon_lower_bound"] for name in names}
+    expected = audit.audit(results, keep, canaries, "one_run", 0.05, 1e-5)
+    assert bounds == pytest.approx(expected["bounds"])
+    assert record["epsilon_lower_bound"] == max(bounds.values()) > 0 and record["attack"] == max(
+        bounds, key=bounds.get
+    )
+    assert (
+        metrics["attacks"]["lira_online"].get("unscored_canaries", 0) > 0
+    )  # 8 models: some coin flips fall short
+    # One attack named in advance pays no correction for the others.
+    named, _ = attack.run_audit(
+        tmp_path / "canaries", names, num_targets=8, bootstrap=0, audit_attacks=["loss"]
+    )
+    assert "1 attacks and 8 targets" in named["audit"]["correction"] and named["audit"]["attack"] == "loss"
+    assert named["attacks"]["loss"]["epsilon_lower_bound"] > bounds["loss"]
+    assert all("epsilon_lower_bound" not in named["attacks"][name] for name in names[1:])
+    with pytest.raises(
+        ValueError, match="--audit_attacks=rmia_offline: rmia_offline not among the attacks run"
+    ):
+        attack.run_audit(tmp_path / "canaries", names, audit_attacks=["rmia_offline"])
+    _synthetic_canary_run(tmp_path / "pool", signal=4.0, canaries=0)
+    pool, _ = attack.run_audit(tmp_path / "pool", ["loss"], num_targets=2, bootstrap=0)
+    assert pool["audit"]["examples"] == "pool" and pool["audit"]["theorem"] is False
+    assert (
+        "no canaries" in pool["audit"]["caveat"] and "1 attacks and 2 targets" in pool["audit"]["correction"]
+    )
 
 
 # --- End to end: train, query and attack a run with canaries, with and without DP -------------------
@@ -121,9 +257,15 @@ def dp_run(tmp_path_factory):
 def test_a_model_without_dp_leaks_its_mislabelled_canaries(plain_run):
     metrics, record, logdir = plain_run
     assert record.dp is None and (logdir / "canaries.npy").exists()
-    assert metrics["audit"] == {"method": "one_run", "significance": 0.05, "delta": 1e-5, "epsilon": None,
-                                "examples": "canaries", "num_examples": 80}  # fmt: skip
     bounds = {name: entry["epsilon_lower_bound"] for name, entry in metrics["attacks"].items()}
+    assert metrics["audit"] == {
+        "method": "one_run", "significance": 0.05, "delta": 1e-5, "epsilon": None, "examples": "canaries",
+        "num_examples": 80, "theorem": True, "caveat": None, "epsilon_lower_bound": max(bounds.values()),
+        "attack": max(bounds, key=bounds.get),
+        "correction": "Bonferroni over 3 attacks and 8 targets: each target's bound at significance 0.05 / 24 = 0.00208",
+    }  # fmt: skip
+    column_sums = np.load(logdir / "keep.npy")[:, np.load(logdir / "canaries.npy")].sum(axis=0)
+    assert len(np.unique(column_sums)) > 1  # the canaries' columns are coin flips, not balanced
     assert max(bounds.values()) > 1.0, bounds  # clearly positive: the model is not private
 
 

@@ -18,12 +18,24 @@ reveal membership and bias every count-dependent statistic. So, per example n:
 The LiRA code truncates to the smallest count and the RMIA code keeps `num_ref_models // 2` of
 each kind; this is the same rule, applied once, here, for every attack.
 
+Canaries (the `canaries` columns, drawn independently per model: lira/training/masks.py) follow
+another rule, because the one-run privacy audit needs every guess about a target's canary to
+depend on the target's output alone, never on its membership. Their references' counts are
+independent of the target's membership, so nothing needs equalising, and any count that adds the
+target's own entry would leak it: online attacks use the first min(#IN, #OUT) references, offline
+attacks every OUT reference (at most K of each), counted over the references alone. A canary with
+fewer references than an attack needs (a column of coin flips can be all IN) is not an error:
+that attack gives it the target's lowest score (never guessed a member), and its result's info
+counts them as `unscored_canaries`. RMIA's population is the target's non-members outside the
+canaries.
+
 The target's own signals reach an attack only as the target: its row is False in every
 reference mask, which `run_attacks` asserts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -94,15 +106,28 @@ def _first(mask: np.ndarray, count: np.ndarray) -> np.ndarray:
     return mask & (np.cumsum(mask, axis=0) <= count)
 
 
+def canary_columns(num_examples: int, canaries: np.ndarray | None) -> np.ndarray:
+    """bool [N]: which pool examples are canaries (columns of keep drawn independently per model)."""
+    independent = np.zeros(num_examples, bool)
+    if canaries is not None:
+        independent[np.asarray(canaries, dtype=np.int64)] = True
+    return independent
+
+
 def select_references(keep: np.ndarray, targets: list[int], num_shadows_used: int | None = None,
-                      seed: int = 0, order: np.ndarray | None = None) -> Selection:  # fmt: skip
-    """The equal-count reference masks of every target (module docstring). keep: bool [M, N];
-    `order` (a permutation of the models) replaces the seeded reference order."""
+                      seed: int = 0, order: np.ndarray | None = None,
+                      canaries: np.ndarray | None = None) -> Selection:  # fmt: skip
+    """The reference masks of every target (module docstring): equal counts, and counts from the
+    references alone on the `canaries` (int [K]). keep: bool [M, N]; `order` (a permutation of
+    the models) replaces the seeded reference order."""
     num_models, num_examples = keep.shape
     order = reference_order(num_models, seed) if order is None else np.asarray(order)
+    independent = canary_columns(num_examples, canaries)
     num_in_all = keep.sum(axis=0)
     balanced = np.minimum(num_in_all, num_models - num_in_all) - 1  # [N], as a member or non-member has
     offline_count = num_models - num_in_all - 1
+    balanced[independent] = num_models  # no cap: the references' own counts decide
+    offline_count[independent] = num_models
     if num_shadows_used is not None:
         offline_count = np.minimum(offline_count, num_shadows_used)
     shape = (len(targets), num_models, num_examples)
@@ -119,10 +144,12 @@ def select_references(keep: np.ndarray, targets: list[int], num_shadows_used: in
 
 
 def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
-                     seed: int) -> Selection:  # fmt: skip
-    """Fails, before any work, if some attack lacks the references it needs for some example;
-    returns the reference selection it checked."""
+                     seed: int, canaries: np.ndarray | None = None) -> Selection:  # fmt: skip
+    """Fails, before any work, if some attack lacks the references it needs for some example
+    other than a canary (module docstring), or RMIA a population; returns the reference selection
+    it checked."""
     num_models = keep.shape[0]
+    independent = canary_columns(keep.shape[1], canaries)
     if num_shadows_used is not None and not 1 <= num_shadows_used <= num_models - 1:
         raise ValueError(
             f"num_shadows_used={num_shadows_used}, but each target has {num_models - 1} references "
@@ -132,6 +159,7 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
         raise ValueError(f"Attacks with references need >= 2 models; the run has {num_models}.")
     if num_shadows_used is not None and any(ATTACKS[name].references == "out" for name in attacks):
         available = num_models - keep.sum(axis=0) - 1  # OUT references every example has, member or not
+        available[independent] = num_models  # a canary may have fewer: it is left unscored
         if available.min() < num_shadows_used:
             example = int(np.argmin(available))
             name = next(name for name in attacks if ATTACKS[name].references == "out")
@@ -140,7 +168,14 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
                 f"has only {available[example]} OUT references for a target that is not trained on it "
                 f"(equal counts for members and non-members); choose at most {available.min()}."
             )
-    selection = select_references(keep, targets, num_shadows_used, seed)
+    selection = select_references(keep, targets, num_shadows_used, seed, canaries=canaries)
+    if any(ATTACKS[name].needs_probability for name in attacks):
+        for target in targets:
+            if not population(keep, target, independent).size:
+                raise ValueError(
+                    f"RMIA needs a population, but target {target} trained on every pool example outside "
+                    "the canaries; use a larger --pool_size or fewer --canaries."
+                )
     for name in attacks:
         spec = ATTACKS[name]
         if spec.references == "none":
@@ -152,6 +187,7 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
             counts = {"IN": selection.is_in.sum(axis=1), "OUT": selection.is_out.sum(axis=1)}
             needed = {"IN": spec.min_in, "OUT": spec.min_out}
         for kind, count in counts.items():  # count: [T, N]
+            count = np.where(independent, np.iinfo(count.dtype).max, count)  # canaries may be short
             if count.min() < needed[kind]:
                 row, example = np.unravel_index(np.argmin(count), count.shape)
                 raise ValueError(
@@ -174,9 +210,28 @@ def _target_seed(seed: int, target: int) -> int:
     return int(np.random.SeedSequence([seed, target]).generate_state(1)[0])
 
 
+def population(keep: np.ndarray, target: int, independent: np.ndarray) -> np.ndarray:
+    """int [P]: RMIA's population for `target`, its non-members outside the canaries
+    (`independent`, bool [N]): a canary's membership must not decide which examples x is
+    compared with."""
+    return np.flatnonzero(~keep[target] & ~independent)
+
+
+def unscored(selection: Selection, name: str) -> np.ndarray:
+    """bool [T, N]: where attack `name` has fewer references than it needs (canaries only, as
+    check_references ensures)."""
+    spec = ATTACKS[name]
+    if spec.references == "none":
+        return np.zeros(selection.is_in.shape[::2], bool)
+    if spec.references == "out":
+        return selection.offline_out.sum(axis=1) < spec.min_out
+    return (selection.is_in.sum(axis=1) < spec.min_in) | (selection.is_out.sum(axis=1) < spec.min_out)
+
+
 def attack_inputs(signals: Signals, keep: np.ndarray, labels: np.ndarray, targets: list[int], selection: Selection,
-                  seed: int = 0) -> AttackInputs:  # fmt: skip
+                  seed: int = 0, canaries: np.ndarray | None = None) -> AttackInputs:  # fmt: skip
     """What every attack reads, for all targets (see lira.attacks.common.AttackInputs)."""
+    independent = canary_columns(keep.shape[1], canaries)
     for mask in (selection.is_in, selection.is_out, selection.offline_out):  # leave-one-out
         assert not mask[np.arange(len(targets)), targets].any()
     return AttackInputs(
@@ -187,25 +242,33 @@ def attack_inputs(signals: Signals, keep: np.ndarray, labels: np.ndarray, target
         is_out=selection.is_out,
         offline_out=selection.offline_out,
         seeds=[_target_seed(seed, target) for target in targets],
-        populations=[np.flatnonzero(~keep[target]) for target in targets],
+        populations=[population(keep, target, independent) for target in targets],
         order=reference_order(keep.shape[0], seed),
     )
 
 
 def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks: list[str], targets: list[int],
-                num_shadows_used: int | None = None, seed: int = 0,
-                attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
-    """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N]."""
+                num_shadows_used: int | None = None, seed: int = 0, attack_options: dict[str, dict] | None = None,
+                canaries: np.ndarray | None = None) -> dict[str, AttackResult]:  # fmt: skip
+    """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N];
+    canaries int [K]: the pool examples whose keep columns are independent (module docstring)."""
     attack_options = attack_options or {}
     attacks = check_attack_names(attacks, whitebox=signals.grad is not None)
     check_options(attacks, attack_options)
-    selection = check_references(keep, targets, attacks, num_shadows_used, seed)
-    inputs = attack_inputs(signals, keep, labels, targets, selection, seed)
+    selection = check_references(keep, targets, attacks, num_shadows_used, seed, canaries)
+    inputs = attack_inputs(signals, keep, labels, targets, selection, seed, canaries)
     results = {}
     for name in attacks:
-        output = ATTACKS[name].fn(inputs, **attack_options.get(name, {}))
+        short = unscored(selection, name)
+        quiet = np.errstate(invalid="ignore", divide="ignore") if short.any() else contextlib.nullcontext()
+        with quiet:  # a short canary's statistics are empty; its score is replaced below
+            output = ATTACKS[name].fn(inputs, **attack_options.get(name, {}))
         scores, info = output if isinstance(output, tuple) else (output, {})
         scores = np.asarray(scores, dtype=np.float64)
+        if short.any():
+            lowest = np.where(short, np.inf, np.nan_to_num(scores, nan=np.inf)).min(axis=1, keepdims=True)
+            scores = np.where(short, lowest, scores)
+            info = {**info, "unscored_canaries": int(short.sum())}
         bad = np.argwhere(~np.isfinite(scores))
         if len(bad):
             row, example = bad[0]

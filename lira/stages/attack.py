@@ -38,8 +38,9 @@ def attack(logdir: str | Path, config: AttackConfig) -> dict:
     metrics, results = run_audit(
         logdir, config.attacks, num_targets=config.num_targets, num_shadows_used=config.num_shadows_used,
         seed=config.seed, bootstrap=config.bootstrap, attack_options=config.options(),
+        min_false_positives=config.min_false_positives,
         audit_method=config.audit_method, audit_significance=config.audit_significance,
-        audit_delta=config.audit_delta,
+        audit_delta=config.audit_delta, audit_attacks=config.audit_attacks,
     )  # fmt: skip
     report_dir = logdir / layout.REPORT_DIR
     layout.save_json(report_dir / layout.METRICS, metrics)
@@ -78,11 +79,15 @@ def _pool_images(record: layout.RunRecord) -> np.ndarray | None:
 
 
 def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_queries: int, bootstrap: int = 200,
-                  seed: int = 0) -> dict:  # fmt: skip
-    """The metrics.json dict: figures per attack, pooling all targets (see lira.metrics). Attacks
+                  seed: int = 0, min_false_positives: int | None = None) -> dict:  # fmt: skip
+    """The metrics.json dict: figures per attack, pooling all targets (see lira.metrics; TPR only
+    at levels allowing min_false_positives, default lira.metrics.MIN_FALSE_POSITIVES). Attacks
     are measured in parallel threads (numpy releases the GIL in the bootstrap's array work)."""
     targets = next(iter(results.values())).targets if results else []
-    measure = lambda result: metrics_lib.attack_metrics(result.scores, keep[result.targets], bootstrap, seed)
+    least = metrics_lib.MIN_FALSE_POSITIVES if min_false_positives is None else min_false_positives
+    measure = lambda result: metrics_lib.attack_metrics(
+        result.scores, keep[result.targets], bootstrap, seed, least
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
         figures = list(pool.map(measure, results.values()))
     return {
@@ -98,7 +103,9 @@ def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_querie
 def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_shadows_used: int | None = None,
               seed: int = 0, bootstrap: int = 200, attack_options: dict[str, dict] | None = None,
               audit_method: str = "one_run", audit_significance: float = 0.05,
-              audit_delta: float | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
+              audit_delta: float | None = None,
+              audit_attacks: list[str] | None = None,
+              min_false_positives: int | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
     """Loads a run directory, runs `attacks` and returns (metrics dict, {name: AttackResult}).
 
     Everything that can be checked from keep.npy alone (attack names, options, reference
@@ -108,40 +115,66 @@ def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_sha
     attack_options = attack_options or {}
     keep = layout.load_keep(logdir)
     labels = layout.load_labels(logdir)
+    canaries = layout.load_canaries(logdir)  # independent keep columns: their own reference rule
     whitebox = set(range(keep.shape[0])) <= set(layout.available_whitebox(logdir))
     if list(attacks) == ["all"] and not whitebox:
         print(f"Note: {logdir} has no white-box signals, so 'all' leaves out the white-box attacks "
               "(experiments/inference.py --whitebox computes them).")  # fmt: skip
     attacks = check_attack_names(attacks, whitebox)
     check_options(attacks, attack_options)
+    audited = check_audit_attacks(audit_attacks, attacks)
     if num_targets < 1:
         raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
     targets = list(range(min(num_targets, keep.shape[0])))
-    check_references(keep, targets, attacks, num_shadows_used, seed)
+    check_references(keep, targets, attacks, num_shadows_used, seed, canaries)
     needs_whitebox = any(ATTACKS[name].needs_whitebox for name in attacks)
     signals = run_signals(logdir, probability_signal(attacks, attack_options), whitebox=needs_whitebox)
-    results = run_attacks(signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options)
-    metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed)
+    results = run_attacks(
+        signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options, canaries
+    )
+    metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed, min_false_positives)
     metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
     if needs_whitebox:
         metrics["whitebox"] = layout.load_record(logdir).whitebox
     metrics["models"] = model_accuracy(
         signals, keep, labels, layout.read_jsonl(Path(logdir) / layout.TRAIN_LOG)
     )
-    metrics["audit"] = privacy_audit(logdir, results, keep, audit_method, audit_significance, audit_delta)
+    audited_results = {name: results[name] for name in audited}
+    metrics["audit"] = privacy_audit(
+        logdir, audited_results, keep, audit_method, audit_significance, audit_delta
+    )
     for name, bound in metrics["audit"].pop("bounds").items():
         metrics["attacks"][name]["epsilon_lower_bound"] = bound
     return metrics, results
 
 
+def check_audit_attacks(audit_attacks: list[str] | None, attacks: list[str]) -> list[str]:
+    """The attacks the privacy audit bounds: `audit_attacks` (all of `attacks` when empty), which
+    must be among the attacks run."""
+    if not audit_attacks:
+        return list(attacks)
+    missing = [name for name in audit_attacks if name not in attacks]
+    if missing:
+        raise ValueError(
+            f"--audit_attacks={','.join(audit_attacks)}: {', '.join(missing)} not among the attacks run "
+            f"({', '.join(attacks)}); name some of those."
+        )
+    return list(dict.fromkeys(audit_attacks))
+
+
 def privacy_audit(logdir: Path, results: dict[str, AttackResult], keep: np.ndarray, method: str,
                   significance: float, delta: float | None) -> dict:  # fmt: skip
     """metrics.json's "audit": {"method", "significance", "delta", "epsilon" (accounted; None
-    without DP), "examples" ("canaries" or "pool"), "num_examples", "bounds" {attack: bound}}."""
+    without DP), "examples" ("canaries" or "pool"), "num_examples", "correction" (how the choice
+    among attacks and targets is paid for), "epsilon_lower_bound" and "attack" (the largest bound,
+    whose), "theorem" (whether the one-run premise holds), "caveat" (why not, or None), "bounds"
+    {attack: bound}}. Every bound holds at confidence 1 - significance jointly (lira/audit.py)."""
     record = layout.load_record(logdir)
     canaries = layout.load_canaries(logdir)
     examples = canaries if len(canaries) else np.arange(keep.shape[1])
     delta = record.config.training.dp_delta if delta is None else delta
+    audited = audit.audit(results, keep, examples, method, significance, delta)
+    caveat = audit.premise(method, keep, canaries, record.config.training.pkeep)
     return {
         "method": method,
         "significance": significance,
@@ -149,7 +182,12 @@ def privacy_audit(logdir: Path, results: dict[str, AttackResult], keep: np.ndarr
         "epsilon": record.dp["epsilon"] if record.dp else None,
         "examples": "canaries" if len(canaries) else "pool",
         "num_examples": int(len(examples)),
-        "bounds": audit.audit(results, keep, examples, method, significance, delta),
+        "correction": audited["correction"],
+        "epsilon_lower_bound": audited["epsilon_lower_bound"],
+        "attack": audited["attack"],
+        "theorem": caveat is None,
+        "caveat": caveat,
+        "bounds": audited["bounds"],
     }
 
 
