@@ -2,9 +2,13 @@
 
 All figures come from the ROC over every threshold. TPR at a low FPR is the figure that matters
 for privacy (Carlini et al. 2022): an attack that is confident about a few examples is a real
-risk even at an AUC near 0.5. Such a figure is only measured when the FPR level is at least
-1 / #non-members; below that no threshold has a non-zero FPR to compare with, and we report
-`None` (JSON null) with the smallest resolvable level, never a number.
+risk even at an AUC near 0.5. Such a figure is only reported where the level allows at least
+k = MIN_FALSE_POSITIVES false positives (level * #non-members >= k). With fewer, the threshold
+sits among the few highest non-member scores: its true FPR is about (m + 1) / #non-members for
+m allowed, not m / #non-members, so the estimate is biased upward and its interval misses the
+truth, almost always from above; k comes from the simulation in bench/tpr_resolution.py
+(docs/results/tpr_resolution). Below k such a level is `None` (JSON null), never a number, with
+the pool or number of targets that would resolve it.
 
 Confidence intervals are percentile bootstraps, computed from one sort of the scores: a
 resample is a vector of multiplicities, and the weighted ROC of every resample comes out of
@@ -16,6 +20,7 @@ claimed only when that interval lies above 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -23,6 +28,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 FPR_LEVELS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+MIN_FALSE_POSITIVES = 10  # the smallest k whose intervals cover ~95%: docs/results/tpr_resolution
 
 
 def level_key(level: float) -> str:
@@ -36,14 +42,33 @@ def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np
     return sk_metrics.roc_curve(is_member, scores, drop_intermediate=False)
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float, num_nonmembers: int) -> float | None:
-    """TPR at the lowest threshold whose FPR is <= `level` (the best TPR the level allows).
+def resolvable(level: float, num_nonmembers: int, min_false_positives: int = MIN_FALSE_POSITIVES) -> bool:
+    """Whether TPR at `level` is reported: the level allows >= min_false_positives false positives
+    (at least one, below which no threshold has a non-zero FPR to compare with)."""
+    return level * num_nonmembers >= max(min_false_positives, 1) * (1 - 1e-9)  # k / n * n may round below k
 
-    None when the level is below 1 / num_nonmembers and so cannot be resolved.
-    """
-    if level < 1.0 / num_nonmembers:
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float, num_nonmembers: int,
+               min_false_positives: int = MIN_FALSE_POSITIVES) -> float | None:  # fmt: skip
+    """TPR at the lowest threshold whose FPR is <= `level` (the best TPR the level allows), or
+    None where the level is not `resolvable`."""
+    if not resolvable(level, num_nonmembers, min_false_positives):
         return None
     return float(np.max(tpr[fpr <= level]))
+
+
+def what_would_resolve(level: float, num_nonmembers: int, num_targets: int, num_examples: int,
+                       min_false_positives: int = MIN_FALSE_POSITIVES) -> dict:  # fmt: skip
+    """{"needs_nonmembers", "needs_targets", "needs_pool_size"}: the pooled non-members a level
+    needs, and the targets (at this pool) or the pool size N (at these targets, with this share of
+    non-members) that would give them. num_nonmembers are pooled over num_targets targets of
+    num_examples examples each."""
+    needs = math.ceil(round(max(min_false_positives, 1) / level, 6))
+    return {
+        "needs_nonmembers": needs,
+        "needs_targets": math.ceil(round(needs * num_targets / num_nonmembers, 6)),
+        "needs_pool_size": math.ceil(round(needs * num_examples / num_nonmembers, 6)),
+    }
 
 
 def best_balanced_accuracy(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -51,16 +76,30 @@ def best_balanced_accuracy(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.max((tpr + 1.0 - fpr) / 2.0))
 
 
-def summarize(scores: np.ndarray, is_member: np.ndarray) -> dict:
-    """AUC, best balanced accuracy and TPR at each FPR level of one set of scores [n]."""
+def summarize(
+    scores: np.ndarray, is_member: np.ndarray, min_false_positives: int = MIN_FALSE_POSITIVES
+) -> dict:
+    """AUC, best balanced accuracy and TPR at each FPR level of the scores pooled.
+
+    scores, is_member: [T, N] (T targets' scores, pooled) or [n] (one target). A level that is
+    not `resolvable` is None in tpr_at_fpr and has a `what_would_resolve` entry in
+    tpr_at_fpr_unresolvable; min_resolvable_fpr is the smallest level that would be reported.
+    """
+    num_targets, num_examples = np.shape(scores) if np.ndim(scores) == 2 else (1, np.size(scores))
     scores, is_member = np.ravel(scores), np.ravel(is_member).astype(bool)
     fpr, tpr, _ = roc_curve(scores, is_member)
-    num_nonmembers = int((~is_member).sum())
+    num_nonmembers, least = int((~is_member).sum()), max(int(min_false_positives), 1)
     return {
         "auc": float(sk_metrics.auc(fpr, tpr)),
         "balanced_acc": best_balanced_accuracy(fpr, tpr),
-        "tpr_at_fpr": {level_key(v): tpr_at_fpr(fpr, tpr, v, num_nonmembers) for v in FPR_LEVELS},
-        "min_resolvable_fpr": 1.0 / num_nonmembers,
+        "tpr_at_fpr": {level_key(v): tpr_at_fpr(fpr, tpr, v, num_nonmembers, least) for v in FPR_LEVELS},
+        "tpr_at_fpr_unresolvable": {
+            level_key(v): what_would_resolve(v, num_nonmembers, num_targets, num_examples, least)
+            for v in FPR_LEVELS
+            if not resolvable(v, num_nonmembers, least)
+        },
+        "min_resolvable_fpr": least / num_nonmembers,
+        "min_false_positives": least,
         "num_members": int(is_member.sum()),
         "num_nonmembers": num_nonmembers,
     }
@@ -97,19 +136,20 @@ class Ranking:
 
 
 def weighted_roc_figures(scores: np.ndarray, is_member: np.ndarray, weights: np.ndarray,
-                         ranking: Ranking | None = None) -> dict:  # fmt: skip
+                         ranking: Ranking | None = None, levels=FPR_LEVELS) -> dict:  # fmt: skip
     """AUC [B] and TPR at each FPR level [B] of B weighted copies of one set of scores.
 
     scores, is_member: [n]; weights: [B, n] (bootstrap multiplicities); ranking: the scores'
     Ranking, when the caller reuses it over several calls. Equal to the ROC of the data with
     item i repeated weights[b, i] times; ties count half in the AUC, as in sklearn. The weights
-    of each group of equal scores are summed in one reduceat over the sorted items.
+    of each group of equal scores are summed in one reduceat over the sorted items. TPRs are
+    given at every level, resolvable or not: the caller decides what to report.
     """
     ranking = ranking or Ranking.of(scores, is_member)
-    return _sorted_figures(weights[:, ranking.order], ranking)
+    return _sorted_figures(weights[:, ranking.order], ranking, levels)
 
 
-def _sorted_figures(ordered: np.ndarray, ranking: Ranking) -> dict:
+def _sorted_figures(ordered: np.ndarray, ranking: Ranking, levels=FPR_LEVELS) -> dict:
     """weighted_roc_figures of weights already in score order: ordered [B, n] (float32 where
     exact, see `_resample_weights`)."""
     positive = np.where(ranking.is_member, ordered, 0)
@@ -131,12 +171,11 @@ def _sorted_figures(ordered: np.ndarray, ranking: Ranking) -> dict:
     )
     auc = (total_positive * total_negative - above) / (total_positive * total_negative)
     # fpr and tpr rise along g: the best TPR with FPR <= v is at the last g with FPR <= v.
-    levels = np.asarray(FPR_LEVELS)
-    last = np.stack([np.searchsorted(row, levels * total, side="right") - 1
+    last = np.stack([np.searchsorted(row, np.asarray(levels) * total, side="right") - 1
                      for row, total in zip(cumulative_fp.astype(np.float64), total_negative)])  # fmt: skip
     reached = np.take_along_axis(cumulative_tp, np.maximum(last, 0), axis=1)  # [B, levels]
     tpr = np.where(last >= 0, reached / total_positive[:, None], 0.0)
-    return {"auc": auc, "tpr_at_fpr": {v: tpr[:, i] for i, v in enumerate(FPR_LEVELS)}}
+    return {"auc": auc, "tpr_at_fpr": {v: tpr[:, i] for i, v in enumerate(levels)}}
 
 
 BOOTSTRAP_UNITS = ("examples", "targets", "both")
@@ -183,16 +222,17 @@ def bootstrap_figures(
     num_resamples: int,
     seed: int,
     chunk: int = 25,
+    levels=FPR_LEVELS,
 ) -> list[dict]:
     """Pooled AUC [B] and TPR at each FPR level [B] of every resample, for each set of scores.
 
     score_sets: K arrays [T, N]; membership: [T, N]. Every set is weighed by the same resamples,
     which is what pairs two attacks. A resample without members or non-members gives NaN.
-    Returns K dicts {"auc": [B], "tpr_at_fpr": {level (float): [B]}}.
+    Returns K dicts {"auc": [B], "tpr_at_fpr": {level (float): [B]}}, at every level.
     """
     num_targets, num_examples = membership.shape
     is_member = np.ravel(membership).astype(bool)
-    figures = [{"auc": [], "tpr_at_fpr": {v: [] for v in FPR_LEVELS}} for _ in score_sets]
+    figures = [{"auc": [], "tpr_at_fpr": {v: [] for v in levels}} for _ in score_sets]
     rankings = [Ranking.of(np.ravel(scores), is_member) for scores in score_sets]
     # Each item's target and example, in each ranking's score order: the weights in that order
     # are two gathers from the small count tables, never a [b, T * N] array put in order.
@@ -203,14 +243,14 @@ def bootstrap_figures(
             targets, examples = targets.astype(np.float64), examples.astype(np.float64)
         for ranking, (target, example), collected in zip(rankings, items, figures):
             with np.errstate(invalid="ignore", divide="ignore"):  # a resample without members is NaN
-                chunk_figures = _sorted_figures(targets[:, target] * examples[:, example], ranking)
+                chunk_figures = _sorted_figures(targets[:, target] * examples[:, example], ranking, levels)
             collected["auc"].append(chunk_figures["auc"])
-            for v in FPR_LEVELS:
+            for v in levels:
                 collected["tpr_at_fpr"][v].append(chunk_figures["tpr_at_fpr"][v])
     return [
         {
             "auc": np.concatenate(collected["auc"]),
-            "tpr_at_fpr": {v: np.concatenate(collected["tpr_at_fpr"][v]) for v in FPR_LEVELS},
+            "tpr_at_fpr": {v: np.concatenate(collected["tpr_at_fpr"][v]) for v in levels},
         }
         for collected in figures
     ]
@@ -226,26 +266,35 @@ def _too_few_targets(unit: str, num_targets: int) -> bool:
 
 
 def bootstrap_intervals(
-    scores: np.ndarray, membership: np.ndarray, unit: str, num_resamples: int, seed: int, chunk: int = 25
+    scores: np.ndarray,
+    membership: np.ndarray,
+    unit: str,
+    num_resamples: int,
+    seed: int,
+    chunk: int = 25,
+    min_false_positives: int = MIN_FALSE_POSITIVES,
+    levels=FPR_LEVELS,
 ) -> dict | None:
-    """95% percentile intervals of the pooled AUC and TPR at each FPR level.
+    """95% percentile intervals of the pooled AUC and TPR at each FPR level (of `levels`).
 
     scores, membership: [T, N]. unit = "examples" resamples the N examples (the same draw for
     every target, which keeps an example's scores under different targets together);
     "targets" resamples whole targets; "both" resamples targets and, independently, examples,
     so the interval covers a fresh target model and a fresh pool at once (the honest one when
     the claim is about the attack, not about these models or these examples). "targets" and
-    "both" are None when T < 2. Levels the point estimate cannot resolve get None.
+    "both" are None when T < 2. Levels that are not `resolvable` get None.
     """
     if num_resamples <= 0 or _too_few_targets(unit, scores.shape[0]):
         return None
-    (figures,) = bootstrap_figures([scores], membership, unit, num_resamples, seed, chunk)
+    (figures,) = bootstrap_figures([scores], membership, unit, num_resamples, seed, chunk, levels)
     num_nonmembers = int((~membership.astype(bool)).sum())
     return {
         "auc": _interval(figures["auc"]),
         "tpr_at_fpr": {
-            level_key(v): _interval(figures["tpr_at_fpr"][v]) if v >= 1.0 / num_nonmembers else None
-            for v in FPR_LEVELS
+            level_key(v): _interval(figures["tpr_at_fpr"][v])
+            if resolvable(v, num_nonmembers, min_false_positives)
+            else None
+            for v in levels
         },
     }
 
@@ -257,13 +306,14 @@ def paired_difference(
     num_resamples: int = 1000,
     seed: int = 0,
     unit: str = "both",
+    min_false_positives: int = MIN_FALSE_POSITIVES,
 ) -> dict:
     """Attack a minus attack b, with a paired percentile bootstrap of the difference.
 
     scores_a, scores_b, membership: [T, N]. Both attacks are weighed by the same resamples, so
     the noise they share (which targets, which examples) cancels and the interval is that of the
     difference itself, not two overlapping intervals. "A beats B" should be said only when the
-    interval excludes 0 (see `beats`). Returns, None marking an FPR level below 1/#non-members:
+    interval excludes 0 (see `beats`). Returns, None marking an FPR level that is not `resolvable`:
 
         auc: {"difference": float (pooled, as `summarize`), "ci95": [low, high] | None,
               "p_a_better": float | None (the fraction of resamples where a > b)}
@@ -274,7 +324,8 @@ def paired_difference(
     """
     scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     membership = np.asarray(membership, dtype=bool)
-    point_a, point_b = summarize(scores_a, membership), summarize(scores_b, membership)
+    point_a = summarize(scores_a, membership, min_false_positives)
+    point_b = summarize(scores_b, membership, min_false_positives)
     differences = None  # figure (AUC or an FPR level) -> a - b in each resample [B]
     if num_resamples > 0 and not _too_few_targets(unit, membership.shape[0]):
         figures_a, figures_b = bootstrap_figures([scores_a, scores_b], membership, unit, num_resamples, seed)
@@ -308,17 +359,25 @@ def beats(difference: dict | None) -> bool:
 
 
 def attack_metrics(
-    scores: np.ndarray, membership: np.ndarray, num_resamples: int = 200, seed: int = 0
+    scores: np.ndarray,
+    membership: np.ndarray,
+    num_resamples: int = 200,
+    seed: int = 0,
+    min_false_positives: int = MIN_FALSE_POSITIVES,
 ) -> dict:
     """The metrics.json entry of one attack. scores float [T, N]; membership bool [T, N].
 
     Top-level figures pool all T targets' scores; `per_target` lists each target's own; `ci95`
     holds bootstrap intervals over examples, over targets, and over both at once (see
-    `bootstrap_intervals`). Keys (None = JSON null):
+    `bootstrap_intervals`). A level is reported only where it allows min_false_positives
+    false positives (`resolvable`). Keys (None = JSON null):
 
         auc, balanced_acc: float
         tpr_at_fpr: {"1e-05": float | None, "0.0001": .., "0.001": .., "0.01": .., "0.1": ..}
-        min_resolvable_fpr: float (1 / num_nonmembers); num_members, num_nonmembers: int
+        tpr_at_fpr_unresolvable: {level: {"needs_nonmembers", "needs_targets", "needs_pool_size"}}
+            for each None level (see `what_would_resolve`)
+        min_resolvable_fpr: float (min_false_positives / num_nonmembers); min_false_positives,
+        num_members, num_nonmembers: int
         per_target: {"auc": [T], "balanced_acc": [T], "tpr_at_fpr": {level: [T] (None inside)},
                      "min_resolvable_fpr": [T]}
         ci95: {"examples": {"auc": [low, high], "tpr_at_fpr": {level: [low, high] | None}} | None,
@@ -328,8 +387,8 @@ def attack_metrics(
     """
     scores = np.asarray(scores, dtype=np.float64)
     membership = np.asarray(membership, dtype=bool)
-    pooled = summarize(scores, membership)
-    per_target = [summarize(s, m) for s, m in zip(scores, membership)]
+    pooled = summarize(scores, membership, min_false_positives)
+    per_target = [summarize(s, m, min_false_positives) for s, m in zip(scores, membership)]
     pooled["per_target"] = {
         "auc": [t["auc"] for t in per_target],
         "balanced_acc": [t["balanced_acc"] for t in per_target],
@@ -337,7 +396,10 @@ def attack_metrics(
         "min_resolvable_fpr": [t["min_resolvable_fpr"] for t in per_target],
     }
     pooled["ci95"] = {
-        unit: bootstrap_intervals(scores, membership, unit, num_resamples, seed) for unit in BOOTSTRAP_UNITS
+        unit: bootstrap_intervals(
+            scores, membership, unit, num_resamples, seed, min_false_positives=min_false_positives
+        )
+        for unit in BOOTSTRAP_UNITS
     }
     pooled["bootstrap_resamples"] = int(num_resamples)
     return pooled
@@ -385,14 +447,14 @@ def per_class_risk(scores: np.ndarray, membership: np.ndarray, labels: np.ndarra
     """Per-class TPR and FPR at one global threshold, and per-class AUC, of one attack.
 
     scores, membership: [T, N]; labels: [N]. The threshold is set on all non-members pooled at
-    FPR 1% (10% when there are fewer than 100 non-members, where 1% cannot be resolved), so a
+    FPR 1% (10% where 1% is not `resolvable`: fewer than 100 x k non-members), so a
     class with a higher TPR there is one an attacker with a single rule exposes more; its FPR
     shows whether that comes with more false alarms too. Returns {class: {"tpr", "fpr", "auc"}}
     and the level as result["level"].
     """
     is_member = membership.ravel()
     flat_scores, flat_labels = scores.ravel(), np.broadcast_to(labels, scores.shape).ravel()
-    level = 0.01 if (~is_member).sum() >= 100 else 0.1
+    level = 0.01 if resolvable(0.01, int((~is_member).sum())) else 0.1
     flagged = flat_scores > pooled_threshold(flat_scores, is_member, level)
     risk = {}
     for c in np.unique(labels):

@@ -20,7 +20,7 @@ def hand_case():
 
 
 def test_summary_of_a_hand_computed_case():
-    summary = metrics.summarize(*hand_case())
+    summary = metrics.summarize(*hand_case(), min_false_positives=1)
     assert summary["auc"] == pytest.approx(0.9)
     assert summary["balanced_acc"] == pytest.approx(0.85)
     assert summary["tpr_at_fpr"]["0.1"] == pytest.approx(2 / 3)
@@ -28,15 +28,53 @@ def test_summary_of_a_hand_computed_case():
     # Below 1 / 10 non-members no threshold can be told apart from FPR 0: not measured, so None.
     assert summary["tpr_at_fpr"]["0.01"] is None and summary["tpr_at_fpr"]["1e-05"] is None
     assert list(summary["tpr_at_fpr"]) == ["1e-05", "0.0001", "0.001", "0.01", "0.1"]
+    assert list(summary["tpr_at_fpr_unresolvable"]) == ["1e-05", "0.0001", "0.001", "0.01"]
+
+
+def test_a_level_is_reported_only_with_k_false_positives_allowed():
+    # 10 non-members: 10% allows one false positive, below the default k, so it is not reported.
+    summary = metrics.summarize(*hand_case())
+    assert metrics.MIN_FALSE_POSITIVES > 1 and summary["min_false_positives"] == metrics.MIN_FALSE_POSITIVES
+    assert all(value is None for value in summary["tpr_at_fpr"].values())
+    assert summary["min_resolvable_fpr"] == pytest.approx(metrics.MIN_FALSE_POSITIVES / 10)
+    # Exactly k allowed counts, k - 1 does not, whatever the rounding of k / n * n.
+    for k, n in [(10, 20800), (3, 7), (15, 41600), (10, 22400)]:
+        assert metrics.resolvable(k / n, n, k) and not metrics.resolvable((k - 1) / n, n, k)
+    assert metrics.resolvable(1e-3, 10_000, 10) and not metrics.resolvable(1e-3, 9_999, 10)
+
+
+def test_what_would_resolve_a_level_against_a_direct_count():
+    # 8 targets, 5,200 examples each, 2,600 non-members each: 1e-5 at k = 10 needs 1e6 non-members.
+    membership = np.zeros((8, 5200), bool)
+    membership[:, :2600] = True
+    scores = np.random.default_rng(0).normal(size=membership.shape) + membership
+    summary = metrics.summarize(scores, membership, min_false_positives=10)
+    assert summary["tpr_at_fpr"]["0.001"] is not None and summary["tpr_at_fpr"]["0.0001"] is None
+    assert set(summary["tpr_at_fpr_unresolvable"]) == {"1e-05", "0.0001"}
+    for key, entry in summary["tpr_at_fpr_unresolvable"].items():
+        level = float(key)
+        targets = next(t for t in range(1, 10**6) if level * 2600 * t >= 10)
+        pool = next(n for n in range(5200, 10**7, 2) if level * 8 * n / 2 >= 10)
+        assert entry == {
+            "needs_nonmembers": round(10 / level),
+            "needs_targets": targets,
+            "needs_pool_size": pool,
+        }
+        # What it names does resolve the level, and one target or two examples fewer would not.
+        assert metrics.resolvable(level, 2600 * targets) and not metrics.resolvable(
+            level, 2600 * (targets - 1)
+        )
+        assert metrics.resolvable(level, 4 * pool) and not metrics.resolvable(level, 4 * (pool - 2))
 
 
 def test_tpr_at_fpr_takes_the_best_tpr_at_or_below_the_level():
     # FPR exactly at the level counts (<=); one more non-member above the threshold does not.
     fpr = np.array([0.0, 0.0, 0.05, 0.1, 0.15, 1.0])
     tpr = np.array([0.0, 0.2, 0.3, 0.6, 0.9, 1.0])
-    assert metrics.tpr_at_fpr(fpr, tpr, 0.1, num_nonmembers=20) == 0.6
-    assert metrics.tpr_at_fpr(fpr, tpr, 0.01, num_nonmembers=20) is None
-    assert metrics.tpr_at_fpr(fpr, tpr, 0.05, num_nonmembers=20) == 0.3
+    assert metrics.tpr_at_fpr(fpr, tpr, 0.1, num_nonmembers=20, min_false_positives=1) == 0.6
+    assert metrics.tpr_at_fpr(fpr, tpr, 0.01, num_nonmembers=20, min_false_positives=1) is None
+    assert metrics.tpr_at_fpr(fpr, tpr, 0.05, num_nonmembers=20, min_false_positives=1) == 0.3
+    assert metrics.tpr_at_fpr(fpr, tpr, 0.1, num_nonmembers=20, min_false_positives=3) is None
 
 
 def test_tied_scores_count_half_and_match_sklearn():
@@ -55,7 +93,7 @@ def test_weighted_roc_equals_the_roc_of_repeated_data():
     figures = metrics.weighted_roc_figures(scores, is_member, weights)
     for b in range(4):
         repeated = np.repeat(np.arange(300), weights[b].astype(int))
-        expected = metrics.summarize(scores[repeated], is_member[repeated])
+        expected = metrics.summarize(scores[repeated], is_member[repeated], min_false_positives=1)
         assert figures["auc"][b] == pytest.approx(expected["auc"])
         assert figures["tpr_at_fpr"][0.1][b] == pytest.approx(expected["tpr_at_fpr"]["0.1"])
         assert figures["tpr_at_fpr"][0.01][b] == pytest.approx(expected["tpr_at_fpr"]["0.01"])
@@ -141,7 +179,7 @@ def test_paired_difference_of_an_attack_with_itself_is_exactly_zero():
     result = metrics.paired_difference(scores, scores, membership, num_resamples=50, seed=1)
     assert result["unit"] == "both" and result["resamples"] == 50
     entries = [result["auc"]] + [e for e in result["tpr_at_fpr"].values() if e is not None]
-    assert len(entries) == 3  # AUC and TPR at 1%, 10%; 1 / ~800 non-members > 0.1%
+    assert len(entries) == 2  # AUC and TPR at 10%; 1% of ~800 non-members allows fewer than k
     for entry in entries:
         assert entry == {"difference": 0.0, "ci95": [0.0, 0.0], "p_a_better": 0.0}
         assert not metrics.beats(entry)
@@ -176,7 +214,9 @@ def test_a_higher_point_estimate_alone_does_not_beat():
 
 def test_one_paired_resample_equals_sklearn_on_the_repeated_data():
     strong, weak, membership = separable_attacks(seed=7, num_targets=3, num_examples=20)
-    result = metrics.paired_difference(strong, weak, membership, num_resamples=1, seed=2)
+    result = metrics.paired_difference(
+        strong, weak, membership, num_resamples=1, seed=2, min_false_positives=1
+    )
     pairs = direct_two_level_resamples(np.stack([strong, weak], -1), membership, num_resamples=1, seed=2)
     ((repeated_scores, repeated_members),) = list(pairs)
     auc_a, tpr_a = sklearn_auc_and_tpr(repeated_scores[:, 0], repeated_members, 0.1)
@@ -201,3 +241,37 @@ def test_paired_difference_without_a_bootstrap_keeps_the_point_difference():
 def test_roc_needs_both_classes():
     with pytest.raises(ValueError, match="both members and non-members"):
         metrics.summarize(np.zeros(3), np.ones(3, bool))
+
+
+def test_intervals_cover_the_true_tpr_at_every_reported_level():
+    """300 simulated audits with a known ROC (non-members N(0, 1), members N(1, 1); 4 targets of
+    250 non-members and 250 members, independent scores, so resampling examples is the right
+    bootstrap). At every level reported (1% allows exactly k = 10 false positives here, 10%
+    allows 100) the 95% interval must hold the true TPR in 95% of the audits, up to 3 binomial
+    standard deviations. At 0.1%, one false positive allowed, it misses far more often and from
+    above, which is why such a level is not reported. The bias and coverage depend on the false
+    positives allowed, not on the level itself (docs/results/tpr_resolution)."""
+    from scipy import stats
+
+    num_audits, shift, num_targets, per_target = 300, 1.0, 4, 250
+    num_nonmembers = num_targets * per_target
+    reported = [v for v in metrics.FPR_LEVELS if metrics.resolvable(v, num_nonmembers)]
+    assert reported == [1e-2, 1e-1] and metrics.MIN_FALSE_POSITIVES == 1e-2 * num_nonmembers
+    truth = {v: stats.norm.sf(stats.norm.isf(v) - shift) for v in metrics.FPR_LEVELS}
+    covered, missed_above = dict.fromkeys(metrics.FPR_LEVELS, 0), dict.fromkeys(metrics.FPR_LEVELS, 0)
+    rng = np.random.default_rng(0)
+    for audit in range(num_audits):
+        membership = rng.permuted(np.arange(2 * per_target) < per_target * np.ones((num_targets, 1)), axis=1)
+        scores = rng.normal(size=membership.shape) + shift * membership
+        intervals = metrics.bootstrap_intervals(
+            scores, membership, "examples", 200, seed=audit, min_false_positives=1
+        )
+        for v in (1e-3, *reported):
+            low, high = intervals["tpr_at_fpr"][metrics.level_key(v)]
+            covered[v] += low <= truth[v] <= high
+            missed_above[v] += low > truth[v]
+    lowest_acceptable = 0.95 - 3 * np.sqrt(0.95 * 0.05 / num_audits)
+    for v in reported:
+        assert covered[v] / num_audits >= lowest_acceptable, (v, covered[v])
+    assert covered[1e-3] / num_audits < lowest_acceptable - 0.05, covered[1e-3]
+    assert missed_above[1e-3] > 0.75 * (num_audits - covered[1e-3]), missed_above[1e-3]

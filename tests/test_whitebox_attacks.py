@@ -121,11 +121,11 @@ def test_whitebox_comparison_pairs_each_white_box_attack_with_the_best_black_box
     from lira import studies
 
     run = studies.load_run(planted, whitebox=True)
-    metrics, rows = studies.whitebox_comparison(run, num_targets=3, level=0.01, num_resamples=50)
+    metrics, rows = studies.whitebox_comparison(run, num_targets=3, level=0.1, num_resamples=50)
     assert [row["a"] for row in rows] == WHITE_BOX and len({row["b"] for row in rows}) == 1
     best = rows[0]["b"]
     assert best in studies.WHITEBOX_RIVALS and not ATTACKS[best].needs_whitebox
-    key = "0.01"  # 0.1% is below 1 / #non-members here
+    key = "0.1"  # 1% allows fewer than metrics.MIN_FALSE_POSITIVES false positives here
     assert metrics["attacks"][best]["tpr_at_fpr"][key] == max(
         metrics["attacks"][name]["tpr_at_fpr"][key] for name in studies.WHITEBOX_RIVALS
     )

@@ -27,7 +27,7 @@ def _number(percent: float) -> str:
 
 
 def percent(value, interval=None) -> str:
-    """'3.45% [2.81, 4.38]'; 'n/r' for None (an FPR level the data cannot resolve)."""
+    """'3.45% [2.81, 4.38]'; 'n/r' for None (an FPR level too low for the data: lira.metrics.resolvable)."""
     if value is None:
         return NOT_RESOLVABLE
     text = f"{_number(100 * value)}%"
@@ -65,8 +65,8 @@ def _levels(metrics: dict) -> list[str]:
 def table_rows(metrics: dict, ci_unit: str = "both") -> tuple[list[str], list[list[str]]]:
     """Header and rows of the attack table: AUC, best balanced accuracy and TPR at each FPR level
     as percentages, with 95% intervals (bootstrap over `ci_unit`: by default targets and examples
-    together, examples alone for one target) when present and `n/r` where the level is below
-    1 / #non-members."""
+    together, examples alone for one target) when present and `n/r` where the level is not
+    resolvable (fewer than k false positives allowed, see `unresolvable_note`)."""
     levels = _levels(metrics)
     ci_unit = _unit(metrics, ci_unit)
     header = ["attack", "AUC", "bal. acc"] + [f"TPR@{100 * float(level):g}%" for level in levels]
@@ -124,16 +124,46 @@ def footnote(metrics: dict, ci_unit: str = "both") -> str:
             )
             text += f" {name}: offline a = {spread} ({how})."
     if any(v is None for entry in attacks for v in entry.get("tpr_at_fpr", {}).values()):
-        floors = sorted({e["min_resolvable_fpr"] for e in attacks if e.get("min_resolvable_fpr")})
-        where = ""
-        if floors:
-            where = f" = {floors[0]:.2g}" if len(floors) == 1 else f" = {floors[0]:.2g} to {floors[-1]:.2g}"
-        text += (
-            f" {NOT_RESOLVABLE}: not resolvable. The level is below 1/#non-members{where}, the smallest"
-            " non-zero FPR any threshold can have, so no TPR can be measured there (it is not 0);"
-            " attack more targets or a larger pool to reach it."
-        )
+        text += " " + unresolvable_note(list(attacks))
     return text
+
+
+def unresolvable_note(attacks: list[dict]) -> str:
+    """Why a level reads n/r, and the targets or pool size that would resolve it, from the
+    metrics.json entries of the attacks (metrics.json written before k existed: k = 1)."""
+    floors = sorted({e["min_resolvable_fpr"] for e in attacks if e.get("min_resolvable_fpr")})
+    where = ""
+    if floors:
+        where = f" = {floors[0]:.2g}" if len(floors) == 1 else f" = {floors[0]:.2g} to {floors[-1]:.2g}"
+    k = max((e.get("min_false_positives", 1) for e in attacks), default=1)
+    if k > 1:
+        why = (
+            f"it allows fewer than {k} false positives, and with so few the TPR is biased upward and its"
+            " interval misses the truth (docs/results/tpr_resolution), so it is not reported (it is not 0)"
+        )
+    else:
+        why = (
+            "the smallest non-zero FPR any threshold can have, so no TPR can be measured there (it is not 0)"
+        )
+    reach = what_would_resolve(attacks) or "Attack more targets or a larger pool to reach it."
+    return f"{NOT_RESOLVABLE}: not resolvable. The level is below {k}/#non-members{where}: {why}. {reach}"
+
+
+def what_would_resolve(attacks: list[dict]) -> str:
+    """'To resolve 0.01%: 77 targets (at this pool) or a pool of 50,000 (at these targets); ...',
+    from metrics.json's tpr_at_fpr_unresolvable ('' when absent: written before it existed)."""
+    needs = next((e["tpr_at_fpr_unresolvable"] for e in attacks if e.get("tpr_at_fpr_unresolvable")), None)
+    if not needs:
+        return ""
+    return (
+        "To resolve "
+        + "; ".join(
+            f"{100 * float(level):g}%: {need['needs_targets']:,} targets (at this pool) or a pool of "
+            f"{need['needs_pool_size']:,} (at these targets)"
+            for level, need in sorted(needs.items(), key=lambda item: -float(item[0]))
+        )
+        + "."
+    )
 
 
 def _accuracy_note(metrics: dict) -> str:
@@ -170,25 +200,30 @@ def markdown_table(metrics: dict, ci_unit: str = "both") -> str:
 
 
 def short_percent(value: float | None) -> str:
-    """'7.01%', '0.0382%', or 'n/r' for a level below 1/#non-members (None)."""
+    """'7.01%', '0.0382%', or 'n/r' for a level that is not resolvable (None)."""
     return "n/r" if value is None else f"{100 * value:.3g}%"
 
 
 def tpr_table(metrics: dict, levels=PAPER_LEVELS) -> str:
-    """Markdown table: AUC and TPR at each FPR level per attack. A level below 1/#non-members
-    cannot be measured (no threshold has that FPR); it reads `n/r` and the note gives the count."""
+    """Markdown table: AUC and TPR at each FPR level per attack. A level that allows fewer than k
+    false positives is not reported (lira.metrics.resolvable); it reads `n/r` and the note says
+    what would resolve it."""
     header = ["attack", "AUC"] + [f"TPR @ {100 * level:g}% FPR" for level in levels]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, entry in metrics["attacks"].items():
         cells = [short_percent(entry["tpr_at_fpr"][metrics_lib.level_key(level)]) for level in levels]
         lines.append(f"| {name} | {entry['auc']:.3f} | " + " | ".join(cells) + " |")
-    num_nonmembers = max(entry["num_nonmembers"] for entry in metrics["attacks"].values())
+    entries = list(metrics["attacks"].values())
+    num_nonmembers = max(entry["num_nonmembers"] for entry in entries)
+    k = max((entry.get("min_false_positives", 1) for entry in entries), default=1)
     lines += [
         "",
         f"{metrics['num_targets']} targets pooled: {num_nonmembers:,} non-member scores, so an FPR level "
-        f"below 1/{num_nonmembers:,} = {100 / num_nonmembers:.3g}% cannot be resolved (n/r); a level "
-        "just above it rests on a handful of false positives.",
+        f"below {k}/{num_nonmembers:,} = {100 * k / num_nonmembers:.3g}% is not reported (n/r): it allows "
+        f"fewer than {k} false positive{'s' if k > 1 else ''}.",
     ]
+    if any(value is None for entry in entries for value in entry["tpr_at_fpr"].values()):
+        lines[-1] = f"{lines[-1]} {what_would_resolve(entries)}".rstrip()
     return "\n".join(lines)
 
 
