@@ -44,6 +44,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    pixels: Pixels | None = None
 
     @property
     def is_image(self) -> bool:
@@ -59,6 +60,19 @@ class Dataset:
             "num_classes": int(self.num_classes),
             "input_shape": [int(d) for d in self.x_train.shape[1:]],
         }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pixels:
+    """uint8 images with the table that standardizes them: table[v, c] is what x_train and x_test
+    hold for pixel value v in channel c, computed by _preprocess itself. The trainer sends these
+    to the device, a quarter of the float32 bytes, and standardizes each batch there by looking
+    the table up (lira.training.step.DeviceImages): the same float32 values, bit for bit, which
+    recomputing (v / pixel_max - mean) / std on the device is not (XLA fuses it differently)."""
+
+    train: np.ndarray  # uint8 [N, H, W, C]
+    test: np.ndarray  # uint8 [N_test, H, W, C]
+    table: np.ndarray  # float32 [256, C]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +96,10 @@ def load_dataset(spec: str, data_dir: str | None = None, pool_size: int | None =
     raw = _load_raw(spec, data_dir)
     mean, std = _standardization(raw)
     pool = _pool_slice(len(raw.y_train), pool_size, spec)
+    pixels = None
+    if raw.pixel_max is not None and raw.x_train.dtype == np.uint8 and raw.x_test.dtype == np.uint8:
+        values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, raw.x_train.shape[-1]))
+        pixels = Pixels(raw.x_train[pool], raw.x_test, _preprocess(values, raw.pixel_max, mean, std))
     return Dataset(
         name=raw.name,
         x_train=_preprocess(raw.x_train[pool], raw.pixel_max, mean, std),
@@ -89,6 +107,7 @@ def load_dataset(spec: str, data_dir: str | None = None, pool_size: int | None =
         x_test=_preprocess(raw.x_test, raw.pixel_max, mean, std),
         y_test=raw.y_test,
         num_classes=raw.num_classes,
+        pixels=pixels,
     )
 
 

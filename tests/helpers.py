@@ -17,17 +17,17 @@ def synthetic_images(num_examples=96, num_classes=3, shape=(8, 8, 1), seed=0):
 
 
 def train_run(logdir, x, y, *, arch="cnn-tiny", num_models=4, model_ids=None, models_per_step=4, epochs=2,
-              batch_size=16, augment="weak", keep=None, stop_after_epochs=None, conv_impl=None,
+              batch_size=16, augment="weak", keep=None, stop_after_epochs=None, conv_impl=None, dtype=None,
               **training):  # fmt: skip
     """Trains models `model_ids` of a run and returns {model index: params and batch_stats};
-    `training`: further TrainingConfig fields (e.g. dp_noise_multiplier)."""
+    `training`: further TrainingConfig fields (e.g. dp_noise_multiplier); dtype: the compute dtype."""
     keep = masks.make_keep(num_models, len(y), 0.5, seed=0) if keep is None else keep
     config = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=0.05, augment=augment, seed=1,
                             models_per_step=models_per_step, **training)  # fmt: skip
     loop.train_models(
         logdir=logdir, x_train=x, y_train=y, x_test=x[:32], y_test=y[:32], num_classes=int(y.max()) + 1,
         keep=keep, arch=arch, config=config, model_ids=model_ids or (0, num_models), conv_impl=conv_impl,
-        progress=False, stop_after_epochs=stop_after_epochs,
+        dtype=dtype, progress=False, stop_after_epochs=stop_after_epochs,
     )  # fmt: skip
     return load_models(logdir, arch, x, y, config)
 

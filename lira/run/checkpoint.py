@@ -14,6 +14,9 @@ on its own schedule. A flat .npz per slice needs no coordination and restores bi
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -43,7 +46,61 @@ def latest_epoch(directory: Path) -> int:
 
 def save(directory: Path, epoch: int, state) -> None:
     """Writes a host copy of `state` (any flax-serializable pytree) as epoch `epoch`."""
-    flat = _named_leaves(jax.device_get(state))
+    _write(directory, epoch, _named_leaves(jax.device_get(state)))
+
+
+class AsyncSaver:
+    """Checkpoints written by a background thread, so training goes on while the file is written.
+
+    save() copies the state to the host on the caller's thread (the caller may then donate the
+    device buffers) and returns; the thread writes it as save() would, atomically, then runs the
+    save's `then` callback (the trainer appends the epochs' log rows there, so the log never
+    runs ahead of a checkpoint). At most one write is in flight: a second save() waits for the
+    first, which bounds the host memory to two copies of the state. A failed write raises on the
+    next save() or on wait(). `blocking_s` sums the time save() and wait() kept the caller.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.blocking_s = 0.0
+
+    def save(self, directory: Path, epoch: int, state, then: Callable[[], None] | None = None) -> float:
+        """Starts writing `state` as `epoch`; returns the seconds the caller was kept."""
+        tic = time.perf_counter()
+        self._join()
+        # np.array copies: on the CPU device_get may return views of buffers the caller donates next.
+        flat = {name: np.array(leaf) for name, leaf in _named_leaves(jax.device_get(state)).items()}
+        self._thread = threading.Thread(target=self._run, args=(directory, epoch, flat, then), daemon=True)
+        self._thread.start()
+        kept = time.perf_counter() - tic
+        self.blocking_s += kept
+        return kept
+
+    def wait(self) -> None:
+        """Blocks until the last write is on disk; raises its error, if any."""
+        tic = time.perf_counter()
+        self._join()
+        self.blocking_s += time.perf_counter() - tic
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self, directory, epoch, flat, then) -> None:
+        try:
+            _write(directory, epoch, flat)
+            if then is not None:
+                then()
+        except BaseException as error:  # re-raised on the training thread
+            self._error = error
+
+
+def _write(directory: Path, epoch: int, flat: dict) -> None:
     directory = Path(directory)
     layout.atomic_write(directory / f"epoch_{epoch:05d}.npz", lambda f: np.savez(f, **flat), "wb")
     for old in _epochs(directory):

@@ -191,10 +191,16 @@ class RunRecord:
     def from_json(cls, obj: dict) -> RunRecord:
         """Fields absent from `obj` (a run made by an older lira) take their defaults."""
         return cls(
-            config=Config.from_flat(obj.get("flags", {})), data=obj.get("data", {}), versions=obj.get("versions", {}),
+            config=Config.from_flat(_with_dtype(obj.get("flags", {}))), data=obj.get("data", {}),
+            versions=obj.get("versions", {}),
             git_commit=obj.get("git_commit"), queries=(obj.get("inference") or {}).get("queries"),
             whitebox=obj.get("whitebox"), dp=obj.get("dp"),
         )  # fmt: skip
+
+
+def _with_dtype(flags: dict) -> dict:
+    """A run recorded before --dtype existed computed in float32."""
+    return {**flags, "dtype": "float32"} if flags and "dtype" not in flags else flags
 
 
 def load_record(logdir: Path) -> RunRecord:

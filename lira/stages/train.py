@@ -28,8 +28,8 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
 
 
 def resolve(config: Config) -> Config:
-    """The config as the run records it: the canonical arch name and the backend's
-    models_per_step in place of 0. Validates first; reads and computes nothing."""
+    """The config as the run records it: the canonical arch name, and the backend's
+    models_per_step and dtype in place of 0 and None. Validates first; reads and computes nothing."""
     config.validate()
     arch = canonical_arch(config.model.arch)
     if config.training.dp and uses_batch_norm(arch):
@@ -41,7 +41,9 @@ def resolve(config: Config) -> Config:
     if config.data.pool_size is not None and config.data.canaries > config.data.pool_size:
         raise ValueError(f"--canaries={config.data.canaries} exceeds --pool_size={config.data.pool_size}.")
     models_per_step = config.training.models_per_step or loop.default_models_per_step(arch)
-    return config.replace(arch=arch, models_per_step=models_per_step)
+    return config.replace(
+        arch=arch, models_per_step=models_per_step, dtype=config.model.dtype or loop.default_dtype()
+    )
 
 
 def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, progress: bool = True) -> Path:
@@ -59,7 +61,9 @@ def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, pro
     dataset = load_dataset(config.data.dataset, config.data.data_dir, config.data.pool_size)
     canaries, labels = mislabel(dataset.y_train, dataset.num_classes, config.data.canaries, training.seed)
     dataset = dataclasses.replace(dataset, y_train=labels)
-    keep = masks.make_keep(training.num_shadows, len(dataset.y_train), training.pkeep, training.seed)
+    keep = masks.make_keep(
+        training.num_shadows, len(dataset.y_train), training.pkeep, training.seed, canaries=canaries
+    )
     guarantee = _guarantee(logdir, config, keep)
     if guarantee is not None:  # the trainer adds the noise the accountant picked
         training = dataclasses.replace(
@@ -74,7 +78,8 @@ def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, pro
     loop.train_models(
         logdir=logdir, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
         y_test=dataset.y_test, num_classes=dataset.num_classes, keep=keep, arch=config.model.arch,
-        config=training, model_ids=(start, stop), conv_impl=config.model.conv_impl, progress=progress,
+        config=training, model_ids=(start, stop), conv_impl=config.model.conv_impl, dtype=config.model.dtype,
+        pixels=dataset.pixels, progress=progress,
     )  # fmt: skip
     return logdir
 

@@ -108,7 +108,7 @@ def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, confi
         index, size = batches[step_in_epoch], sizes[step_in_epoch]
         padding = jnp.arange(index.shape[0]) >= size
         key = step_lib.augment_key(config, model_index, state.step)
-        images = augment_lib.augment(x[index], key, config.augment)
+        images = augment_lib.augment(step_lib.take(x, index), key, config.augment)
         grads, losses, correct = clipped_sum(state.params, images, y[index], is_padding_example=padding)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lira import dp, xla_flags
 from lira.config import TrainingConfig
+from lira.data import Pixels
 from lira.run import checkpoint, layout
 from lira.training import dpsgd
 from lira.training import step as step_lib
@@ -47,6 +48,32 @@ def default_models_per_step(arch: str, backend: str | None = None) -> int:
     if backend == "cpu":
         return 4 if arch.startswith("mlp") or not xla_flags.ynn_enabled() else 1
     return 1 if arch.startswith("wrn") else 64
+
+
+def default_dtype(backend: str | None = None) -> str:
+    """The compute dtype unless --dtype says otherwise: float32 on the CPU, whose bfloat16
+    matmuls and convolutions are emulated; on accelerators DEFAULT_ACCELERATOR_DTYPE (its
+    comment says what it rests on)."""
+    backend = backend or jax.default_backend()
+    return "float32" if backend == "cpu" else DEFAULT_ACCELERATOR_DTYPE
+
+
+# bfloat16 activations and convolutions trained cnn32 on the CIFAR-10 subset to the accuracy of
+# float32 (docs/results/bfloat16_parity/); GPU throughput: docs/bench_gpu.json.
+DEFAULT_ACCELERATOR_DTYPE = "bfloat16"
+
+
+def default_steps_per_call(num_steps: int, backend: str | None = None) -> int:
+    """Training steps one compiled call runs (a lax.fori_loop over them), unless --steps_per_call
+    says otherwise.
+
+    On accelerators a whole epoch: the host then dispatches once an epoch instead of once a step,
+    and the device never waits for Python. On the CPU one step a call: XLA:CPU runs convolutions
+    inside loops several times slower (jax issue 12868), and a dispatch costs little next to a
+    CPU step (docs/results/steps_per_call_cpu/).
+    """
+    backend = backend or jax.default_backend()
+    return 1 if backend == "cpu" else num_steps
 
 
 def model_mesh(num_models: int) -> Mesh:
@@ -80,7 +107,12 @@ def zero_totals(num_models: int, sharding):
 
 
 class Programs:
-    """The jitted programs for one model architecture and config, shared by every slice."""
+    """The jitted programs for one model architecture and config, shared by every slice.
+
+    step(state, totals, order, num_in, ids, x, y, step_in_epoch) -> (state, totals) advances the
+    stacked models one step; steps(..., first, stop) runs steps first..stop-1 of the epoch in one
+    lax.fori_loop. Both donate the state and totals.
+    """
 
     def __init__(self, model, config: TrainingConfig, num_steps_per_epoch: int, sample_input):
         self.tx = step_lib.make_optimizer(config, num_steps_per_epoch)
@@ -88,11 +120,11 @@ class Programs:
             step_lib.vmap_models(step_lib.make_init(model, self.tx, sample_input, dp=config.dp), (0, None)),
             static_argnums=1,
         )
-        if config.dp:
-            train_step = dpsgd.make_dp_train_step(model, self.tx, config, sample_input)
+        if config.dp:  # per-example clipping needs each model's own gradients: vmap the DP step
+            dp_step = dpsgd.make_dp_train_step(model, self.tx, config, sample_input)
+            step = step_lib.vmap_models(dp_step, (0, 0, 0, 0, None, None, None))
         else:
-            train_step = step_lib.make_train_step(model, self.tx, config)
-        step = step_lib.vmap_models(train_step, (0, 0, 0, 0, None, None, None))
+            step = step_lib.make_vectorized_step(model, self.tx, config)
 
         def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):
             state, loss, correct = step(state, order, num_in, ids, x, y, step_in_epoch)
@@ -100,11 +132,17 @@ class Programs:
             first_bad = jnp.where(~jnp.isfinite(loss) & (first_bad < 0), state.step - 1, first_bad)
             return state, (loss_sum + loss, correct_sum + correct, first_bad)
 
+        def steps(state, totals, order, num_in, ids, x, y, first, stop):
+            """Steps first..stop-1 of the epoch in one program (bounds traced: one compile)."""
+            body = lambda i, carry: multi_step(*carry, order, num_in, ids, x, y, i)
+            return jax.lax.fori_loop(first, stop, body, (state, totals))
+
         self.step = jax.jit(multi_step, donate_argnums=(0, 1))
+        self.steps = jax.jit(steps, donate_argnums=(0, 1))
         self.order = jax.jit(step_lib.vmap_models(step_lib.epoch_order, (0, 0, None, None)), static_argnums=3)
         predict = step_lib.vmap_models(lambda state, x: step_lib.predict(model, state, x), (0, None))
         self.correct = jax.jit(
-            lambda state, x, y: jnp.sum(jnp.argmax(predict(state, x), -1) == y[None], axis=1)
+            lambda state, x, y: jnp.sum(jnp.argmax(predict(state, step_lib.take(x)), -1) == y[None], axis=1)
         )
 
     def abstract_state(self, ids, seed: int, sharding):
@@ -121,6 +159,12 @@ class Programs:
     def init_slice(self, inputs: SliceInputs, seed: int):
         """The fresh stacked state of the slice's models, sharded over the model axis."""
         return jax.jit(self.init, static_argnums=1, out_shardings=inputs.by_model)(inputs.ids, seed)
+
+    def run_steps(self, state, totals, inputs: SliceInputs, order, num_in, x, y, first: int, stop: int):
+        """Steps first..stop-1 of the epoch: one call of `steps`, or of `step` for a single step."""
+        if stop - first == 1:
+            return self.step(state, totals, order, num_in, inputs.ids, x, y, first)
+        return self.steps(state, totals, order, num_in, inputs.ids, x, y, first, stop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,44 +213,59 @@ def train_models(
     config: TrainingConfig,
     model_ids: tuple[int, int],
     conv_impl: str | None = None,
+    dtype: str | None = None,
+    pixels: Pixels | None = None,
     progress: bool = True,
     stop_after_epochs: int | None = None,
-) -> None:
+) -> dict:
     """Trains models [start, stop) of `keep` [M, N] in steps of config.models_per_step models
-    (0: the backend's default), measuring test accuracy every config.eval_every epochs.
+    (0: the backend's default), computing in `dtype` (None: default_dtype()).
 
-    Resumes every slice from its last checkpoint; a finished slice is skipped. Appends one row
-    per (model, epoch) to train_log.jsonl. `stop_after_epochs` ends the run early (after that
-    many epochs of this call), as a kill would, for tests of resumption.
+    Resumes every slice from its last checkpoint; a finished slice is skipped. Saves every
+    config.checkpoint_every epochs (0: whenever the training since the last save took 20 times
+    what saving kept the trainer waiting, so saves cost at most ~5%) and after the last epoch,
+    in the background (checkpoint.AsyncSaver). Appends one row per (model, epoch) to
+    train_log.jsonl once the checkpoint that covers it is on disk, so a killed run logs no
+    epoch twice. Test accuracy every config.eval_every epochs on the first config.eval_examples
+    test examples, and on all of them after the last epoch. `stop_after_epochs` ends the run
+    early (after that many epochs of this call, without saving), as a kill would, for tests.
+
+    The dataset goes to the device once per process: as `pixels` (uint8, standardized on the
+    device to the same values) where the data has them, else x_train and x_test. Returns timings: {"train_s", "save_s",
+    "eval_s", "epochs", "model_steps"} (for bench/: where the time of a run goes).
     """
     config.validate()
     start, stop = model_ids
     models_per_step = config.models_per_step or default_models_per_step(arch)
-    eval_every = config.eval_every
-    model = get_model(arch, num_classes, conv_impl)
+    model = get_model(arch, num_classes, conv_impl, jnp.dtype(dtype or default_dtype()))
     num_steps = step_lib.steps_per_epoch(keep.shape[1], config.pkeep, config.batch_size)
+    per_call = config.steps_per_call or default_steps_per_call(num_steps)
     programs = Programs(model, config, num_steps, jnp.asarray(x_train[:1][0]))
     slices = [(a, min(a + models_per_step, stop)) for a in range(start, stop, models_per_step)]
     todo = [(a, b, checkpoint.latest_epoch(checkpoint.slice_dir(logdir, a, b))) for a, b in slices]
     remaining = sum((b - a) * (config.epochs - done) * num_steps for a, b, done in todo)
     bar = tqdm(total=remaining, unit="model-step", disable=not progress, dynamic_ncols=True)
-    epochs_run = 0
+    data = _DeviceData(x_train, y_train, x_test, y_test, config.eval_examples, pixels)
+    saver = checkpoint.AsyncSaver()
+    times = {"train_s": 0.0, "save_s": 0.0, "eval_s": 0.0, "epochs": 0, "model_steps": 0}
+    log_path = Path(logdir) / layout.TRAIN_LOG
     for a, b, done in todo:
         if done >= config.epochs:
             continue
         inputs = SliceInputs.place(keep, a, b)
-        x, y = jax.device_put(x_train, inputs.replicated), jax.device_put(y_train, inputs.replicated)
-        xt, yt = jax.device_put(x_test, inputs.replicated), jax.device_put(y_test, inputs.replicated)
+        x, y = data.train(inputs.replicated)
         folder = checkpoint.slice_dir(logdir, a, b)
         state = (
             programs.restore(folder, a, b, done, config.seed)
             if done
             else programs.init_slice(inputs, config.seed)
         )
+        pending_rows, trained_since_save, save_cost = [], 0.0, None
         for epoch in range(done, config.epochs):
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            if stop_after_epochs is not None and times["epochs"] >= stop_after_epochs:
+                saver.wait()
                 bar.close()
-                return
+                return times
             tic = time.perf_counter()
             if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
                 order, num_in = jax.device_put(
@@ -215,9 +274,10 @@ def train_models(
             else:
                 order, num_in = programs.order(inputs.keep, inputs.ids, epoch, config.seed), inputs.num_in
             totals = zero_totals(b - a, inputs.by_model)
-            for step_in_epoch in range(num_steps):
-                state, totals = programs.step(state, totals, order, num_in, inputs.ids, x, y, step_in_epoch)
-                bar.update(b - a)
+            for first in range(0, num_steps, per_call):
+                last = min(first + per_call, num_steps)
+                state, totals = programs.run_steps(state, totals, inputs, order, num_in, x, y, first, last)
+                bar.update((b - a) * (last - first))
             loss_sum, correct, first_bad = jax.device_get(totals)
             if (first_bad >= 0).any():
                 bad = np.flatnonzero(first_bad >= 0)
@@ -227,20 +287,75 @@ def train_models(
                     + f" (epoch {epoch + 1}); lower --lr or check the data."
                 )
             elapsed = time.perf_counter() - tic
+            times["train_s"] += elapsed
+            times["epochs"] += 1
+            times["model_steps"] += (b - a) * num_steps
+            trained_since_save += elapsed
             rows = _epoch_rows(a, epoch, loss_sum / num_steps, correct / (num_steps * config.batch_size))
-            if epoch + 1 == config.epochs or (eval_every and (epoch + 1) % eval_every == 0):
-                accuracy = _accuracy(programs, state, xt, yt)
-                for row, acc in zip(rows, accuracy):
+            last_epoch = epoch + 1 == config.epochs
+            if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+                tic = time.perf_counter()
+                xt, yt = data.test(inputs.replicated, subset=not last_epoch)
+                for row, acc in zip(rows, _accuracy(programs, state, xt, yt)):
                     row["test_acc"] = float(acc)
-            layout.append_jsonl(Path(logdir) / layout.TRAIN_LOG, rows)
-            checkpoint.save(folder, epoch + 1, state)
-            epochs_run += 1
+                    row["test_examples"] = int(xt.shape[0])
+                times["eval_s"] += time.perf_counter() - tic
+            pending_rows += rows
+            due = (
+                (epoch + 1) % config.checkpoint_every == 0
+                if config.checkpoint_every
+                else save_cost is None or trained_since_save >= SAVE_COST_RATIO * save_cost
+            )
+            if last_epoch or due:
+                save_cost = saver.save(folder, epoch + 1, state, then=_appender(log_path, pending_rows))
+                times["save_s"] += save_cost
+                pending_rows, trained_since_save = [], 0.0
             bar.set_postfix_str(
                 f"models {a}-{b - 1}, epoch {epoch + 1}/{config.epochs}, "
                 f"{(b - a) * num_steps * config.batch_size / elapsed:,.0f} ex/s, "
                 f"loss {np.mean(loss_sum) / num_steps:.3f}"
             )
+    tic = time.perf_counter()
+    saver.wait()
+    times["save_s"] += time.perf_counter() - tic
     bar.close()
+    return times
+
+
+# Automatic checkpoints: the training between two saves takes at least this many times what the
+# last save kept the trainer waiting (the host copy of the state; the file is written in the
+# background), so saving costs at most 1/20 = 5% of the training time.
+SAVE_COST_RATIO = 20.0
+
+
+def _appender(path: Path, rows: list[dict]):
+    return lambda: layout.append_jsonl(path, rows)
+
+
+class _DeviceData:
+    """The train and test arrays on the device, put there once per process and sharding (every
+    slice of the same size shares one copy), and the fixed test subset of the evaluations."""
+
+    def __init__(self, x_train, y_train, x_test, y_test, eval_examples: int, pixels: Pixels | None = None):
+        if pixels is not None:
+            x_train = step_lib.DeviceImages.of(pixels.train, pixels)
+            x_test = step_lib.DeviceImages.of(pixels.test, pixels)
+        self.host = {"train": (x_train, y_train), "test": (x_test, y_test)}
+        subset = eval_examples or len(y_test)
+        self.host["subset"] = (_rows(x_test, 0, subset), y_test[:subset])
+        self.placed: dict = {}
+
+    def _get(self, name: str, sharding):
+        key = (name, sharding)
+        if key not in self.placed:
+            self.placed[key] = tuple(jax.device_put(v, sharding) for v in self.host[name])
+        return self.placed[key]
+
+    def train(self, sharding):
+        return self._get("train", sharding)
+
+    def test(self, sharding, subset: bool):
+        return self._get("subset" if subset else "test", sharding)
 
 
 def _epoch_rows(first_model: int, epoch: int, loss, train_acc) -> list[dict]:
@@ -259,8 +374,12 @@ def _accuracy(programs: Programs, state, x, y) -> np.ndarray:
     """float [M]: each model's accuracy on (x, y), in batches."""
     correct = 0
     for i in range(0, x.shape[0], EVAL_BATCH):
-        correct = correct + programs.correct(state, x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH])
+        correct = correct + programs.correct(state, _rows(x, i, i + EVAL_BATCH), y[i : i + EVAL_BATCH])
     return np.asarray(jax.device_get(correct)) / x.shape[0]
+
+
+def _rows(x, start: int, stop: int):
+    return x.rows(start, stop) if isinstance(x, step_lib.DeviceImages) else x[start:stop]
 
 
 def load_slice_states(

@@ -1,8 +1,9 @@
 """Vectorized shadow training: the pure core.
 
-A `TrainState` holds M models stacked on a leading model axis. `make_train_step` builds a step
-for one model and vmaps it over that axis; every model draws its own minibatches from its own
-IN set (its own permutation every epoch) and its own augmentation, all on the device.
+A `TrainState` holds M models stacked on a leading model axis. `make_train_step` builds the step
+of one model and `make_vectorized_step` the step of M at once, its gradient taken outside the
+vmap (its docstring says why); every model draws its own minibatches from its own IN set (its
+own permutation every epoch) and its own augmentation, all on the device.
 
 Randomness is a function of (seed, model index, epoch or step) alone:
 
@@ -44,6 +45,38 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+
+
+@flax.struct.dataclass
+class DeviceImages:
+    """Images on the device as uint8 [N, H, W, C], standardized where they are read (`take`) by
+    lira.data.Pixels' table: the same float32 values as the host's x_train, from a quarter of
+    the bytes. Anywhere the trainer takes x, it takes either this or a float array."""
+
+    pixels: jax.Array  # uint8 [N, H, W, C]
+    table: jax.Array  # float32 [256, C]: table[v, c] the standardized value of pixel v in channel c
+
+    @classmethod
+    def of(cls, pixels, like) -> DeviceImages:
+        """uint8 `pixels` with the table of `like` (a lira.data.Pixels)."""
+        return cls(pixels, like.table)
+
+    @property
+    def shape(self):
+        return self.pixels.shape
+
+    def rows(self, start: int, stop: int) -> DeviceImages:
+        return self.replace(pixels=self.pixels[start:stop])
+
+    def take(self, index=slice(None)):
+        """float32 [..., H, W, C]: the standardized images pixels[index]."""
+        pixels = self.pixels[index].astype(jnp.int32)
+        return self.table[pixels, jnp.arange(pixels.shape[-1])]
+
+
+def take(x, index=slice(None)):
+    """x[index] of a float array or a DeviceImages, as float."""
+    return x.take(index) if isinstance(x, DeviceImages) else x[index]
 
 
 def steps_per_epoch(num_examples: int, pkeep: float, batch_size: int) -> int:
@@ -133,21 +166,85 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
 
     For one model: order int32 [N] and num_in from its keep row; x [N, ...], y [N] the whole
     pool, shared by all models. Only positions < num_in of `order` are read, so a model never
-    touches an OUT example.
+    touches an OUT example. This is the single-model step: make_vectorized_step advances many.
     """
+    batch, loss_fn, apply = _step_parts(model, tx, config)
 
     def step(state, order, num_in, model_index, x, y, step_in_epoch):
+        images, labels = batch(state, order, num_in, model_index, x, y, step_in_epoch)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, images, labels
+        )
+        return apply(state, grads, batch_stats, loss, logits, labels)
+
+    return step
+
+
+def make_vectorized_step(model: nn.Module, tx: optax.GradientTransformation, config: TrainingConfig):
+    """The step of make_train_step over M models stacked on a leading axis (every argument but
+    x, y and step_in_epoch has it), with the gradient taken OUTSIDE the vmap.
+
+    The models share no parameters, so the gradient of the sum over models of the vmapped
+    per-model losses, with respect to the stacked parameters, holds each model's own gradient:
+    the same values as vmapping a step that contains jax.grad. What differs is the program. Vmap a
+    gradient and every weight gradient becomes a convolution grouped by features over the model
+    axis whose window is the whole activation map, which XLA's GPU convolution rewriter cannot
+    give to cuDNN's backward-filter kernels; differentiate a vmapped forward pass and the weight
+    gradients carry batch_group_count = M, which it does (tests/test_train.py reads the HLO).
+    With one model it is make_train_step's program exactly (vmap_models' squeezed path).
+    """
+    batch, loss_fn, apply = _step_parts(model, tx, config)
+    batches = jax.vmap(batch, in_axes=(0, 0, 0, 0, None, None, None))
+    losses = jax.vmap(loss_fn)
+
+    def total_loss(params, batch_stats, images, labels):
+        loss, aux = losses(params, batch_stats, images, labels)
+        return jnp.sum(loss), (loss, aux)
+
+    def step(state, order, num_in, model_index, x, y, step_in_epoch):
+        images, labels = batches(state, order, num_in, model_index, x, y, step_in_epoch)
+        (_, (loss, (logits, batch_stats))), grads = jax.value_and_grad(total_loss, has_aux=True)(
+            state.params, state.batch_stats, images, labels
+        )
+        return jax.vmap(apply)(state, grads, batch_stats, loss, logits, labels)
+
+    single = make_train_step(model, tx, config)
+
+    def vectorized(state, order, num_in, model_index, x, y, step_in_epoch):
+        if state.step.shape[0] == 1:
+            return vmap_models(single, (0, 0, 0, 0, None, None, None))(
+                state, order, num_in, model_index, x, y, step_in_epoch
+            )
+        return step(state, order, num_in, model_index, x, y, step_in_epoch)
+
+    return vectorized
+
+
+def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: TrainingConfig):
+    """The three parts of one model's step, (batch, loss, apply), so that the single-model and
+    the vectorized step differ only in where the gradient is taken.
+
+    batch(state, order, num_in, model_index, x, y, step_in_epoch) -> (images, labels): the
+    model's minibatch, augmented.
+    loss(params, batch_stats, images, labels) -> (mean cross-entropy, (logits, new batch_stats)):
+    in float32 whatever the model computes in (the models cast their logits to float32).
+    apply(state, grads, batch_stats, loss, logits, labels) -> (state, loss, correct).
+    """
+
+    def batch(state, order, num_in, model_index, x, y, step_in_epoch):
         positions = (step_in_epoch * config.batch_size + jnp.arange(config.batch_size)) % num_in
         index = order[positions]
-        images = augment_lib.augment(x[index], augment_key(config, model_index, state.step), config.augment)
-        labels = y[index]
+        images = augment_lib.augment(
+            take(x, index), augment_key(config, model_index, state.step), config.augment
+        )
+        return images, y[index]
 
-        def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-            return cross_entropy(logits, labels).mean(), (logits, updates.get("batch_stats", {}))
+    def loss_fn(params, batch_stats, images, labels):
+        variables = {"params": params, "batch_stats": batch_stats}
+        logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return cross_entropy(logits, labels).mean(), (logits, updates.get("batch_stats", {}))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def apply(state, grads, batch_stats, loss, logits, labels):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
@@ -156,7 +253,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
         )
         return new_state, loss, correct
 
-    return step
+    return batch, loss_fn, apply
 
 
 def augment_key(config: TrainingConfig, model_index, global_step):
