@@ -36,7 +36,8 @@ case "${1:-demo}" in
     "$PY" experiments/train.py --dataset=digits --arch=cnn32 --num_shadows=32 --epochs=20 \
       --batch_size=64 --lr=0.05 --augment=none --models_per_step=4 --logdir=$logdir \
       --progress="${PROGRESS:-true}"
-    "$PY" experiments/inference.py --logdir=$logdir --queries=2 --progress="${PROGRESS:-true}"
+    # Queried on the views the models trained on: with --augment=none, the image alone (1 query).
+    "$PY" experiments/inference.py --logdir=$logdir --progress="${PROGRESS:-true}"
     "$PY" experiments/attack.py --logdir=$logdir --num_targets=32
     ;;
   *)

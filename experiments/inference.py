@@ -1,16 +1,20 @@
 """Queries every trained model on the audit pool and writes logits/NNNNN.npy [N, Q, C]
 (lira.stages.query).
 
-    python experiments/inference.py --logdir=exp/demo --queries=18
-    python experiments/inference.py --logdir=exp/demo --whitebox   # + gradient norms and activations
+    python experiments/inference.py --logdir=exp/demo               # the views the models trained on
+    python experiments/inference.py --logdir=exp/demo --queries=1   # the image alone
+    python experiments/inference.py --logdir=exp/demo --whitebox    # + gradient norms and activations
 
 Queries: 1 = the image, 2 = image and mirror, 18 = mirror x shifts in {-4, 0, 4}^2,
-162 = mirror x shifts in {-4..4}^2 (reflect padding). Non-image data has 1 query.
+162 = mirror x shifts in {-4..4}^2 (reflect padding). The default (0) follows the run's
+--augment: none 1, mirror 2, weak 18; non-image data has 1 query. A count with views the models
+never trained on is refused unless --allow_untrained_views.
 """
 
 from absl import flags
 
 from lira import cli, config
+from lira.run import layout
 from lira.stages import query
 
 FLAGS = flags.FLAGS
@@ -22,9 +26,13 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 def main(argv):
     del argv
     options = cli.section(config.QueryConfig)
-    written = query.query(FLAGS.logdir, options.queries, options.batch_size, FLAGS.progress, options.whitebox,
-                          options.whitebox_queries)  # fmt: skip
-    print(f"Wrote logits of {len(written)} models to {FLAGS.logdir}/logits; next: "
+    written = query.query(
+        FLAGS.logdir, options.queries, options.batch_size, FLAGS.progress, options.whitebox,
+        options.whitebox_queries, options.allow_untrained_views,
+    )  # fmt: skip
+    queries = layout.load_record(FLAGS.logdir).queries  # as resolved and recorded by the stage
+    per_example = f" ({queries} queries per example)" if queries else ""
+    print(f"Wrote logits of {len(written)} models{per_example} to {FLAGS.logdir}/logits; next: "
           f"python experiments/attack.py --logdir={FLAGS.logdir}")  # fmt: skip
 
 

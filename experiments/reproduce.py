@@ -39,11 +39,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 from lira import cli, config
 from lira.attacks import protocol
 from lira.run import layout
+from lira.training import augment
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("cpu", "paper")
@@ -65,7 +67,7 @@ NOTEBOOK_PACKAGES = ("nbformat", "nbclient", "ipykernel", "jupyter_client")
 # once, after the last epoch; per epoch it would add ~10 minutes.
 CPU_TRAIN = config.Config(
     config.DataConfig(dataset="npz:../shared/data/cifar10_6k.npz"),  # 5,170-example CIFAR-10 subset, offline
-    config.ModelConfig(arch="cnn32"),
+    config.ModelConfig(arch="cnn32", dtype="float32"),
     config.TrainingConfig(num_shadows=64, epochs=40, batch_size=32, lr=0.05, weight_decay=0.00005, momentum=0.9,
                           augment="mirror", pkeep=0.5, seed=0, models_per_step=1, eval_every=0),
 )  # fmt: skip
@@ -75,16 +77,17 @@ CPU_TRAIN = config.Config(
 # momentum 0.9, lr 0.1 with cosine decay, weight decay 5e-4, batch 256, mirror + 4-pixel shift
 # augmentation, 100 epochs (scripts/train_demo.sh), about 91-92% test accuracy per model. The
 # paper trains 256 models; 64 is the default here to keep one run within a day of one GPU, and
-# --num_shadows=256 gives the paper's count. Queries: 18 = mirror x shifts in {-4, 0, 4}^2, the
-# paper's augmented-query setting. CIFAR-100 uses the same architecture and schedule.
+# --num_shadows=256 gives the paper's count. CIFAR-100 uses the same architecture and schedule.
 PAPER_TRAIN = CPU_TRAIN.replace(  # the same optimizer, pkeep and seed
     dataset="cifar10", arch="wrn28-2", num_shadows=64, epochs=100, batch_size=256, lr=0.1, weight_decay=0.0005,
-    augment="weak", models_per_step=0, eval_every=1,  # models_per_step 0: the backend's default
+    augment="weak", models_per_step=0, eval_every=1, dtype=None,  # 0, None: the backend's defaults
 )  # fmt: skip
+# Queries: the views the models trained on (the inference stage's default, recorded in the run's
+# config.json): image and mirror for the cpu preset (2 queries), and for the paper preset the
+# paper's augmented-query setting, mirror x shifts in {-4, 0, 4}^2 (18 queries).
 PRESETS = {
-    "cpu": {"train": CPU_TRAIN, "logdir": "exp/c10_cpu", "queries": 18, "attacks": "all", "num_targets": 8},
-    "paper": {"train": PAPER_TRAIN, "logdir": "exp/paper_cifar10", "queries": 18, "attacks": "all",
-              "num_targets": 4},
+    "cpu": {"train": CPU_TRAIN, "logdir": "exp/c10_cpu", "attacks": "all", "num_targets": 8},
+    "paper": {"train": PAPER_TRAIN, "logdir": "exp/paper_cifar10", "attacks": "all", "num_targets": 4},
 }  # fmt: skip
 
 FLAGS = flags.FLAGS
@@ -110,7 +113,13 @@ cli.define_flags(config.DataConfig, config.ModelConfig, config.TrainingConfig, n
                  overrides=dict.fromkeys(OVERRIDES))  # fmt: skip
 flags.DEFINE_string("logdir", None, "Override the preset's run directory.")
 flags.DEFINE_integer(
-    "queries", None, f"Override the preset's queries: {', '.join(map(str, config.QUERY_COUNTS))}."
+    "queries",
+    None,
+    f"Override the preset's queries (the views the models trained on): "
+    f"{', '.join(map(str, config.QUERY_COUNTS))}, among the views of the preset's --augment.",
+)
+flags.DEFINE_bool(
+    "allow_untrained_views", False, "Pass --allow_untrained_views to inference.py (with --queries)."
 )
 flags.DEFINE_list("attacks", None, "Override the preset's attacks (comma list or 'all').")
 flags.DEFINE_integer("num_targets", None, "Override the preset's number of attacked targets.")
@@ -179,7 +188,8 @@ def settings(values: dict) -> dict:
         "experiment": experiment,
         "train": config.Config.from_flat(train),
         "logdir": from_cwd(values["logdir"]) if values.get("logdir") else logdir,
-        "queries": preset["queries"] if values.get("queries") is None else values["queries"],
+        "queries": values.get("queries") or None,  # None (or 0): the views the models trained on
+        "allow_untrained_views": bool(values.get("allow_untrained_views")),
         "attacks": preset["attacks"] if values.get("attacks") is None else ",".join(values["attacks"]),
         "num_targets": preset["num_targets"] if values.get("num_targets") is None else values["num_targets"],
     }
@@ -190,14 +200,23 @@ def settings(values: dict) -> dict:
 def _check(s: dict) -> None:
     """The stage scripts' own checks, run on the whole recipe before its first stage starts."""
     s["train"].validate()
-    config.QueryConfig(queries=s["queries"]).validate()
+    if s["queries"] is not None:  # image data assumed: a non-image --dataset is refused by inference.py
+        config.QueryConfig(queries=s["queries"]).validate()
+        augment.resolve_queries(s["queries"], s["train"].training.augment, True, s["allow_untrained_views"])
     config.AttackConfig(num_targets=s["num_targets"]).validate()
     s["attack_names"] = protocol.check_attack_names(s["attacks"].split(","))
 
 
+# The trainer's housekeeping (never the models), left out of the recipe at their defaults.
+HOUSEKEEPING = ("eval_examples", "checkpoint_every", "steps_per_call")
+
+
 def inert(train: config.Config) -> set[str]:
-    """Flags the recipe leaves out because they change nothing: DP-SGD's without DP, and no canaries."""
+    """Flags the recipe leaves out because they change nothing: DP-SGD's without DP, no canaries,
+    and the trainer's housekeeping at its defaults."""
     out = {"canaries"} if not train.data.canaries else set()
+    defaults = config.TrainingConfig()
+    out |= {name for name in HOUSEKEEPING if getattr(train.training, name) == getattr(defaults, name)}
     if not train.training.dp:
         out |= {f.name for f in dataclasses.fields(config.TrainingConfig) if f.name.startswith("dp_")}
     return out
@@ -208,13 +227,14 @@ def stages(s: dict, notebooks: bool, figures: str, progress: bool) -> list[Stage
     logdir = s["logdir"]
     script = lambda name: f"experiments/{name}.py"
     bars = [] if progress else ["--progress=false"]
+    queries = [] if s["queries"] is None else [f"--queries={s['queries']}"]
+    queries += ["--allow_untrained_views"] if s["allow_untrained_views"] else []
     train = [
         f"--{k}={v}" for k, v in s["train"].flat().items() if v is not None and k not in inert(s["train"])
     ]
     out = [
         Stage("train", [sys.executable, script("train"), *train, f"--logdir={logdir}", *bars]),
-        Stage("inference", [sys.executable, script("inference"), f"--logdir={logdir}",
-                            f"--queries={s['queries']}", *bars]),
+        Stage("inference", [sys.executable, script("inference"), f"--logdir={logdir}", *queries, *bars]),
         Stage("attack", [sys.executable, script("attack"), f"--logdir={logdir}", f"--attacks={s['attacks']}",
                          f"--num_targets={s['num_targets']}"]),
     ]  # fmt: skip
@@ -249,7 +269,8 @@ def attack_is_current(s: dict) -> str | None:
         "num_shadows_used": None,
     }
     found = {**{k: metrics.get(k) for k in expected}, "attacks": sorted(metrics.get("attacks", {}))}
-    if found != expected or metrics.get("num_queries") != s["queries"]:
+    queries = s["queries"] or np.load(logits[0], mmap_mode="r").shape[1]  # default: what inference made
+    if found != expected or metrics.get("num_queries") != queries:
         return None
     if len(logits) < num_models or path.stat().st_mtime < max(p.stat().st_mtime for p in logits):
         return None
@@ -267,7 +288,16 @@ def check_notebooks() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    names = ["scale", "experiment", *OVERRIDES, "logdir", "queries", "attacks", "num_targets"]
+    names = [
+        "scale",
+        "experiment",
+        *OVERRIDES,
+        "logdir",
+        "queries",
+        "allow_untrained_views",
+        "attacks",
+        "num_targets",
+    ]
     s = settings(
         {name: FLAGS[name].value for name in names}
     )  # a bad value: one line, exit status 2 (lira.cli)
@@ -278,6 +308,10 @@ def main(argv):
     print(
         f"# reproduce --scale={s['scale']} --experiment={s['experiment']}: {len(recipe)} stages, run in {ROOT}"
     )
+    if s["queries"] is None:
+        kind = s["train"].training.augment
+        print(f"# inference queries the views the models trained on: --augment={kind}, "
+              f"{augment.DEFAULT_QUERIES[kind]} queries (1 on non-image data)")  # fmt: skip
     if Path(os.getcwd()).resolve() != ROOT:
         print(f"cd {shlex.quote(str(ROOT))}")
     if FLAGS.notebooks and not any(stage.name == "notebooks" for stage in recipe):

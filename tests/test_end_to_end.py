@@ -150,3 +150,24 @@ def test_inference_call_groups_do_not_change_logits(single_run, tmp_path, monkey
     assert query.query(run, queries=1, progress=False) == [0, 1, 2, 3]
     np.testing.assert_allclose(logits(run), logits(single_run), rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits(run)[0], logits(run)[1])
+
+
+def test_untrained_views_are_refused_in_one_line(tmp_path):
+    """A run trained without augmentation has one view: --queries=2 is refused before any work,
+    and --allow_untrained_views lets it through to the next check (here: no keep.npy)."""
+    from lira import config
+    from lira.run import layout
+
+    record = layout.RunRecord(
+        config.Config().replace(dataset="digits", augment="none"), {"input_shape": [8, 8, 1]}
+    )
+    layout.save_record(tmp_path, record)
+    result = script("inference.py", f"--logdir={tmp_path}", "--queries=2", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "inference.py: error: --queries=2 has 1 view the models never trained on (the run's --augment=none); "
+        "valid: 0 (as trained: 1), 1, or add --allow_untrained_views to query them anyway."
+    )
+    result = script(
+        "inference.py", f"--logdir={tmp_path}", "--queries=2", "--allow_untrained_views", check=False
+    )
+    assert result.returncode == 2 and "keep.npy does not exist" in result.stderr

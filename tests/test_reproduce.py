@@ -16,12 +16,12 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 # The flags of the committed CPU reproduction (docs/results/cifar10_cpu/config.json), which
 # --scale=cpu must repeat exactly.
 CPU_TRAIN_FLAGS = [
-    "--dataset=npz:../shared/data/cifar10_6k.npz", "--arch=cnn32", "--num_shadows=64", "--pkeep=0.5",
+    "--dataset=npz:../shared/data/cifar10_6k.npz", "--arch=cnn32", "--dtype=float32", "--num_shadows=64", "--pkeep=0.5",
     "--epochs=40", "--batch_size=32", "--lr=0.05", "--warmup_epochs=1.0", "--weight_decay=5e-05",
     "--momentum=0.9", "--augment=mirror", "--seed=0", "--models_per_step=1", "--eval_every=0",
 ]  # fmt: skip
 C10_6K_CONFIG = {
-    "dataset": "npz:../shared/data/cifar10_6k.npz", "pool_size": None, "arch": "cnn32", "num_shadows": 64,
+    "dataset": "npz:../shared/data/cifar10_6k.npz", "pool_size": None, "arch": "cnn32", "dtype": "float32", "num_shadows": 64,
     "pkeep": 0.5, "epochs": 40, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-05, "momentum": 0.9,
     "warmup_epochs": 1.0, "augment": "mirror", "seed": 0, "models_per_step": 1,
 }  # fmt: skip
@@ -72,7 +72,8 @@ def test_cpu_dry_run_is_the_committed_reproduction():
     cmds = commands(result.stdout)
     assert list(cmds) == ["train.py", "inference.py", "attack.py"]
     assert cmds["train.py"] == [*CPU_TRAIN_FLAGS, "--logdir=exp/c10_cpu"]
-    assert cmds["inference.py"] == ["--logdir=exp/c10_cpu", "--queries=18"]
+    assert cmds["inference.py"] == ["--logdir=exp/c10_cpu"]  # the views the models trained on
+    assert "# inference queries the views the models trained on: --augment=mirror, 2 queries" in result.stdout
     assert cmds["attack.py"] == ["--logdir=exp/c10_cpu", "--attacks=all", "--num_targets=8"]
     # Every result-changing flag equals the committed run's, so the preset is what made it.
     assert (
@@ -80,7 +81,10 @@ def test_cpu_dry_run_is_the_committed_reproduction():
         == C10_6K_CONFIG
     )
     if COMMITTED_CONFIG.exists():
-        run_flags = json.loads(COMMITTED_CONFIG.read_text())["flags"]
+        run_flags = {
+            "dtype": "float32",
+            **json.loads(COMMITTED_CONFIG.read_text())["flags"],
+        }  # float32 before --dtype
         assert {k: run_flags.get(k) for k in C10_6K_CONFIG} == C10_6K_CONFIG
 
 
@@ -92,7 +96,8 @@ def test_paper_dry_run_and_overrides():
         "--batch_size=256", "--lr=0.1", "--warmup_epochs=1.0", "--weight_decay=0.0005", "--momentum=0.9",
         "--augment=weak", "--seed=0", "--models_per_step=0", "--eval_every=1", "--logdir=exp/paper_cifar10",
     ]  # fmt: skip
-    assert cmds["inference.py"] == ["--logdir=exp/paper_cifar10", "--queries=18"]
+    assert cmds["inference.py"] == ["--logdir=exp/paper_cifar10"]
+    assert "# inference queries the views the models trained on: --augment=weak, 18 queries" in result.stdout
     assert cmds["attack.py"] == ["--logdir=exp/paper_cifar10", "--attacks=all", "--num_targets=4"]
     # Every notebook of one run; dp_audit reads a sweep of runs (experiments/dp_audit.py).
     notebooks = sorted(
@@ -110,6 +115,12 @@ def test_paper_dry_run_and_overrides():
     assert "--dataset=cifar100" in cmds["train.py"] and "--epochs=3" in cmds["train.py"]
     assert "--arch=wrn10-1" in cmds["train.py"] and "--logdir=exp/paper_cifar100" in cmds["train.py"]
 
+    # Views the cpu preset's models never trained on, asked for explicitly.
+    result = reproduce("--scale=cpu", "--dry_run", "--queries=18", "--allow_untrained_views")
+    assert commands(result.stdout)["inference.py"] == [
+        "--logdir=exp/c10_cpu", "--queries=18", "--allow_untrained_views"
+    ]  # fmt: skip
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -118,6 +129,10 @@ def test_paper_dry_run_and_overrides():
         (["--experiment=imagenet"], "--experiment='imagenet' is unknown; valid: cifar10, cifar100."),
         (["--experiment=cifar100"], "has no cpu-scale data set"),
         (["--queries=7"], "valid: 1, 2, 18, 162"),
+        (
+            ["--queries=18"],
+            "--queries=18 has 16 views the models never trained on (the run's --augment=mirror)",
+        ),
         (["--attacks=lira,loss"], "Unknown attacks ['lira']"),
         (["--epochs=0"], "epochs must be >= 1, got 0."),  # train.py's own check, before any stage
         (["--pool_size=0"], "--pool_size must be >= 1, got 0."),
@@ -136,9 +151,9 @@ def test_tiny_run_end_to_end_then_resume(tmp_path):
     assert list(cmds) == ["train.py", "inference.py", "attack.py"]
     logits = sorted((logdir / "logits").glob("*.npy"))
     assert [p.name for p in logits] == [f"{m:05d}.npy" for m in range(6)]
-    assert np.load(logits[0]).shape == (64, 18, 10)  # the preset's 18 queries (8x8 digits are images)
+    assert np.load(logits[0]).shape == (64, 2, 10)  # trained with mirror: 2 queries (8x8 digits are images)
     metrics = json.loads((logdir / "report" / "metrics.json").read_text())
-    assert (metrics["num_models"], metrics["num_targets"], metrics["num_queries"]) == (6, 2, 18)
+    assert (metrics["num_models"], metrics["num_targets"], metrics["num_queries"]) == (6, 2, 2)
     assert "lira_online" in metrics["attacks"] and "rmia_offline" in metrics["attacks"]
 
     def mtimes():

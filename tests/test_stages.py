@@ -1,13 +1,19 @@
-"""The train stage's config checks, the split of models among processes, atomic writes."""
+"""The train stage's config checks, the split of models among processes, atomic writes, and the
+query stage's views: those the models trained on by default, others only when asked for."""
 
+import json
 import os
+import shutil
 import stat
+from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers import tiny_image_run_config
 
 from lira import config
 from lira.run import layout
-from lira.stages import train
+from lira.stages import query, train
 
 
 @pytest.mark.parametrize(
@@ -67,3 +73,55 @@ def test_figures_are_written_like_every_other_result(tmp_path):
     assert stat.S_IMODE((tmp_path / "figure.png").stat().st_mode) == 0o640
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
+
+
+@pytest.fixture(scope="module")
+def mirror_run(tmp_path_factory):
+    """2 mlp-tiny models trained with --augment=mirror on 96 8x8 colour images, 1 epoch: a run
+    whose trained views are the image and its mirror."""
+    root = tmp_path_factory.mktemp("mirror_run")
+    run_config = tiny_image_run_config(root, num_models=2, models_per_step=2, augment="mirror")
+    run_config = run_config.replace(arch="mlp-tiny", epochs=1)
+    train.train(run_config, root / "run", progress=False)
+    return root / "run"
+
+
+def _copy(run, tmp_path):
+    return Path(shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("logits", "whitebox")))
+
+
+@pytest.mark.parametrize(
+    ("augment", "input_shape", "expected"),
+    [("none", [8, 8, 3], 1), ("mirror", [8, 8, 3], 2), ("weak", [32, 32, 3], 18), ("weak", [64], 1)],
+)
+def test_default_queries_follow_the_runs_augmentation(augment, input_shape, expected):
+    record = layout.RunRecord(config.Config().replace(augment=augment), {"input_shape": input_shape})
+    assert query.resolve_queries(record, 0) == expected
+
+
+def test_query_records_the_views_it_made_and_refuses_untrained_ones(mirror_run, tmp_path):
+    run = _copy(mirror_run, tmp_path)
+    before = (run / layout.CONFIG).read_text()
+    for kwargs in ({"queries": 18}, {"whitebox": True, "whitebox_queries": 18}):
+        with pytest.raises(ValueError) as error:
+            query.query(run, progress=False, **kwargs)
+        flag = "--whitebox_queries" if "whitebox" in kwargs else "--queries"
+        assert str(error.value).startswith(f"{flag}=18 has 16 views the models never trained on (the run's "
+                                           "--augment=mirror); valid: 0 (as trained: 2), 1, 2, or add "
+                                           "--allow_untrained_views")  # fmt: skip
+        assert (run / layout.CONFIG).read_text() == before and not (run / layout.LOGITS_DIR).exists()
+
+    assert query.query(run, progress=False) == [0, 1]  # the default: as trained
+    assert np.load(layout.logits_path(run, 0)).shape == (96, 2, 4)
+    assert json.loads((run / layout.CONFIG).read_text())["inference"] == {"queries": 2}
+    with pytest.raises(
+        ValueError, match="holds logits for --queries=2; delete that folder to query with --queries=1"
+    ):
+        query.query(run, queries=1, progress=False)
+
+
+def test_untrained_views_are_queried_when_asked_for(mirror_run, tmp_path):
+    run = _copy(mirror_run, tmp_path)
+    assert query.query(run, queries=18, allow_untrained_views=True, progress=False) == [0, 1]
+    assert np.load(layout.logits_path(run, 1)).shape == (96, 18, 4)
+    assert json.loads((run / layout.CONFIG).read_text())["inference"] == {"queries": 18}

@@ -2,7 +2,11 @@
 written to logits/NNNNN.npy [N, Q, C] (what experiments/inference.py runs).
 
     from lira.stages import query
-    query.query("exp/demo", queries=18)
+    query.query("exp/demo")   # the views the models trained on (the run's --augment)
+    query.query("exp/demo", queries=2)
+
+The views a run may be queried with are those its training augmentation drew
+(lira.training.augment.resolve_queries); others are refused unless `allow_untrained_views`.
 """
 
 from __future__ import annotations
@@ -34,29 +38,45 @@ MIN_MODELS_PER_CALL = 4
 CPU_WHITEBOX_MODELS_PER_CALL = 1
 
 
-def query(logdir: str | Path, queries: int = 2, batch_size: int = 256, progress: bool = True,
-          whitebox: bool = False, whitebox_queries: int = 0) -> list[int]:  # fmt: skip
+def query(logdir: str | Path, queries: int = 0, batch_size: int = 256, progress: bool = True, whitebox: bool = False,
+          whitebox_queries: int = 0, allow_untrained_views: bool = False) -> list[int]:  # fmt: skip
     """Writes logits/NNNNN.npy, float32 [N, Q, C], for every trained model that lacks one, and
     with `whitebox` the white-box signals too (`query_whitebox`, with `whitebox_queries` or
-    `queries` queries).
+    `queries` queries). queries 0: the views the models trained on; the count made is recorded
+    in config.json ("inference").
 
     Streams over examples and writes each model's logits into a memory-mapped file that is
     renamed into place when complete, so memory stays at one batch and a kill loses nothing
     already written. Returns the model indices whose logits were written now.
     """
     QueryConfig(
-        queries=queries, batch_size=batch_size, whitebox=whitebox, whitebox_queries=whitebox_queries
-    ).validate()
+        queries=queries, batch_size=batch_size, whitebox=whitebox, whitebox_queries=whitebox_queries,
+        allow_untrained_views=allow_untrained_views,
+    ).validate()  # fmt: skip
+    record = layout.load_record(logdir)
+    queries = resolve_queries(record, queries, allow_untrained_views)
+    if whitebox:  # both counts checked before any work
+        whitebox_queries = resolve_queries(record, whitebox_queries or queries, allow_untrained_views,
+                                           "--whitebox_queries")  # fmt: skip
     written = _query_logits(logdir, queries, batch_size, progress)
     if whitebox:
-        query_whitebox(logdir, whitebox_queries or queries, progress)
+        query_whitebox(logdir, whitebox_queries, progress, allow_untrained_views)
     return written
+
+
+def resolve_queries(record: layout.RunRecord, queries: int, allow_untrained_views: bool = False,
+                    flag: str = "--queries") -> int:  # fmt: skip
+    """The query count the run in `record` is queried with for a requested `queries` (0: as its
+    --augment trained; lira.training.augment.resolve_queries)."""
+    is_image = len(record.data.get("input_shape", ())) == 3
+    return augment.resolve_queries(
+        queries, record.config.training.augment, is_image, allow_untrained_views, flag
+    )
 
 
 def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: bool) -> list[int]:
     logdir = Path(logdir)
     record = layout.load_record(logdir)
-    _check_queries(record, queries)
     if record.queries not in (None, queries) and layout.available_logits(logdir):
         raise ValueError(
             f"{logdir / layout.LOGITS_DIR} holds logits for --queries={record.queries}; "
@@ -85,13 +105,6 @@ def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: b
     chunk = max(1, batch_size // queries)
     return _stream(todo, programs, record.config.training, apply, (dataset.x_train,), outputs, lambda _: chunk,
                    progress)  # fmt: skip
-
-
-def _check_queries(record: layout.RunRecord, queries: int) -> None:
-    if len(record.data["input_shape"]) != 3 and queries != 1:
-        raise ValueError(
-            f"{record.config.data.dataset} is not image data, so it has a single query; got --queries={queries}."
-        )
 
 
 def _done(paths: list[Path], num_examples: int, queries: int) -> bool:
@@ -203,16 +216,18 @@ def _whitebox_bytes() -> int:
     return max(WHITEBOX_BYTES, int(limit * ACCELERATOR_WHITEBOX_FRACTION))
 
 
-def query_whitebox(logdir: str | Path, queries: int = 2, progress: bool = True) -> list[int]:
+def query_whitebox(logdir: str | Path, queries: int = 0, progress: bool = True,
+                   allow_untrained_views: bool = False) -> list[int]:  # fmt: skip
     """Writes whitebox/NNNNN_norms.npy, float32 [N, Q, L + 1] (the per-example loss-gradient norm
     of each layer with parameters, then of the whole model) and NNNNN_features.npy, float32
     [N, Q, F] (the penultimate activations) for every trained model that lacks them, from its
-    checkpoint (lira.training.whitebox). Streamed per model and atomic like the logits; refused
-    when a model that was queried before has lost its checkpoint. Returns the models written."""
-    QueryConfig(queries=queries).validate()
+    checkpoint (lira.training.whitebox), with Q = `queries` (0: the views the models trained on,
+    as `query`). Streamed per model and atomic like the logits; refused when a model that was
+    queried before has lost its checkpoint. Returns the models written."""
+    QueryConfig(whitebox_queries=queries).validate()
     logdir = Path(logdir)
     record = layout.load_record(logdir)
-    _check_queries(record, queries)
+    queries = resolve_queries(record, queries, allow_untrained_views, "--whitebox_queries")
     previous = (record.whitebox or {}).get("queries")
     if previous not in (None, queries) and layout.available_whitebox(logdir):
         raise ValueError(
