@@ -155,8 +155,9 @@ def reference_is_valid(keep, targets, attack, count, seed=0):
             if num_in < spec.min_in or num_out < spec.min_out:
                 return False
             most_in, most_out = max(most_in, num_in), max(most_out, num_out)
-        if spec.pooled and ((spec.min_in and most_in < 2) or (spec.min_out and most_out < 2)):
-            return False  # a pooled variance needs some example with two references of a kind
+        online = spec.references == "in_and_out"
+        if spec.pooled and online and ((spec.min_in and most_in < 2) or (spec.min_out and most_out < 2)):
+            return False  # online, a pooled variance needs some example with two references of a kind
     return True
 
 

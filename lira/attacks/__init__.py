@@ -50,8 +50,10 @@ ATTACKS: dict[str, AttackSpec] = {
     "attack_r": AttackSpec(baselines.attack_r, "out", 0, 1),
     "shokri": AttackSpec(shokri.shokri, "in_and_out", 1, 1, needs_logits=True),
     # Two of each, because the per-example variances are unbiased (ddof=1). The fixed-variance
-    # variants need only a mean per example, so one of each; their pooled variance needs some
-    # example with two. This is why they work with very few shadow models (LiRA, Sec. VI).
+    # variants need only a mean per example, so one of each; online, their pooled variance needs
+    # some example with two, while offline with one OUT reference each it is pooled around the
+    # overall mean (the RMIA paper's one-reference case). This is why they work with very few
+    # shadow models (LiRA, Sec. VI).
     "lira_online": AttackSpec(lira_attacks.lira_online, "in_and_out", 2, 2),
     "lira_online_fixed_var": AttackSpec(lira_attacks.lira_online_fixed_var, "in_and_out", 1, 1, pooled=True),
     "lira_offline": AttackSpec(lira_attacks.lira_offline, "out", 0, 2),

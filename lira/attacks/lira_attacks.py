@@ -10,6 +10,8 @@ Deliberate differences from the reference code (tensorflow/privacy, mi_lira_2021
 - means are means (the reference code uses medians) and variances are unbiased (ddof=1);
 - the fixed-variance variants pool each of the IN and OUT variances from per-example-centred
   values; the reference code takes the uncentred IN std for both;
+  when every example has a single reference (offline, K = 1), the values are pooled around
+  their global mean instead (nothing else is left to centre on);
 - offline is one-sided only; the reference code's two-sided test is not offered.
 
 Beyond the reference code, `likelihood="student_t"` replaces the plug-in Gaussian by the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from lira.attacks.common import AttackInputs, log_normal_density
+from lira.attacks.common import AttackInputs, log_normal_density, variance_floor
 from lira.config import LIRA_LIKELIHOODS as LIKELIHOODS
 
 
@@ -47,12 +49,33 @@ def _fit(inputs: AttackInputs, kind: str, fixed_variance: bool, signal: str = "p
     mean, variance, count = inputs.moments(signal, kind)
     count = count[..., None].astype(np.float64)
     if fixed_variance:
-        variance = inputs.pooled_variance(signal, kind)[:, None, None]
-        per_example = count[..., 0]
-        dof = (np.maximum(per_example - 1, 0).sum(axis=1) * mean.shape[-1])[:, None, None].astype(np.float64)
+        variance = inputs.pooled_variance(signal, kind)
+        dof = np.maximum(count[..., 0] - 1, 0).sum(axis=1) * mean.shape[-1]  # [T]
+        single = dof == 0  # one reference per example (offline at K = 1): nothing to centre on
+        if single.any():
+            global_variance, global_dof = _global_variance(mean, count)
+            variance, dof = np.where(single, global_variance, variance), np.where(single, global_dof, dof)
+        variance, dof = variance[:, None, None], dof[:, None, None].astype(np.float64)
     else:
         dof = count - 1
     return mean, variance, count, dof
+
+
+def _global_variance(mean: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(variance [T], degrees of freedom [T]) of the reference values over all examples and
+    queries, around their global mean (ddof=1). mean: [T, N, Q]; count: [T, N, 1].
+
+    With one reference per example its value is the example's mean, so no deviation from an
+    example's own mean exists to pool; the spread across examples is what is left. This is what
+    lets an offline LiRA run at K = 1 (the RMIA paper's one-reference case). It includes the
+    differences between examples' means, so it is wider than a per-example-centred pool."""
+    has = np.broadcast_to(count > 0, mean.shape)
+    values = np.where(has, mean, 0.0)
+    number = has.sum(axis=(1, 2)).astype(np.float64)
+    centre = values.sum(axis=(1, 2)) / np.maximum(number, 1)
+    squared = np.where(has, (mean - centre[:, None, None]) ** 2, 0.0).sum(axis=(1, 2))
+    variance = squared / np.maximum(number - 1, 1)
+    return np.maximum(variance, variance_floor(centre)), np.maximum(number - 1, 0)
 
 
 def _log_density(x, mean, variance, count, dof, likelihood):
