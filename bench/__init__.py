@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The CIFAR-10 subset of the GPU check's vectorized run; gpu_check.sh copies it there from
+# ../shared/data (data_cache/ is ignored by git and travels to the GPU machine).
+CIFAR10_SUBSET = ROOT / "data_cache" / "cifar10_6k.npz"
 
 
 def child_env() -> dict:

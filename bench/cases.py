@@ -10,7 +10,7 @@ import numpy as np
 from lira.config import TrainingConfig
 from lira.training import masks
 
-METHODS = ("vmap", "loop", "torch")
+METHODS = ("vmap", "grad_in_vmap", "loop", "torch")
 TORCH_LAYOUTS = ("nchw", "channels_last")
 TORCH_MALLOCS = ("glibc", "thp")
 # glibc's malloc asks the kernel for transparent huge pages (docs/performance.md): XLA's
@@ -42,9 +42,11 @@ WORKLOADS = {
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One timed configuration. models_per_step is 1 for loop and torch (one model a step).
-    conv_impl: lira.config.CONV_IMPLS for vmap and loop; for torch, None (NCHW) or
-    "channels_last". malloc, torch only: one of TORCH_MALLOCS for its worker process (None: the
-    GLIBC_TUNABLES of the process that starts it, as for vmap and loop)."""
+    conv_impl: lira.config.CONV_IMPLS for the JAX methods; for torch, None (NCHW) or
+    "channels_last". dtype: the compute dtype (torch: float32, or float16 under autocast, on a
+    GPU). malloc, torch only: one of TORCH_MALLOCS for its worker process (None: the
+    GLIBC_TUNABLES of the process that starts it, as for the JAX methods). steps_per_call, vmap
+    only: steps in one compiled call (0: the trainer's default on the backend)."""
 
     arch: str
     method: str
@@ -52,12 +54,14 @@ class Case:
     conv_impl: str | None = None
     dtype: str = "float32"
     malloc: str | None = None
+    steps_per_call: int = 0
 
     @property
     def name(self) -> str:
         parts = [self.arch, self.method, f"x{self.models_per_step}"]
         parts += [self.conv_impl] if self.conv_impl else []
         parts += [] if self.dtype == "float32" else [self.dtype]
+        parts += [f"call{self.steps_per_call}"] if self.steps_per_call else []
         parts += ["thp"] if self.malloc == "thp" else []
         return "/".join(parts)
 
@@ -75,6 +79,22 @@ def synthetic_data(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.nd
     x = rng.standard_normal((workload.num_examples, *workload.input_shape), dtype=np.float32)
     y = rng.integers(0, workload.num_classes, workload.num_examples).astype(np.int32)
     return x, y
+
+
+def synthetic_pixels(workload: Workload, seed: int = 0):
+    """The pool as the trainer holds real images (lira.data.Pixels: uint8 [N, H, W, C] and the
+    float32 [256, C] table that standardizes them on the device), uniform pixels; None for
+    tabular workloads, and where lira has no Pixels."""
+    from lira import data
+
+    if len(workload.input_shape) != 3 or not hasattr(data, "Pixels"):
+        return None
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (workload.num_examples, *workload.input_shape), dtype=np.uint8)
+    table = np.repeat(
+        ((np.arange(256, dtype=np.float32) / 255 - 0.5) / 0.25)[:, None], workload.input_shape[-1], 1
+    )
+    return data.Pixels(pixels, pixels[:1], table)
 
 
 def bench_keep(num_models: int, num_examples: int) -> np.ndarray:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The vectorized trainer on one GPU, in one time-boxed command (bench/gpu_check.py):
-# benchmarks cnn32 and wrn28-2 against the jitted single-model loop, trains 64 cnn32 models on
-# the CIFAR-10 subset and checks model i against a single-model run of i, times the white-box query
-# stage and the DP-SGD step, writes docs/bench_gpu.json and prints the LiRA paper's projection
+# The vectorized trainer on one GPU, in one time-boxed command (bench/gpu_check.py), issue 21's
+# questions first: wrn28-2 and cnn32 at the trainer's defaults against the jitted single-model
+# loop (float32 and bfloat16), a real training call against its step, 1-64 models a step, the
+# step before issue 21; then the check (64 cnn32 models on the CIFAR-10 subset, model i against a
+# single-model run of i), PyTorch's fp16 baseline, the white-box query stage and the DP-SGD step.
+# Writes docs/bench_gpu.json (each part as it finishes) and prints the LiRA paper's projection
 # and a summary.
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine (experiments/gpu_check.sh forwards here)
 #   bash bench/gpu_check.sh --smoke          # tiny sizes on the CPU, as the tests run it
-#   bash bench/gpu_check.sh --budget_s=300 --parts=end_to_end
+#   bash bench/gpu_check.sh --budget_s=300 --parts=probe,end_to_end
 #
 # The CIFAR-10 subset: ../shared/data/cifar10_6k.npz is copied into data_cache/ (ignored by
 # git), which travels to a machine where ../shared does not; without it, synthetic images.

@@ -1,10 +1,12 @@
-"""The PyTorch baseline of lira/harness.py: shadow models trained one after another, eagerly.
+"""The PyTorch baseline of bench/harness.py: shadow models trained one after another, eagerly.
 
 This is how ML Privacy Meter trains its reference models (a plain PyTorch loop over one model
 at a time), rebuilt here with the same layer widths as lira/training/models.py, the same SGD (momentum
 0.9, weight decay 5e-4), batch size, training augmentation (mirror + reflect-padded shift by up
 to 4 pixels) and per-model sampling from each model's own IN set. Batches are indexed straight
 out of a resident tensor rather than through a DataLoader, which only flatters the baseline.
+On a GPU, a case of dtype float16 runs as ML Privacy Meter runs there: fp16 autocast with a
+gradient scaler, channels_last.
 
 Imported only when torch is installed (requirements-bench.txt); the library never needs it.
 """
@@ -66,13 +68,59 @@ class CNN(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class WideResNetBlock(nn.Module):
+    """lira.training.models.WideResNetBlock: BN-ReLU-conv twice, 1x1 projection shortcut taken
+    from the first BN-ReLU's output."""
+
+    def __init__(self, in_features: int, features: int, stride: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.BatchNorm2d(in_features, eps=1e-5), nn.BatchNorm2d(features, eps=1e-5)
+        self.conv1 = nn.Conv2d(in_features, features, 3, stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=False)
+        project = in_features != features or stride != 1
+        self.shortcut = nn.Conv2d(in_features, features, 1, stride, bias=False) if project else None
+
+    def forward(self, x):
+        y = F.relu(self.norm1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(y)
+        y = self.conv2(F.relu(self.norm2(self.conv1(y))))
+        return shortcut + y
+
+
+class WideResNet(nn.Module):
+    """lira.training.models.WideResNet: WRN-depth-width, pre-activation (BatchNorm momentum 0.1
+    in PyTorch's convention is flax's 0.9)."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 28, width: int = 2):
+        super().__init__()
+        per_group = (depth - 4) // 6
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        blocks, features = [], 16
+        for group, out in enumerate((16 * width, 32 * width, 64 * width)):
+            for block in range(per_group):
+                blocks.append(WideResNetBlock(features, out, 2 if group > 0 and block == 0 else 1))
+                features = out
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.BatchNorm2d(features, eps=1e-5)
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.blocks(self.stem(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
 def make_model(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if arch in ("mlp", "mlp-tiny"):
         return MLP(math.prod(input_shape), num_classes, (512, 256, 128) if arch == "mlp" else (16,))
     widths = {"cnn32": (32, 3), "cnn64": (64, 3), "cnn-tiny": (4, 2)}
     if arch in widths:
         return CNN(input_shape[-1], num_classes, *widths[arch])
-    raise ValueError(f"No PyTorch baseline for --arch={arch}; it has: mlp, mlp-tiny, {', '.join(widths)}.")
+    wrns = {"wrn28-2": (28, 2), "wrn28-10": (28, 10), "wrn10-1": (10, 1)}
+    if arch in wrns:
+        return WideResNet(input_shape[-1], num_classes, *wrns[arch])
+    raise ValueError(
+        f"No PyTorch baseline for --arch={arch}; it has: mlp, mlp-tiny, {', '.join([*widths, *wrns])}."
+    )
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -96,6 +144,13 @@ class TorchRunner:
     def __init__(self, case, workload, x, y, model_steps: int, num_models: int = 4, augment: str = "weak"):
         torch.set_num_threads(len(os.sched_getaffinity(0)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.autocast = case.dtype == "float16"  # ML Privacy Meter's mixed precision on a GPU
+        if self.autocast and self.device.type != "cuda":
+            raise ValueError(
+                f"The PyTorch case {case.name} asks for fp16 autocast, which needs CUDA; this has none."
+            )
+        if case.dtype not in ("float32", "float16"):
+            raise ValueError(f"The PyTorch baseline runs float32 or float16 (autocast), not {case.dtype}.")
         self.generator = torch.Generator(self.device).manual_seed(0)
         is_image = len(workload.input_shape) == 3
         x = np.moveaxis(x, -1, 1) if is_image else x  # NHWC -> NCHW
@@ -121,6 +176,7 @@ class TorchRunner:
             )
             for model in self.models
         ]
+        self.scalers = [torch.amp.GradScaler("cuda", enabled=self.autocast) for _ in self.models]
         keep = bench_keep(num_models, workload.num_examples)
         self.orders = [
             torch.from_numpy(np.flatnonzero(row))[torch.randperm(int(row.sum()))].to(self.device)
@@ -149,14 +205,16 @@ class TorchRunner:
         return images, self.y[index]
 
     def run(self) -> None:
-        for m, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+        for m, (model, optimizer, scaler) in enumerate(zip(self.models, self.optimizers, self.scalers)):
             model.train()
             for _ in range(self.steps):
                 images, labels = self._batch(m)
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(images), labels)
-                loss.backward()
-                optimizer.step()
+                with torch.autocast(self.device.type, torch.float16, enabled=self.autocast):
+                    loss = F.cross_entropy(model(images), labels)
+                scaler.scale(loss).backward()  # the identity when autocast is off
+                scaler.step(optimizer)
+                scaler.update()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
