@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -275,3 +276,25 @@ def test_uint8_pixels_standardized_on_the_device_train_the_same_models(tmp_path)
             np.testing.assert_array_equal(a, b)
     logs = [(tmp_path / name / "train_log.jsonl").read_text() for name in runs]
     assert logs[0] == logs[1]  # the evaluations too
+
+
+def test_training_imports_without_the_dp_libraries():
+    """An accelerator image may lack jax-privacy and dp-accounting (the GPU machine's does): the
+    trainer, the query stage and the benchmarks import them only for DP."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('jax_privacy', 'dp_accounting'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import lira.training.loop, lira.stages.train, lira.stages.query, bench.training, bench.end_to_end\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -17,7 +17,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lira import dp
 from lira.config import Config
 from lira.data import load_dataset, mislabel
 from lira.run import layout
@@ -93,6 +92,8 @@ def _guarantee(logdir: Path, config: Config, keep: np.ndarray) -> dict | None:
         recorded = layout.load_record(logdir).dp
         if recorded is not None:
             return recorded
+    from lira import dp  # DP only: an accelerator image may lack jax-privacy
+
     return dp.account(config.training, keep).to_json()
 
 

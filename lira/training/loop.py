@@ -20,11 +20,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from lira import dp, xla_flags
+from lira import xla_flags
 from lira.config import TrainingConfig
 from lira.data import Pixels
 from lira.run import checkpoint, layout
-from lira.training import dpsgd
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -121,6 +120,8 @@ class Programs:
             static_argnums=1,
         )
         if config.dp:  # per-example clipping needs each model's own gradients: vmap the DP step
+            from lira.training import dpsgd  # DP only: an accelerator image may lack jax-privacy
+
             dp_step = dpsgd.make_dp_train_step(model, self.tx, config, sample_input)
             step = step_lib.vmap_models(dp_step, (0, 0, 0, 0, None, None, None))
         else:
@@ -230,7 +231,7 @@ def train_models(
     test examples, and on all of them after the last epoch. `stop_after_epochs` ends the run
     early (after that many epochs of this call, without saving), as a kill would, for tests.
 
-    The dataset goes to the device once per process: as `pixels` (uint8, standardized on the
+    The dataset goes to the device once per call (one call a process in the train stage): as `pixels` (uint8, standardized on the
     device to the same values) where the data has them, else x_train and x_test. Returns timings: {"train_s", "save_s",
     "eval_s", "epochs", "model_steps"} (for bench/: where the time of a run goes).
     """
@@ -268,6 +269,8 @@ def train_models(
                 return times
             tic = time.perf_counter()
             if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
+                from lira import dp  # DP only, as in Programs
+
                 order, num_in = jax.device_put(
                     dp.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
                 )

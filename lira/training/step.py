@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax_privacy import noise_addition
 
 from lira.config import TrainingConfig
 from lira.training import augment as augment_lib
@@ -117,6 +116,8 @@ def make_optimizer(config: TrainingConfig, num_steps_per_epoch: int) -> optax.Gr
         return optimizer
     if config.dp_noise_multiplier is None:
         raise ValueError("DP training needs its noise multiplier resolved from --dp_target_epsilon first.")
+    from jax_privacy import noise_addition  # DP only: an accelerator image may lack jax-privacy
+
     privatizer = noise_addition.gaussian_privatizer(
         stddev=config.dp_noise_multiplier * config.dp_clip_norm, prng_key=jax.random.PRNGKey(0)
     )  # the key is a placeholder: make_init gives every model its own
