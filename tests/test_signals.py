@@ -69,7 +69,7 @@ def test_model_signals_equal_the_definitions():
     logits[0, 0] = [300.0, -5, 0, 1, 2, 3]  # a saturated model: 1 - p rounds to 0
     labels = rng.integers(0, 6, 50)
     labels[0] = 0
-    one = signals.model_signals(logits, labels, signals.ProbabilitySignal())
+    one = signals.model_signals(logits, labels, signals.ProbabilitySignal("taylor"))
     np.testing.assert_allclose(
         one["phi"], signals.logit_scaled_confidence(logits, labels[:, None]), rtol=1e-6
     )

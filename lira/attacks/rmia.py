@@ -3,47 +3,56 @@
     LR_q(u) = p_q(u | target) / p_q(u),   score(x) = fraction of population z with a majority of
                                                      queries q where LR_q(x) / LR_q(z) >= gamma
 
-Defaults are the authors' CIFAR-10 configuration (ml_privacy_meter, research/2024_rmia:
-its attack_configs for CIFAR-10, signals.py, main.py):
-- p is their soft-margin Taylor softmax of the logits at temperature 2, margin 0.6, 4 terms
-  (`lira.attacks.signals.ProbabilitySignal`);
+p must be a probability: a ratio of numbers outside [0, 1] (or of two signs) ranks nothing. The
+default is p_y = softmax(z / 2)_y. The authors' signal (`signal="taylor"`: soft-margin Taylor
+softmax, temperature 2, margin 0.6, 4 terms) is a cubic in z / 2, negative for logits below about
+-3.2, which models that memorize produce in bulk; `terms=5` is a quartic, positive, so in [0, 1].
+The choice is measured in docs/results/rmia_signal. Every call warns once
+(`InvalidProbabilityWarning`) when the signal leaves [0, 1], and reports the fraction in its info.
+
+The rest is the authors' CIFAR-10 configuration (ml_privacy_meter, research/2024_rmia: its
+attack_configs for CIFAR-10, signals.py, main.py):
 - p_q(u) is the 20% trimmed mean of p_q over the reference models of u; online over its IN and
   OUT references (equal numbers), offline over its OUT references, corrected to
   ((1 + a) p_out + (1 - a)) / 2 with a = 0.3 (their CIFAR-10 value; 0.6 for CIFAR-100, 0.2 for
-  Purchase-100), or `offline_a="auto"`, fitted from the reference models (`fit_offline_a`);
+  Purchase-100), or `offline_a="auto"`: the a under which the offline attack best finds the
+  members of reference models attacked in the target's place (lira/attacks/rmia_offline_a.py);
 - gamma = 2; with Q queries, the pairwise test per query and a majority vote over queries;
 - the population is the target's non-members (all of them, as their code; `num_population`
-  draws a subsample), with x left out of its own population. Their code instead rescales
+  draws a subsample), the same for every x (`vote_fractions`). Their code then rescales
   non-members' fractions with a line that credits each one comparison it never won (with
   gamma > 1 the self-pair is never counted), which drives the AUC of saturated models below 0.5.
 
-The vote fraction takes few distinct values, so many examples tie (on the digits demo, 16
-non-members tied with 88 members at 1.0); ties are broken by the query-mean LR(x), which keeps
-every fraction's order and makes low FPRs resolvable.
-
-Our earlier configuration stays as options: `signal="softmax", temperature=1` (plain p_y),
-`trim=0` (plain mean), `aggregation="mean"` (p averaged over queries, then one test).
+Many examples tie on the vote fraction; the query-mean LR(x) breaks ties, keeping every
+fraction's order, so low FPRs are resolvable. Our earlier configuration stays as options:
+`temperature=1` (plain p_y), `trim=0` (plain mean), `aggregation="mean"` (one test on the mean p).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lira.attacks.common import EXAMPLE_CHUNK, AttackInputs
+from lira.attacks.rmia_offline_a import fit_offline_a
 from lira.config import RMIA_AGGREGATIONS as AGGREGATIONS
 from lira.config import AttackConfig
 
-# The authors' configuration, declared with the attack stage's flags (lira/config.py).
+# The defaults are the attack stage's flags (lira/config.py), as are the signal's.
 DEFAULT_GAMMA = AttackConfig.rmia_gamma
 DEFAULT_OFFLINE_A = float(AttackConfig.rmia_offline_a)
 DEFAULT_NUM_POPULATION = None  # every non-member of the target, as the authors' code
 DEFAULT_TRIM = AttackConfig.rmia_trim
 PAIR_BLOCK = 256  # examples x ...
 POPULATION_BLOCK = 8192  # ... compared with this many z in one compiled call
+
+
+class InvalidProbabilityWarning(UserWarning):
+    """RMIA's probability signal has values outside [0, 1]."""
 
 
 def check_options(gamma: float, trim: float, aggregation: str, offline_a=None) -> None:
@@ -195,8 +204,13 @@ def _vote_counts(ratio_x, inverse_ratio_z, valid_z, gamma, num_queries):
 
 
 def vote_fractions(ratio: np.ndarray, population: np.ndarray, gamma: float) -> np.ndarray:
-    """For every pool example x, the fraction of population z (x itself left out) with
-    LR_q(x) / LR_q(z) >= gamma on a majority of the Q queries.
+    """For every pool example x, the fraction of population z with LR_q(x) / LR_q(z) >= gamma
+    on a majority of the Q queries: one function of x's ratios, member or not.
+
+    A non-member x is compared with itself like any z (LR_q(x) / LR_q(x) being 1: a loss for
+    gamma > 1, a win otherwise, as a member's comparison with a non-member twin of equal ratios). Leaving it out, dividing a non-member's wins by P - 1 and a member's by P, ranks a
+    non-member above every member with as many wins; where many examples beat the same few z
+    (models that fit every example) that inverts the attack (on the digits demo, AUC below 0.5).
 
     ratio: float [N, Q], LR_q of every pool example; population: int [P] -> float [N]. The
     division is made as the authors' code makes it, LR_q(x) * (1 / LR_q(z)), in float32.
@@ -227,14 +241,7 @@ def vote_fractions(ratio: np.ndarray, population: np.ndarray, gamma: float) -> n
             votes = _vote_counts(jnp.asarray(padded[:, start : start + PAIR_BLOCK]), block_z, valid_z, gamma,
                                  num_queries)  # fmt: skip
             counts[start:stop] += np.asarray(votes)[: stop - start]
-    inverse = inverse[:, : len(population)].T  # [P, Q] again, for the self-pairs
-    in_population = np.zeros(num_examples, bool)
-    in_population[population] = True
-    self_pair = np.zeros(num_examples, np.int64)  # x's comparison with itself, where it was counted
-    self_pair[population] = (
-        2 * np.sum(ratio[population] * inverse >= np.float32(gamma), axis=-1) > num_queries
-    )
-    return (counts - self_pair) / np.maximum(len(population) - in_population, 1)
+    return counts / len(population)
 
 
 def break_ties(fraction: np.ndarray, tie_breaker: np.ndarray) -> np.ndarray:
@@ -246,27 +253,17 @@ def break_ties(fraction: np.ndarray, tie_breaker: np.ndarray) -> np.ndarray:
     return fraction + 0.5 * gap * rank
 
 
-def fit_offline_a(probability: np.ndarray, is_in: np.ndarray, is_out: np.ndarray) -> float:
-    """The offline a that best maps OUT references' mean p to the online mean, from references alone.
-
-    The offline correction assumes p_online = ((1 + a) p_out + (1 - a)) / 2, the online mean
-    being (p_in + p_out) / 2, that is p_in - 1 = a (p_out - 1). Least squares over every example
-    and query of one target's references: probability [M, N, Q]; is_in, is_out bool [M, N].
-    Clipped to [0, 1]. The target's outputs are not used.
-    """
-    values = probability.astype(np.float64)
-
-    def mean(mask):
-        return np.sum(np.where(mask[..., None], values, 0.0), axis=0) / np.maximum(mask.sum(0), 1)[:, None]
-
-    mean_in, mean_out = mean(is_in).ravel(), mean(is_out).ravel()
-    has_both = np.repeat((is_in.sum(0) > 0) & (is_out.sum(0) > 0), values.shape[-1])
-    x, y = mean_out[has_both] - 1.0, mean_in[has_both] - 1.0
-    denominator = float(np.sum(x * x))
-    return float(np.clip(np.sum(x * y) / denominator, 0.0, 1.0)) if denominator > 0 else 1.0
+def outside_unit_interval(probability: np.ndarray) -> tuple[int, int]:
+    """(values not in [0, 1], values) of a probability signal [M, N, Q]; NaN counts as outside."""
+    inside = np.count_nonzero((probability >= 0) & (probability <= 1))
+    return int(probability.size - inside), int(probability.size)
 
 
-def _check_signal(inputs: AttackInputs, signal: str, temperature: float, margin: float, terms: int) -> None:
+def _probability(inputs: AttackInputs, name: str, aggregation: str, signal: str, temperature: float,
+                 margin: float, terms: int) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """-> (p [M, N, Q], or [M, N, 1] averaged over queries for aggregation="mean"; info for the
+    report: {"signal_outside_unit_interval": fraction}). Checks that the signals hold the
+    probability asked for, and warns once if it leaves [0, 1]."""
     computed = inputs.signals.probability_signal
     wanted = (signal, float(temperature), float(margin), int(terms))
     if computed is None or inputs.signals.probability is None:
@@ -274,48 +271,65 @@ def _check_signal(inputs: AttackInputs, signal: str, temperature: float, margin:
     have = (computed.kind, float(computed.temperature), float(computed.margin), int(computed.terms))
     if have != wanted:
         raise ValueError(f"RMIA was asked for signal {wanted} but the signals hold {have}.")
-
-
-def _rmia(inputs, reference_mask, gamma, trim, aggregation, num_population, offline_a=None):
+    outside, total = outside_unit_interval(inputs.signals.probability)
+    if outside:
+        warnings.warn(
+            f"{name}: {outside} of the {total} values ({outside / total:.2%}) of its signal lie outside [0, 1] "
+            f"(--rmia_signal={signal} --rmia_temperature={temperature:g}"
+            + (f" --rmia_margin={margin:g} --rmia_terms={terms})" if signal == "taylor" else ")")
+            + ", so its likelihood ratios are not ratios of probabilities (--rmia_signal=softmax is always in "
+            "[0, 1]).", InvalidProbabilityWarning, stacklevel=3,
+        )  # fmt: skip
     probability = inputs.signals.probability
-    if aggregation == "mean":
-        probability = probability.mean(axis=-1, keepdims=True)
+    probability = probability.mean(axis=-1, keepdims=True) if aggregation == "mean" else probability
+    return probability, {"signal_outside_unit_interval": outside / total}
+
+
+def attack_scores(ratio: np.ndarray, population: np.ndarray, gamma: float, num_population: int | None,
+                  seed: int) -> np.ndarray:  # fmt: skip
+    """ratio [N, Q] of one target, population int [P] -> scores [N]: vote fractions, ties broken."""
+    fraction = vote_fractions(ratio, choose_population(population, num_population, seed), gamma)
+    return break_ties(fraction, ratio.mean(axis=-1))
+
+
+def _rmia(inputs, probability, reference_mask, gamma, trim, num_population, offline_a=None):
     reference = trimmed_reference_mean(probability, reference_mask, trim)  # [T, N, Q]
     if offline_a is not None:
         reference = (1.0 + offline_a)[:, None, None] / 2 * reference + (1.0 - offline_a)[:, None, None] / 2
     target = probability[inputs.targets].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = target / reference
-    scores = np.empty((inputs.num_targets, probability.shape[1]))
-    for row in range(inputs.num_targets):
-        population = choose_population(inputs.populations[row], num_population, inputs.seeds[row])
-        fraction = vote_fractions(ratio[row], population, gamma)
-        scores[row] = break_ties(fraction, ratio[row].mean(axis=-1))
-    return scores
+    return np.stack([
+        attack_scores(ratio[row], inputs.populations[row], gamma, num_population, inputs.seeds[row])
+        for row in range(inputs.num_targets)
+    ])  # fmt: skip
 
 
 def rmia_online(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, num_population: int | None = DEFAULT_NUM_POPULATION,
-                trim: float = DEFAULT_TRIM, aggregation: str = "vote", signal: str = "taylor",
-                temperature: float = 2.0, margin: float = 0.6, terms: int = 4) -> np.ndarray:  # fmt: skip
-    """-> scores [T, N]; p(u) over each example's IN and OUT references (equal numbers)."""
+                trim: float = DEFAULT_TRIM, aggregation: str = "vote", signal: str = AttackConfig.rmia_signal,
+                temperature: float = AttackConfig.rmia_temperature, margin: float = AttackConfig.rmia_margin,
+                terms: int = AttackConfig.rmia_terms):  # fmt: skip
+    """-> (scores [T, N], info); p(u) over each example's IN and OUT references (equal numbers)."""
     check_options(gamma, trim, aggregation)
-    _check_signal(inputs, signal, temperature, margin, terms)
-    return _rmia(inputs, inputs.is_in | inputs.is_out, gamma, trim, aggregation, num_population)
+    probability, info = _probability(inputs, "rmia_online", aggregation, signal, temperature, margin, terms)
+    return _rmia(inputs, probability, inputs.is_in | inputs.is_out, gamma, trim, num_population), info
 
 
 def rmia_offline(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, offline_a: float | str = DEFAULT_OFFLINE_A,
                  num_population: int | None = DEFAULT_NUM_POPULATION, trim: float = DEFAULT_TRIM,
-                 aggregation: str = "vote", signal: str = "taylor", temperature: float = 2.0, margin: float = 0.6,
-                 terms: int = 4):  # fmt: skip
-    """-> (scores [T, N], {"offline_a": [a per target]}); OUT references only, with
-    p(u) = ((1 + a) p_out(u) + (1 - a)) / 2 and a given or fitted ("auto")."""
+                 aggregation: str = "vote", signal: str = AttackConfig.rmia_signal,
+                 temperature: float = AttackConfig.rmia_temperature, margin: float = AttackConfig.rmia_margin,
+                 terms: int = AttackConfig.rmia_terms):  # fmt: skip
+    """-> (scores [T, N], info: the a per target, whether fitted, and on which models);
+    OUT references only, with p(u) = ((1 + a) p_out(u) + (1 - a)) / 2, a given or fitted ("auto")."""
     check_options(gamma, trim, aggregation, offline_a)
-    _check_signal(inputs, signal, temperature, margin, terms)
+    probability, info = _probability(inputs, "rmia_offline", aggregation, signal, temperature, margin, terms)
     if offline_a == "auto":
-        probability = inputs.signals.probability
-        a = np.array([fit_offline_a(probability, inputs.is_in[row], inputs.is_out[row])
-                      for row in range(inputs.num_targets)])  # fmt: skip
+        a, info["offline_a_models"] = fit_offline_a(
+            inputs, probability, lambda mask: trimmed_reference_mean(probability, mask, trim),
+            lambda ratio, population, seed: attack_scores(ratio, population, gamma, num_population, seed),
+        )  # fmt: skip
     else:
         a = np.full(inputs.num_targets, float(offline_a))
-    scores = _rmia(inputs, inputs.offline_out, gamma, trim, aggregation, num_population, a)
-    return scores, {"offline_a": [float(v) for v in a], "offline_a_fitted": offline_a == "auto"}
+    scores = _rmia(inputs, probability, inputs.offline_out, gamma, trim, num_population, a)
+    return scores, {"offline_a": [float(v) for v in a], "offline_a_fitted": offline_a == "auto", **info}

@@ -8,7 +8,7 @@ file at a time, so that the attack stage never holds the full `[M, N, Q, C]` log
   LiRA's signal (Carlini et al. 2022): it is log(p_y / (1 - p_y)) but computed without ever
   forming 1 - p_y, which rounds to 0 for a confident model and would make phi infinite.
 - cross-entropy  CE = logsumexp(z) - z_y
-- RMIA's probability: the authors' soft-margin Taylor softmax by default (`ProbabilitySignal`)
+- RMIA's probability: p_y of softmax(z / T) by default, or the authors' soft-margin Taylor softmax (`ProbabilitySignal`)
 """
 
 from __future__ import annotations

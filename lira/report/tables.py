@@ -116,7 +116,11 @@ def footnote(metrics: dict, ci_unit: str = "both") -> str:
     for name, entry in metrics["attacks"].items():
         if entry.get("offline_a"):
             values = entry["offline_a"]
-            how = "fitted from each target's references" if entry.get("offline_a_fitted") else "given"
+            how = (
+                "fitted on reference models attacked in the target's place"
+                if entry.get("offline_a_fitted")
+                else "given"
+            )
             spread = (
                 f"{min(values):.3g}"
                 if min(values) == max(values)
