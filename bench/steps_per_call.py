@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 
 from bench import cases as bench_cases
+from bench import harness
 from lira import cli
 from lira.run import layout
 from lira.training import loop
 from lira.training import step as step_lib
-from lira.training.models import get_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("arch", ["mlp", "cnn32"], "Architectures.")
@@ -42,25 +41,21 @@ def time_arch(arch: str) -> dict:
         FLAGS.batch_size,
     )  # fmt: skip
     x, y = bench_cases.synthetic_data(workload)
-    config = bench_cases.train_config(workload, "weak")
     num_models = FLAGS.models_per_step or loop.default_models_per_step(arch)
-    num_steps = step_lib.steps_per_epoch(workload.num_examples, 0.5, config.batch_size)
-    programs = loop.Programs(get_model(arch, workload.num_classes), config, num_steps, jnp.asarray(x[0]))
-    inputs = loop.SliceInputs.place(bench_cases.bench_keep(num_models, workload.num_examples), 0, num_models)
-    x, y = jax.device_put(x, inputs.replicated), jax.device_put(y, inputs.replicated)
-    order = programs.order(inputs.keep, inputs.ids, 0, 0)
-    state = programs.init_slice(inputs, 0)
+    # The trainer's programs, pool, state and order, as the training benchmark sets them up.
+    runner = harness.VmapRunner(bench_cases.Case(arch, "vmap", num_models), workload, x, y, model_steps=1)
+    num_steps = step_lib.steps_per_epoch(workload.num_examples, 0.5, workload.batch_size)
+    by_model = runner.order.sharding
+    state = runner.state
 
     def epoch(state, per_call, program):
-        totals = loop.zero_totals(num_models, inputs.by_model)
+        totals = loop.zero_totals(num_models, by_model)
         for first in range(0, num_steps, per_call):
-            last = min(first + per_call, num_steps)
+            args = (state, totals, runner.order, runner.num_in, runner.ids, runner.x, runner.y, first)
             if program == "step":
-                state, totals = programs.step(state, totals, order, inputs.num_in, inputs.ids, x, y, first)
+                state, totals = runner.step(*args)
             else:
-                state, totals = programs.steps(
-                    state, totals, order, inputs.num_in, inputs.ids, x, y, first, last
-                )
+                state, totals = runner.loop_step(*args, min(first + per_call, num_steps))
         jax.block_until_ready(totals)
         return state
 
@@ -82,7 +77,7 @@ def time_arch(arch: str) -> dict:
         a / b for a, b in zip(times["step_program"], times[name], strict=True)
     )
     return {
-        "arch": arch, "models_per_step": num_models, "batch_size": config.batch_size, "steps_per_epoch": num_steps,
+        "arch": arch, "models_per_step": num_models, "batch_size": workload.batch_size, "steps_per_epoch": num_steps,
         "times_s": times, "median_s": {k: statistics.median(v) for k, v in times.items()},
         "speedup_vs_step_program": {name: speedup(name) for name in cases if name != "step_program"},
     }  # fmt: skip

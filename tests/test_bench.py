@@ -278,3 +278,14 @@ def test_hlo_convolutions_counts_cudnn_calls_and_grouped_convolutions():
     assert counts["cudnn$convForward"] == 1 and counts["cudnn$convBackwardFilter"] == 1
     assert counts["cudnn$convBackwardInput"] == 0 and counts["convolution"] == 1
     assert counts["feature_grouped"] == 2 and counts["batch_grouped"] == 1
+
+
+def test_steps_per_call_bench_writes_its_table(tmp_path):
+    out = tmp_path / "steps.json"
+    args = ["--arch=mlp-tiny", "--num_examples=128", "--batch_size=16", "--repeats=1", f"--json={out}"]
+    result = subprocess.run([sys.executable, "-m", "bench.steps_per_call", *args], capture_output=True, text=True,
+                            timeout=300, cwd=REPO_ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["median_s"]) == {"step_program", "loop_program_1_step", "loop_program_epoch"}
+    assert all(ratio > 0 for ratio in case["speedup_vs_step_program"].values())

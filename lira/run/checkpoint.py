@@ -57,13 +57,12 @@ class AsyncSaver:
     save's `then` callback (the trainer appends the epochs' log rows there, so the log never
     runs ahead of a checkpoint). At most one write is in flight: a second save() waits for the
     first, which bounds the host memory to two copies of the state. A failed write raises on the
-    next save() or on wait(). `blocking_s` sums the time save() and wait() kept the caller.
+    next save() or on wait().
     """
 
     def __init__(self):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.blocking_s = 0.0
 
     def save(self, directory: Path, epoch: int, state, then: Callable[[], None] | None = None) -> float:
         """Starts writing `state` as `epoch`; returns the seconds the caller was kept."""
@@ -73,15 +72,11 @@ class AsyncSaver:
         flat = {name: np.array(leaf) for name, leaf in _named_leaves(jax.device_get(state)).items()}
         self._thread = threading.Thread(target=self._run, args=(directory, epoch, flat, then), daemon=True)
         self._thread.start()
-        kept = time.perf_counter() - tic
-        self.blocking_s += kept
-        return kept
+        return time.perf_counter() - tic
 
     def wait(self) -> None:
         """Blocks until the last write is on disk; raises its error, if any."""
-        tic = time.perf_counter()
         self._join()
-        self.blocking_s += time.perf_counter() - tic
 
     def _join(self) -> None:
         if self._thread is not None:

@@ -231,9 +231,10 @@ def train_models(
     test examples, and on all of them after the last epoch. `stop_after_epochs` ends the run
     early (after that many epochs of this call, without saving), as a kill would, for tests.
 
-    The dataset goes to the device once per call (one call a process in the train stage): as `pixels` (uint8, standardized on the
-    device to the same values) where the data has them, else x_train and x_test. Returns timings: {"train_s", "save_s",
-    "eval_s", "epochs", "model_steps"} (for bench/: where the time of a run goes).
+    The dataset goes to the device once per call (one call a process in the train stage): as
+    `pixels` (uint8, standardized on the device to the same values) where the data has them, else
+    x_train and x_test. Returns timings: {"train_s", "save_s", "eval_s", "epochs", "model_steps"}
+    (for bench/: where the time of a run goes).
     """
     config.validate()
     start, stop = model_ids
