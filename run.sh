@@ -2,7 +2,8 @@
 # Set-up and the main job.
 #   ./run.sh          install into .venv, then the demo: train, query and attack shadow models
 #                     on scikit-learn's bundled digits (no network), writing exp/demo/
-#   ./run.sh test     the same install, then ruff and the whole test suite
+#   ./run.sh test     the same install, then ruff and the whole test suite (what CI runs)
+#   ./run.sh test --fast   ruff and the fast tier: the tests not marked slow (docs/testing.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,7 +28,11 @@ case "${1:-demo}" in
   test)
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
-    "$PY" -m pytest -q "${@:2}"
+    if [ "${2:-}" = --fast ]; then
+      "$PY" -m pytest -q -m "not slow" "${@:3}"
+    else
+      "$PY" -m pytest -q "${@:2}"
+    fi
     ;;
   demo)
     logdir=exp/demo
@@ -41,7 +46,7 @@ case "${1:-demo}" in
     "$PY" experiments/attack.py --logdir=$logdir --num_targets=32
     ;;
   *)
-    echo "usage: ./run.sh [test [pytest args]|demo]" >&2
+    echo "usage: ./run.sh [test [--fast] [pytest args]|demo]" >&2
     exit 2
     ;;
 esac

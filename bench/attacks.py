@@ -9,7 +9,7 @@ membership signal, one logits file per model, as the inference stage writes them
 in --workdir (kept, so a re-run skips building it), then one process does what
 experiments/attack.py does: load the signals, run every attack against T targets, compute the
 metrics with their bootstrap intervals. Each phase and each attack is timed; peak RSS is the
-process's. Target (issue 12): the whole stage within 10 minutes and 16 GiB on the 2-core CPU.
+process's. Target: the whole stage within 10 minutes and 16 GiB on the 2-core CPU.
 The first attack that reads a reference statistic pays for it (the LiRA attacks share their
 moments), so attacks are timed in the order `--attacks=all` runs them.
 """
@@ -25,8 +25,8 @@ from absl import flags
 
 from lira import cli
 from lira.attacks import ATTACKS, probability_signal, protocol
-from lira.attacks.signals import run_signals
 from lira.run import layout, synthetic
+from lira.run.reader import read_run
 from lira.stages import attack
 
 FLAGS = flags.FLAGS
@@ -64,13 +64,13 @@ def measure(logdir: Path, attacks: list[str], num_targets: int, bootstrap: int) 
     """Seconds to load the signals, run each attack against `num_targets` targets, and compute
     the metrics; peak RSS; pooled AUCs."""
     start = time.perf_counter()
-    signals = run_signals(logdir, probability_signal(attacks))
-    keep, labels = layout.load_keep(logdir), layout.load_labels(logdir)
+    run = read_run(logdir).with_signals(probability_signal(attacks))
+    keep, signals = run.keep, run.signals
     loaded = time.perf_counter()
     targets = list(range(min(num_targets, keep.shape[0])))
     selection_start = time.perf_counter()
     selection = protocol.check_references(keep, targets, attacks, None, 0)
-    inputs = protocol.attack_inputs(signals, keep, labels, targets, selection)
+    inputs = protocol.attack_inputs(run, targets, selection)
     selection_s = time.perf_counter() - selection_start
     attack_s, results = {}, {}
     for name in attacks:  # in one AttackInputs: statistics computed by one attack serve the next

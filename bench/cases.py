@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from lira.config import TrainingConfig
-from lira.training import masks
+from lira.run import masks
 
 METHODS = ("vmap", "grad_in_vmap", "loop", "torch")
 TORCH_LAYOUTS = ("nchw", "channels_last")

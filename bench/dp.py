@@ -1,6 +1,6 @@
-"""DP-SGD's training step against the ordinary one, both vectorized over models (lira/dp.py).
+"""DP-SGD's training step against the ordinary one, both vectorized over models (lira/training/dpsgd.py).
 
-    python -m bench.dp [--arch=mlp,cnn32] [--models=4] [--repeats=5] [--json=docs/bench_dp_cpu.json]
+    python -m bench.dp [--arch=mlp,cnn32] [--models=4] [--repeats=5] [--json=docs/bench/bench_dp_cpu.json]
 
 For each arch: the trainer's compiled step (lira.training.loop.Programs.step) on the same models
 and synthetic data (bench/cases.py), once ordinary and as DP-SGD with each clipping
@@ -24,8 +24,8 @@ from absl import flags
 
 from bench import harness
 from bench.cases import WORKLOADS, bench_keep, synthetic_data, train_config
-from lira import cli, dp
-from lira.training import loop
+from lira import cli
+from lira.training import loop, sampling
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -54,7 +54,7 @@ class StepRunner:
         self.state = self.programs.init_slice(inputs, 0)
         if config.dp:
             self.order, self.num_in = jax.device_put(
-                dp.epoch_batches(keep, 0, num_models, 0, config, spe), inputs.by_model
+                sampling.epoch_batches(keep, 0, num_models, 0, config, spe), inputs.by_model
             )
         else:
             self.order, self.num_in = self.programs.order(inputs.keep, inputs.ids, 0, 0), inputs.num_in
@@ -89,7 +89,7 @@ def bench_arch(arch: str, num_models: int, steps: int, repeats: int, batch_size:
     ratios = {f"dp_{m}_vs_sgd_time": statistics.median(d / s for d, s in zip(wall[f"dp_{m}"], wall["sgd"]))
               for m in CLIPPINGS}  # fmt: skip
     out = {
-        "models": num_models, "batch_size": batch_size, "physical_dp_batch": dp.max_batch_size(batch_size),
+        "models": num_models, "batch_size": batch_size, "physical_dp_batch": sampling.max_batch_size(batch_size),
         "steps_per_run": steps, **ratios, "compile_s": compile_s,
         **{name: {"median_s": statistics.median(times), "model_examples_per_s":
                   runners[name].model_examples / statistics.median(times), "runs_s": times}

@@ -1,12 +1,12 @@
 """A real training run against its own step: `python -m bench.training --case=end_to_end`.
 
-Issue 21 asks that a run be as fast as its step: on the GPU, 64 cnn32 models trained for 3
-epochs ran at 0.16x the bench's rate for the same step, lost to checkpoints, evaluation and
-everything else a run does between steps. This case times `lira.training.loop.train_models`
-(all epochs, with its checkpoints, its evaluation and its per-slice set-up, on `slices` slices
-of the trainer's models a step) against the trainer's compiled step alone (bench.harness's
-VmapRunner: the same arch, models a step, dtype, batch, augmentation and data), and reports the
-ratio of their model-examples per second.
+A run should be as fast as its step: on the GPU, 64 cnn32 models trained for 3 epochs ran far
+below the bench's rate for the same step (docs/performance.md, "GPU: the first figures"), lost
+to checkpoints, evaluation and everything else a run does between steps. This case times
+`lira.training.loop.train_models` (all epochs, with its checkpoints, its evaluation and its
+per-slice set-up, on `slices` slices of the trainer's models a step) against the trainer's
+compiled step alone (bench.harness's VmapRunner: the same arch, models a step, dtype, batch,
+augmentation and data), and reports the ratio of their model-examples per second.
 
 The data are synthetic, of the shape of the real thing (CIFAR-10's 32x32x3 uint8 images, or
 Purchase100's 600 binary features for the MLP), written to an npz and read back through
@@ -31,7 +31,8 @@ import numpy as np
 from bench import cases, harness
 from lira import data
 from lira.config import TrainingConfig
-from lira.training import loop, masks
+from lira.run import masks
+from lira.training import loop
 from lira.training import step as step_lib
 
 
@@ -73,7 +74,7 @@ def training_config(sizes: Sizes, models_per_step: int, augment: str) -> Trainin
 
 def trainer_arguments(dtype: str, dataset) -> dict:
     """What train_models is told besides the run, as the train stage tells it: the compute dtype
-    (its `dtype` argument; without one, lira before issue 21, it computes in float32 and any
+    (its `dtype` argument; without one, an older lira, it computes in float32 and any
     other dtype is a mistake) and the images as uint8 pixels (its `pixels`, where it takes them
     and lira.data gave them)."""
     takes = inspect.signature(loop.train_models).parameters

@@ -1,6 +1,6 @@
 """The vectorized trainer on one GPU, time-boxed; bench/gpu_check.sh runs it.
 
-Parts, in the order of what issue 21 asks first, each in a process of its own under a timeout
+Parts, the trainer's open GPU questions first, each in a process of its own under a timeout
 cut from one budget (--budget_s, about 8 minutes), each writing its figures as it finishes:
 
     probe                  the device, the versions, the datasheet's peaks beside measured
@@ -12,14 +12,14 @@ cut from one budget (--budget_s, about 8 minutes), each writing its figures as i
     (c) wrn28-2/models_per_step, cnn32/models_per_step
                            1, 4, 16 and 64 models a step, in the trainer's default dtype
     (d) wrn28-2/forms, cnn32/forms
-                           the step before issue 21 (gradient inside the vmap) and one step a
+                           the step before the gradient left the vmap, and one step a
                            call, beside the trainer's step, float32, native convolutions
     then check             bench/vectorized_check.py: model i of a vectorized run is model i
                            trained alone
          torch             the PyTorch baseline as ML Privacy Meter runs on a GPU (one model at
                            a time, fp16 autocast, channels_last), where torch has CUDA
-         whitebox_query    the white-box query stage against the logits-only one (issue 15)
-         dp_step           bench/dp.py: the DP-SGD step against the ordinary one (issue 16)
+         whitebox_query    the white-box query stage against the logits-only one
+         dp_step           bench/dp.py: the DP-SGD step against the ordinary one
 
 All parts share one persistent compilation cache (<workdir>/jax_cache, emptied when the check
 starts), so a program compiled by one part loads in the next (a case's compile_s is then the
@@ -58,7 +58,7 @@ from lira.run import layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("smoke", False, "Tiny sizes on the CPU, for the tests.")
-flags.DEFINE_string("json", None, "Results (default docs/bench_gpu.json; --smoke: in --workdir).")
+flags.DEFINE_string("json", None, "Results (default docs/bench/bench_gpu.json; --smoke: in --workdir).")
 flags.DEFINE_string("workdir", None, "Parts' outputs, the log and the cache (default exp/gpu_check[_smoke]).")
 flags.DEFINE_string("data", None, "The check's npz (default data_cache/cifar10_6k.npz).")
 flags.DEFINE_integer("budget_s", 480, "Seconds for all parts together.")
@@ -67,7 +67,7 @@ flags.DEFINE_float("rtol", 1e-2, "Tolerance of the check, relative to the differ
 flags.DEFINE_string("probe_json", None, "Internal: run the probe in this process, its results here.")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_JSON = REPO / "docs" / "bench_gpu.json"
+DEFAULT_JSON = REPO / "docs" / "bench" / "bench_gpu.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "scikit-learn", "absl-py", "torch")
 MIN_PART_S = 5.0  # a part with less time left than this is skipped
 SMOKE_CAP_S = 400.0

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The vectorized trainer on one GPU, in one time-boxed command (bench/gpu_check.py), issue 21's
+# The vectorized trainer on one GPU, in one time-boxed command (bench/gpu_check.py), its open
 # questions first: wrn28-2 and cnn32 at the trainer's defaults against the jitted single-model
 # loop (float32 and bfloat16), a real training call against its step, 1-64 models a step, the
-# step before issue 21; then the check (64 cnn32 models on the CIFAR-10 subset, model i against a
-# single-model run of i), PyTorch's fp16 baseline, the white-box query stage and the DP-SGD step.
-# Writes docs/bench_gpu.json (each part as it finishes) and prints the LiRA paper's projection
+# step with the gradient inside the vmap; then the check (64 cnn32 models on the CIFAR-10
+# subset, model i against a single-model run of i), PyTorch's fp16 baseline, the white-box
+# query stage and the DP-SGD step.
+# Writes docs/bench/bench_gpu.json (each part as it finishes) and prints the LiRA paper's projection
 # and a summary.
 #
 #   bash bench/gpu_check.sh                  # on the GPU machine (experiments/gpu_check.sh forwards here)

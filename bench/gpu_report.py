@@ -1,7 +1,7 @@
 """The GPU check's report (bench/gpu_check.py): its parts' results merged into one JSON, and the
 summary it prints at the end.
 
-The merged JSON (docs/bench_gpu.json) keeps one list, `cases`, of every timed case of every
+The merged JSON (docs/bench/bench_gpu.json) keeps one list, `cases`, of every timed case of every
 part (each with its arch, dtype, models_per_step, batch_size and model_examples_per_s, the part
 that timed it, and for the JAX steps their optimized HLO's convolutions), the probe's peaks,
 each part's ratios, one projection of the LiRA paper's experiment, the end-to-end rows, the

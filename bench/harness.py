@@ -7,8 +7,8 @@ matters for an audit is how fast 64-256 shadow models train, whatever the batchi
 Methods:
   vmap   the trainer's own compiled step (lira.training.loop.Programs.step) over a leading
          model axis, donated state.
-  grad_in_vmap  the step as it was before issue 21: jax.vmap of lira.training.step's
-         single-model make_train_step, whose gradient is then inside the vmap.
+  grad_in_vmap  the step as it was before the gradient left the vmap: jax.vmap of
+         lira.training.step's single-model make_train_step, whose gradient is then inside it.
   loop   make_train_step without vmap, jitted once, the models trained one after another:
          what a user without the vectorized trainer would write.
   torch  a PyTorch model of the same widths, SGD the same way, models one after another as
@@ -137,11 +137,11 @@ def default_steps_per_call(num_steps: int, backend: str | None = None) -> int:
 
 
 def grad_in_vmap_step(model, tx, config):
-    """The step as the trainer built it before issue 21: jax.vmap of a single-model step that
-    takes its own gradient (lira.training.step.make_train_step under step.vmap_models), jitted
-    with Programs.step's signature. Batching the gradient's convolutions over the models'
-    weights makes every weight gradient a feature-grouped convolution; the bench times it
-    beside the trainer's step for the ratio."""
+    """The step as the trainer built it before the gradient left the vmap: jax.vmap of a
+    single-model step that takes its own gradient (lira.training.step.make_train_step under
+    step.vmap_models), jitted with Programs.step's signature. Batching the gradient's convolutions
+    over the models' weights makes every weight gradient a feature-grouped convolution; the bench
+    times it beside the trainer's step for the ratio."""
     step = step_lib.vmap_models(step_lib.make_train_step(model, tx, config), (0, 0, 0, 0, None, None, None))
 
     def multi_step(state, totals, order, num_in, ids, x, y, step_in_epoch):

@@ -17,8 +17,9 @@ from bench import child_env
 from bench.cases import Case, Workload, synthetic_data, synthetic_pixels
 from bench.harness import make_runner
 from lira import xla_flags
-from lira.config import Config
-from lira.training import loop, masks
+from lira.config import Config, QueryConfig
+from lira.run import masks
+from lira.training import loop
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -102,9 +103,13 @@ def child_main(spec: dict) -> dict:
     meter = PeakMemory().start()
     tic = time.perf_counter()
     if spec.get("whitebox"):
-        query.query_whitebox(spec["logdir"], spec["queries"], progress=False)
+        query.query_whitebox(spec["logdir"], QueryConfig(whitebox_queries=spec["queries"]), progress=False)
     else:
-        query.query(spec["logdir"], spec["queries"], spec["batch_size"], progress=False)
+        query.query(
+            spec["logdir"],
+            QueryConfig(queries=spec["queries"], batch_size=spec["batch_size"]),
+            progress=False,
+        )
     return {**meter.stop(), "wall_s": time.perf_counter() - tic}
 
 

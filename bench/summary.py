@@ -15,7 +15,7 @@ def arch_ratios(rows, times, runners, default) -> dict:
     wall-clock; default_vs_torch_<layout> compares with each PyTorch layout. The default of
     another dtype than float32 is held against the loop of its own dtype, under keys that
     start with the dtype (bfloat16_default_vs_loop); grad_in_vmap_x<k> is the trainer's step
-    over the step before issue 21, at k models a step."""
+    over the step with the gradient inside the vmap, at k models a step."""
     by_name = {c.name: c for c in runners}
     speed = {r["name"]: r["model_examples_per_s"] for r in rows}
 

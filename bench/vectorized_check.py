@@ -33,8 +33,8 @@ from absl import flags
 from bench import CIFAR10_SUBSET, end_to_end
 from lira import cli, data
 from lira.config import TrainingConfig
-from lira.run import layout
-from lira.training import loop, masks, models
+from lira.run import layout, masks
+from lira.training import loop, models
 from lira.training import step as step_lib
 
 FLAGS = flags.FLAGS

@@ -6,8 +6,8 @@
 
 Each of the first --num_targets models is attacked in turn with all other models as its
 references (leave-one-out). Writes report/metrics.json, report/scores/NAME.npy (float [T, N]),
-and the plots and tables of lira.report. The options' flags come from lira/config.py
-(AttackConfig).
+and the plots and tables of lira.report. The flags come from lira/config.py (AttackConfig) and,
+for the attacks' options, from the attacks that declare them (lira.attacks.option_flags).
 """
 
 from pathlib import Path
@@ -15,12 +15,13 @@ from pathlib import Path
 from absl import flags
 
 from lira import cli, config, report
-from lira.attacks.protocol import check_attack_names
 from lira.run import layout
 from lira.stages import attack
 
 FLAGS = flags.FLAGS
 cli.define_flags(config.AttackConfig)
+cli.define_attack_flags()
+flags.adopt_module_key_flags(cli)  # --help lists the flags lira/cli.py defined, not only --logdir
 flags.DEFINE_string(
     "logdir", None, "Run directory with logits (after experiments/inference.py).", required=True
 )
@@ -28,9 +29,7 @@ flags.DEFINE_string(
 
 def main(argv):
     del argv
-    options = cli.section(config.AttackConfig)
-    check_attack_names(options.attacks, whitebox=True)  # unknown names fail before any work
-    metrics = attack.attack(FLAGS.logdir, options)
+    metrics = attack.attack(FLAGS.logdir, cli.section(config.AttackConfig))
     print(report.format_table(metrics))
     print(f"Log-scale ROC curves: {Path(FLAGS.logdir) / layout.REPORT_DIR / 'roc_log.png'}")
 

@@ -56,8 +56,8 @@ def main(argv):
     options.validate()
     for noise, run_config in runs:
         logdir = Path(FLAGS.root) / f"noise_{'none' if noise is None else f'{noise:g}'}"
-        train.train(run_config, logdir, progress=FLAGS.progress)
-        query.query(logdir, queries=1, progress=FLAGS.progress)
+        train.train(logdir, run_config, progress=FLAGS.progress)
+        query.query(logdir, config.QueryConfig(queries=1), progress=FLAGS.progress)
         attack.attack(logdir, options)
         print(f"{logdir}: done")
 

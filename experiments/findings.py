@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags
 
-from lira import cli, findings, studies
+from lira import cli, findings, notebook, studies
 from lira.run import layout
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ def main(argv):
     del argv
     if FLAGS.num_targets < 1 or FLAGS.bootstrap < 1:
         raise ValueError(f"--num_targets={FLAGS.num_targets} and --bootstrap={FLAGS.bootstrap} must be >= 1.")
-    run = studies.load_run(FLAGS.logdir)  # a missing run: one line, exit status 2 (lira.cli)
+    run = notebook.load_run(FLAGS.logdir)  # a missing run: one line, exit status 2 (lira.cli)
     rows = findings.check(run, FLAGS.num_targets, num_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
     text = f"{studies.describe(run)}; {min(FLAGS.num_targets, run.num_models)} targets.\n\n{findings.table(rows, run)}\n"
     layout.save_text(Path(run.logdir) / layout.REPORT_DIR / "findings.md", text)

@@ -25,11 +25,7 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 def main(argv):
     del argv
-    options = cli.section(config.QueryConfig)
-    written = query.query(
-        FLAGS.logdir, options.queries, options.batch_size, FLAGS.progress, options.whitebox,
-        options.whitebox_queries, options.allow_untrained_views,
-    )  # fmt: skip
+    written = query.query(FLAGS.logdir, cli.section(config.QueryConfig), FLAGS.progress)
     queries = layout.load_record(FLAGS.logdir).queries  # as resolved and recorded by the stage
     per_example = f" ({queries} queries per example)" if queries else ""
     print(f"Wrote logits of {len(written)} models{per_example} to {FLAGS.logdir}/logits; next: "

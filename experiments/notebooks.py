@@ -3,7 +3,7 @@
     python experiments/notebooks.py --logdir=exp/c10_cpu --write notebooks/*.ipynb
 
 Each notebook reads the run in $LIRA_LOGDIR and saves its figures to $LIRA_FIGURES
-(lira.studies.logdir_from_env, figures_from_env); --write saves it back with its outputs, to be
+(lira.notebook.logdir_from_env, figures_from_env); --write saves it back with its outputs, to be
 committed. Needs nbclient, nbformat and ipykernel (requirements-dev.txt).
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from absl import flags
 
 from lira import cli
+from lira.notebook import resolve_path
 from lira.run import layout
-from lira.studies import resolve_path
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("logdir", None, "Run directory the notebooks read.", required=True)

@@ -44,8 +44,7 @@ from absl import app, flags
 
 from lira import cli, config
 from lira.attacks import protocol
-from lira.run import layout
-from lira.training import augment
+from lira.run import layout, views
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("cpu", "paper")
@@ -202,7 +201,7 @@ def _check(s: dict) -> None:
     s["train"].validate()
     if s["queries"] is not None:  # image data assumed: a non-image --dataset is refused by inference.py
         config.QueryConfig(queries=s["queries"]).validate()
-        augment.resolve_queries(s["queries"], s["train"].training.augment, True, s["allow_untrained_views"])
+        views.resolve_queries(s["queries"], s["train"].training.augment, True, s["allow_untrained_views"])
     config.AttackConfig(num_targets=s["num_targets"]).validate()
     s["attack_names"] = protocol.check_attack_names(s["attacks"].split(","))
 
@@ -311,7 +310,7 @@ def main(argv):
     if s["queries"] is None:
         kind = s["train"].training.augment
         print(f"# inference queries the views the models trained on: --augment={kind}, "
-              f"{augment.DEFAULT_QUERIES[kind]} queries (1 on non-image data)")  # fmt: skip
+              f"{views.DEFAULT_QUERIES[kind]} queries (1 on non-image data)")  # fmt: skip
     if Path(os.getcwd()).resolve() != ROOT:
         print(f"cd {shlex.quote(str(ROOT))}")
     if FLAGS.notebooks and not any(stage.name == "notebooks" for stage in recipe):

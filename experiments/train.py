@@ -39,7 +39,7 @@ def main(argv):
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     dataset_name = run_config.data.dataset.replace("npz:", "").split("/")[-1].removesuffix(".npz")
     logdir = FLAGS.logdir or f"exp/{dataset_name}_{run_config.model.arch}"
-    train.train(run_config, logdir, FLAGS.shadow_ids, FLAGS.progress)
+    train.train(logdir, run_config, FLAGS.shadow_ids, FLAGS.progress)
     print(f"Trained models are in {logdir}; next: python experiments/inference.py --logdir={logdir}")
 
 

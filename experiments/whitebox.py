@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags
 
-from lira import cli, studies
+from lira import cli, notebook, studies
 from lira.report import tables
 from lira.run import layout
 
@@ -29,7 +29,7 @@ def main(argv):
     if FLAGS.num_targets < 1 or FLAGS.bootstrap < 1 or not 0 < FLAGS.level < 1:
         raise ValueError(f"--num_targets and --bootstrap must be >= 1 and --level in (0, 1); got "
                          f"{FLAGS.num_targets}, {FLAGS.bootstrap}, {FLAGS.level}.")  # fmt: skip
-    run = studies.load_run(FLAGS.logdir, whitebox=True)
+    run = notebook.load_run(FLAGS.logdir, whitebox=True)
     metrics, rows = studies.whitebox_comparison(
         run, FLAGS.num_targets, FLAGS.level, FLAGS.bootstrap, FLAGS.seed
     )

@@ -9,7 +9,7 @@ t trained on, the OUT scores those of the rest. Two methods:
   Training Run", on each target alone (the library takes the best number of guesses with a
   Bonferroni correction over them). Its premise: each canary is IN for the target independently
   with probability 1/2, and the guesses depend on the target's output alone. keep.npy's canary
-  columns are coin flips per model (lira/training/masks.py) and the protocol never lets a canary's
+  columns are coin flips per model (lira/run/masks.py) and the protocol never lets a canary's
   membership choose its references or RMIA's population (lira/attacks/protocol.py), so the bound
   is a theorem there. On the pool of a run without canaries it is not: balanced masks let the
   references' masks reveal the target's membership (`premise` says which case a run is).

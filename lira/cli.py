@@ -28,31 +28,65 @@ from lira import config, xla_flags
 
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
 _DEFINE = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
-           "bool": flags.DEFINE_bool, "list[str]": flags.DEFINE_list}  # fmt: skip
+           "bool": flags.DEFINE_bool, "list[str]": flags.DEFINE_list, "list": flags.DEFINE_list}  # fmt: skip
+OPTIONS = "options"  # AttackConfig.options: no flag of its own, the attacks' option flags given
 
 
 def define_flags(*sections: type, names=None, overrides: dict | None = None, flag_values=flags.FLAGS) -> None:
     """One absl flag per field of the config sections (only `names`, if given), its help and
-    default from the field; `overrides` replaces defaults by name (None: "not given")."""
+    default from the field; `overrides` replaces defaults by name (None: "not given").
+    AttackConfig.options has none: its flags are the attacks' (define_attack_flags)."""
     overrides = overrides or {}
     for section in sections:
         for name, f in config.fields_of(section).items():
-            if names is not None and name not in names:
+            if (names is not None and name not in names) or name == OPTIONS:
                 continue
             kind = str(f.type).replace(" | None", "")
             default = overrides.get(
                 name, f.default if f.default is not dataclasses.MISSING else f.default_factory()
             )
-            choices = f.metadata["choices"]
-            if kind == "str" and choices:
-                flags.DEFINE_enum(name, default, list(choices), f.metadata["help"], flag_values=flag_values)
-            else:
-                _DEFINE[kind](name, default, f.metadata["help"], flag_values=flag_values)
+            _define(name, kind, default, f.metadata["help"], f.metadata["choices"], flag_values)
+
+
+def define_attack_flags(flag_values=flags.FLAGS) -> None:
+    """One absl flag per attack option (lira.attacks.option_flags), its help, default and
+    choices from the Option; their values are checked when the options are made
+    (lira.attacks.options_from_flags)."""
+    from lira.attacks import option_flags  # the attacks import JAX and scikit-learn: only where needed
+
+    for flag, option in option_flags().items():
+        default = list(option.default) if option.kind is list else option.default
+        choices = option.choices if option.kind is str else None
+        _define(flag, option.kind.__name__, default, option.help, choices, flag_values)
+
+
+def _define(name: str, kind: str, default, help: str, choices: tuple | None, flag_values) -> None:
+    if kind == "str" and choices:
+        flags.DEFINE_enum(name, default, list(choices), help, flag_values=flag_values)
+    else:
+        _DEFINE[kind](name, default, help, flag_values=flag_values)
 
 
 def section(cls: type, flag_values=flags.FLAGS):
-    """An instance of the config section `cls` with the parsed flags' values."""
-    return cls(**{name: flag_values[name].value for name in config.fields_of(cls)})
+    """An instance of the config section `cls` with the parsed flags' values; AttackConfig's
+    `options` holds the attack option flags given on the command line (define_attack_flags)."""
+    fields = config.fields_of(cls)
+    values = {name: flag_values[name].value for name in fields if name != OPTIONS}
+    if OPTIONS in fields:
+        values[OPTIONS] = attack_flags_given(flag_values)
+    return cls(**values)
+
+
+def attack_flags_given(flag_values=flags.FLAGS) -> dict:
+    """{flag: value} of the attack option flags given on the command line: the others keep the
+    attacks' own defaults, wherever they are declared."""
+    from lira.attacks import option_flags
+
+    return {
+        flag: flag_values[flag].value
+        for flag in option_flags()
+        if flag in flag_values and flag_values[flag].present
+    }
 
 
 def run(main) -> None:

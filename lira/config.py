@@ -5,7 +5,9 @@
       model      ModelConfig     the architecture and its lowering
       training   TrainingConfig  the shadow models and their optimisation
     QueryConfig                  the query stage's options
-    AttackConfig                 the attack stage's options
+    AttackConfig                 the attack stage's protocol and audit; the attacks' own options
+                                 are declared by the attacks (lira.attacks.options), and
+                                 AttackConfig.options holds those given, by flag name
 
 Each field carries its help text and whether it changes results (`result=True`): a re-run
 into an existing run directory must repeat those. The scripts in experiments/ generate their
@@ -25,25 +27,11 @@ from typing import Any
 
 # Choices that belong to one module but are needed before it is imported (flags, validation).
 AUGMENTS = ("none", "mirror", "weak")  # lira/training/augment.py
-QUERY_COUNTS = (1, 2, 18, 162)  # lira/training/augment.py: make_queries, resolve_queries
+QUERY_COUNTS = (1, 2, 18, 162)  # lira/run/views.py: query_offsets, resolve_queries
 CONV_IMPLS = ("xla", "im2col")  # lira/training/layers.py
 DTYPES = ("float32", "bfloat16")  # lira/training/models.py: the models' compute dtype
-RMIA_AGGREGATIONS = ("vote", "mean")
-RMIA_SIGNALS = ("taylor", "softmax")
-LIRA_LIKELIHOODS = ("gaussian", "student_t")
-SHOKRI_CLASSIFIERS = ("mlp", "logreg", "sklearn_mlp", "gbdt")
-NASR_INPUTS = ("gradients", "activations", "loss", "label")  # lira/attacks/nasr.py
 AUDIT_METHODS = ("one_run", "clopper_pearson")  # lira/audit.py
 DP_CLIPPINGS = ("auto", "per_example", "ghost")  # lira/training/dpsgd.py
-LIRA_ATTACKS = (
-    "lira_online",
-    "lira_online_fixed_var",
-    "lira_offline",
-    "lira_offline_fixed_var",
-    "whitebox_lira_online",
-    "whitebox_lira_online_fixed_var",
-    "whitebox_lira_offline",
-)  # --lira_likelihood
 
 
 def field(default, help: str, *, result: bool = False, choices: tuple | None = None):
@@ -240,34 +228,9 @@ class AttackConfig:
         "of a TPR biased upward and intervals that miss more often (docs/results/tpr_resolution).",
     )  # fmt: skip
     seed: int = field(0, "Seed of the reference order, subsamples and bootstrap.")
-    rmia_gamma: float = field(2.0, "RMIA: LR(x) / LR(z) threshold.")
-    rmia_offline_a: str = field(
-        "0.3", "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, in [0, 1], or 'auto': the a under which "
-        "the offline attack best finds a reference model's members (needs 2 OUT references per example).",
-    )  # fmt: skip
-    rmia_num_population: int = field(0, "RMIA: population examples z (0 = every non-member, as the authors).")
-    rmia_signal: str = field(
-        "softmax", "RMIA: p_y of softmax(z / T), always in [0, 1] (docs/results/rmia_signal), or taylor: the "
-        "authors' Taylor soft-margin softmax (with --rmia_terms=4 a cubic that leaves [0, 1]).", choices=RMIA_SIGNALS,
-    )  # fmt: skip
-    rmia_temperature: float = field(2.0, "RMIA: T, logits are divided by this before the signal.")
-    rmia_margin: float = field(0.6, "RMIA: the Taylor signal's soft margin m.")
-    rmia_terms: int = field(
-        4, "RMIA: terms of the Taylor signal's truncated exponential (4, the authors': a cubic; 5: a quartic, "
-        "always in [0, 1]).",
-    )  # fmt: skip
-    rmia_trim: float = field(0.2, "RMIA: fraction trimmed from each end of the reference mean.")
-    rmia_aggregation: str = field(
-        "vote", "RMIA: a test per query and a majority vote, or p averaged over queries.", choices=RMIA_AGGREGATIONS
-    )  # fmt: skip
-    lira_likelihood: str = field(
-        "gaussian", "The four LiRA attacks: the paper's Gaussian or the Student-t predictive.",
-        choices=LIRA_LIKELIHOODS,
-    )  # fmt: skip
-    shokri_classifier: str = field("mlp", "Shokri's attack model.", choices=SHOKRI_CLASSIFIERS)
-    nasr_inputs: list[str] = field(
-        list(NASR_INPUTS), "whitebox_nasr's inputs, any of: gradients (per-layer gradient norms), activations "
-        "(penultimate), loss, label.",
+    options: dict[str, Any] = field(
+        {}, "The attacks' option flags given, {flag name: value}; a flag not given takes its default. Each "
+        "attack declares its own (lira.attacks.option_flags; lira.attacks.options_from_flags checks them).",
     )  # fmt: skip
     audit_method: str = field(
         "one_run", "Empirical epsilon lower bound: one_run (Steinke et al. 2023, per target) or clopper_pearson "
@@ -284,18 +247,6 @@ class AttackConfig:
         None, "The delta of the epsilon lower bound (default: the run's --dp_delta)."
     )
 
-    def offline_a(self) -> float | str:
-        """--rmia_offline_a as RMIA takes it: a number in [0, 1] or "auto"."""
-        if self.rmia_offline_a == "auto":
-            return "auto"
-        try:
-            value = float(self.rmia_offline_a)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value <= 1:
-            raise ValueError(f"--rmia_offline_a={self.rmia_offline_a}: give a number in [0, 1] or 'auto'.")
-        return value
-
     def validate(self) -> None:
         _check([
             (self.num_targets >= 1, f"--num_targets must be >= 1, got {self.num_targets}."),
@@ -304,39 +255,14 @@ class AttackConfig:
             (self.bootstrap >= 0, f"--bootstrap must be >= 0, got {self.bootstrap}."),
             (self.min_false_positives is None or self.min_false_positives >= 1,
              f"--min_false_positives must be >= 1, got {self.min_false_positives}."),
-            (self.rmia_num_population >= 0, f"--rmia_num_population must be >= 0, got {self.rmia_num_population}."),
-            (self.rmia_gamma > 0, f"--rmia_gamma must be > 0, got {self.rmia_gamma}."),
-            (0 <= self.rmia_trim < 0.5, f"--rmia_trim must be in [0, 0.5), got {self.rmia_trim}."),
-            (self.rmia_temperature > 0, f"--rmia_temperature must be > 0, got {self.rmia_temperature}."),
-            (self.rmia_terms >= 1, f"--rmia_terms must be >= 1, got {self.rmia_terms}."),
-            *(_choice(self, name) for name in ("rmia_signal", "rmia_aggregation", "lira_likelihood",
-                                               "shokri_classifier", "audit_method")),
+            _choice(self, "audit_method"),
             (0 < self.audit_significance < 0.5,
              f"--audit_significance must be in (0, 0.5), got {self.audit_significance}."),
             (self.audit_delta is None or 0 < self.audit_delta < 1,
              f"--audit_delta must be in (0, 1), got {self.audit_delta}."),
             (self.attacks == ["all"] or set(self.audit_attacks) <= set(self.attacks),
              f"--audit_attacks={','.join(self.audit_attacks)}: name attacks among --attacks={','.join(self.attacks)}."),
-            (bool(self.nasr_inputs) and set(self.nasr_inputs) <= set(NASR_INPUTS),
-             f"--nasr_inputs={','.join(self.nasr_inputs)}: choose from {', '.join(NASR_INPUTS)}."),
         ])  # fmt: skip
-        self.offline_a()
-
-    def options(self) -> dict[str, dict]:
-        """Per-attack keyword options, as lira.stages.attack.run_audit takes them."""
-        rmia = {
-            "gamma": self.rmia_gamma, "num_population": self.rmia_num_population or None, "trim": self.rmia_trim,
-            "aggregation": self.rmia_aggregation, "signal": self.rmia_signal, "temperature": self.rmia_temperature,
-            "margin": self.rmia_margin, "terms": self.rmia_terms,
-        }  # fmt: skip
-        lira = {"likelihood": self.lira_likelihood}
-        return {
-            "rmia_online": rmia,
-            "rmia_offline": {**rmia, "offline_a": self.offline_a()},
-            "shokri": {"classifier": self.shokri_classifier},
-            "whitebox_nasr": {"use": list(self.nasr_inputs)},
-            **{name: lira for name in LIRA_ATTACKS},
-        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,17 @@ class Dataset:
         }
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def class_name(facts: dict, label: int) -> str:
+    """A label's name for figures: CIFAR-10's class names for CIFAR-10 data (a tfds or npz copy;
+    `facts` as Dataset.facts() records it in config.json), else the label number."""
+    if str(facts.get("name", "")).startswith("cifar10") and facts.get("num_classes") == 10:
+        return CIFAR10_CLASSES[label]
+    return str(label)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Pixels:
     """uint8 images with the table that standardizes them: table[v, c] is what x_train and x_test

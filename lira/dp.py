@@ -1,24 +1,24 @@
-"""Differentially private shadow training (DP-SGD): batch sampling, the guarantee, and the noise.
+"""Differentially private shadow training (DP-SGD): the guarantee of the trainer's sampling and noise.
 
 The pieces come from the field's libraries, not from code of ours:
 
-- batches: jax_privacy.batch_selection.CyclicPoissonSampling (one cycle, truncated): at every
-  step each IN example of a model is drawn independently with probability q = B / n, where B is
-  --batch_size and n = round(pkeep * N) the expected IN-set size; a draw of more than
-  `max_batch_size` examples keeps a uniformly random `max_batch_size` of them. The step pads the
-  draw to that fixed size with examples marked as padding, which contribute nothing.
-- clipping: jax_privacy.clipped_grad, per example, to --dp_clip_norm (lira/training/step.py).
+- batches: jax_privacy.batch_selection.CyclicPoissonSampling (one cycle, truncated) in the
+  trainer (lira/training/sampling.py): at every step each IN example of a model is drawn
+  independently with probability q = B / n, where B is --batch_size and n = round(pkeep * N) the
+  expected IN-set size; a draw of more than `max_batch_size` examples keeps a uniformly random
+  `max_batch_size` of them, and the step pads it to that fixed size.
+- clipping: jax_privacy.clipped_grad, per example, to --dp_clip_norm (lira/training/dpsgd.py).
 - noise: jax_privacy.noise_addition.gaussian_privatizer, N(0, (sigma C)^2) on the sum of clipped
   gradients, then divided by B (the expected batch size, which reveals nothing about the draw).
 - the guarantee: dp_accounting's PLD accountant on exactly that sampling,
   TruncatedSubsampledGaussianDpEvent(n_m, q, max_batch_size, sigma) per step, composed over all
   steps, under add-or-remove adjacency (the relation of a canary IN or OUT). Truncation binds
   most often for the largest IN set, so the run records the largest epsilon over its models' IN
-  sizes. The default `max_batch_size` is B + 5 sqrt(B), five standard deviations of the draw:
-  it cost at most 0.12% of epsilon in the cases we computed, where four cost up to 3% (docs/dp.md).
+  sizes. The default `max_batch_size` is B + 5 sqrt(B), five standard deviations of the draw
+  (what truncation costs in epsilon there and at four: docs/dp.md).
 
-Batches are a function of (seed, model index, epoch) alone, as every other draw of the trainer
-(lira/training/step.py), so a model trains the same alone, in a vectorized slice or resumed.
+The accountant depends on the trainer (its sampling and its steps per epoch), never the reverse:
+non-DP training imports neither this module nor dp_accounting.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import math
 
 import dp_accounting
 import numpy as np
-from jax_privacy import batch_selection
 
 from lira.config import TrainingConfig
 from lira.training import step as step_lib
+from lira.training.sampling import max_batch_size, sampling_probability
 
-_BATCH_SEED = 3  # tag of the batch-sampling stream, beside step.py's init, order and augmentation
-_COARSE = 1e-3  # the PLD's discretisation while calibrating (the library's default, 1e-4, is 10x slower)
+# The PLD's discretisation while calibrating: the library's default, 1e-4, is much slower
+# (docs/results/implementation_choices/README.md); the result is checked at the default.
+_COARSE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +54,6 @@ class Guarantee:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def max_batch_size(batch_size: int, configured: int = 0) -> int:
-    """The physical batch of a DP step: `configured`, or B + ceil(5 sqrt(B))."""
-    return configured or batch_size + math.ceil(5 * math.sqrt(batch_size))
-
-
-def sampling_probability(batch_size: int, expected_in: int) -> float:
-    return min(1.0, batch_size / expected_in)
 
 
 def _event(noise_multiplier: float, dataset_size: int, q: float, max_batch: int, steps: int):
@@ -114,24 +106,6 @@ def noise_for_epsilon(target_epsilon: float, *, delta: float, in_sizes, q: float
     return float(sigma)
 
 
-def poisson_batches(keep_row: np.ndarray, q: float, max_batch: int, steps: int, seed: int, model_index: int,
-                    epoch: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """One model's DP batches for one epoch: (indices int32 [steps, max_batch] into the pool,
-    sizes int32 [steps]); row s holds the step's draw first, then padding (index 0, to be masked
-    with position >= size). keep_row: bool [N], the model's IN set."""
-    members = np.flatnonzero(keep_row)
-    sampler = batch_selection.CyclicPoissonSampling(
-        sampling_prob=q, iterations=steps, truncated_batch_size=max_batch
-    )
-    rng = np.random.default_rng([seed, model_index, _BATCH_SEED, epoch])
-    indices = np.zeros((steps, max_batch), np.int32)
-    sizes = np.zeros(steps, np.int32)
-    for s, drawn in enumerate(sampler.batch_iterator(len(members), rng)):
-        sizes[s] = len(drawn)
-        indices[s, : len(drawn)] = members[drawn]
-    return indices, sizes
-
-
 def account(config: TrainingConfig, keep: np.ndarray) -> Guarantee:
     """The guarantee of DP-SGD with `config` on the IN sets of `keep` [M, N]; with
     --dp_target_epsilon, the noise multiplier is the accountant's pick (a few seconds to a minute:
@@ -150,15 +124,3 @@ def account(config: TrainingConfig, keep: np.ndarray) -> Guarantee:
         clip_norm=config.dp_clip_norm, sampling_probability=q, expected_batch_size=config.batch_size,
         max_batch_size=max_batch, steps=steps,
     )  # fmt: skip
-
-
-def epoch_batches(keep: np.ndarray, start: int, stop: int, epoch: int, config: TrainingConfig,
-                  num_steps: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """poisson_batches of models [start, stop) for `epoch`, stacked: (int32 [m, S, P], int32 [m, S])."""
-    expected_in = round(config.pkeep * keep.shape[1])
-    q = sampling_probability(config.batch_size, expected_in)
-    max_batch = max_batch_size(config.batch_size, config.dp_max_batch_size)
-    drawn = [
-        poisson_batches(keep[m], q, max_batch, num_steps, config.seed, m, epoch) for m in range(start, stop)
-    ]
-    return np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn])

@@ -8,7 +8,7 @@ paired AUC difference is shown beside it. A finding with no level takes the fine
 1% FPR that the run resolves: the RMIA-vs-LiRA comparisons are meant to be testable on small
 runs, where 0.1% has fewer than 10 false positives to count.
 
-    rows = findings.check(studies.load_run("exp/c10_cpu"), num_targets=8)
+    rows = findings.check(notebook.load_run("exp/c10_cpu"), num_targets=8)
     print(findings.table(rows))
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from lira import metrics as metrics_lib
 from lira import studies
 from lira.attacks import protocol
+from lira.run.reader import Run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Setting:
     num_shadows_used: int | None = None
     queries: int | None = None
 
-    def describe(self, run: studies.Run) -> str:
+    def describe(self, run: Run) -> str:
         count = self.num_shadows_used or run.num_models - 1
         references = f"K = {count}" if self.num_shadows_used else f"all {count}"
         queries = self.queries or run.num_queries
@@ -103,7 +104,7 @@ PAPER_FINDINGS = (
 class _Scores:
     """Attack results of one run under several settings, each computed once."""
 
-    def __init__(self, run: studies.Run, targets: list[int], seed: int):
+    def __init__(self, run: Run, targets: list[int], seed: int):
         self.run, self.targets, self.seed = run, targets, seed
         self.cache: dict = {}
 
@@ -114,20 +115,19 @@ class _Scores:
         return self.cache[key]
 
     def _compute(self, attack: str, setting: Setting) -> protocol.AttackResult | None:
-        signals = self.run.signals
+        run = self.run
         if setting.queries is not None:
             try:
-                signals = signals.select_queries(studies.query_indices(self.run.num_queries, setting.queries))
+                run = run.with_queries(studies.query_indices(run.num_queries, setting.queries))
             except ValueError:
                 return None  # the run has fewer queries
         if not studies.is_valid(self.run.keep, self.targets, attack, setting.num_shadows_used, self.seed):
             return None
-        results = protocol.run_attacks(signals, self.run.keep, self.run.labels, [attack], self.targets,
-                                    setting.num_shadows_used, self.seed)  # fmt: skip
+        results = protocol.run_attacks(run, [attack], self.targets, setting.num_shadows_used, self.seed)
         return results[attack]
 
 
-def _feasible(finding: Finding, run: studies.Run, targets: list[int], seed: int) -> Finding:
+def _feasible(finding: Finding, run: Run, targets: list[int], seed: int) -> Finding:
     """The finding with each K raised to the smallest at which its attacks can run on this run
     (per-example variances need two references of each kind for every example among the first
     K); two settings with the same K move together, so the comparison stays at equal K."""
@@ -146,7 +146,7 @@ def _feasible(finding: Finding, run: studies.Run, targets: list[int], seed: int)
     return dataclasses.replace(finding, setting_a=settings["a"], setting_b=settings["b"])
 
 
-def check(run: studies.Run, num_targets: int | None = None, findings=PAPER_FINDINGS, num_resamples: int = 1000,
+def check(run: Run, num_targets: int | None = None, findings=PAPER_FINDINGS, num_resamples: int = 1000,
           seed: int = 0) -> list[dict]:  # fmt: skip
     """One row per finding: {finding, level (the FPR level tested; for a finding with none, the
     finest of LOW_FPR_LEVELS resolved here), a, b (TPR of each at the level), difference and
@@ -192,7 +192,7 @@ def _interval(difference: dict | None) -> str:
     return f"{100 * difference['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def table(rows: list[dict], run: studies.Run | None = None) -> str:
+def table(rows: list[dict], run: Run | None = None) -> str:
     """Markdown: finding, paper figure, our A vs B (TPR at the level), paired TPR and AUC
     differences, verdict (by the TPR difference); then the note on the RMIA paper's baseline when
     an RMIA-vs-LiRA row is in it."""

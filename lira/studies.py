@@ -1,6 +1,6 @@
 """The studies behind the notebooks (notebooks/*.ipynb): sweeps and selections over one run.
 
-A notebook loads a run (`load_run`), calls one function here, and plots what it returns, so
+A notebook loads a run (lira.notebook.load_run), calls one function here, and plots what it returns, so
 every number in a figure comes from tested code. All attacks go through `lira.attacks.protocol` with the
 same leave-one-out protocol as experiments/attack.py; figures pool the scores of all targets.
 
@@ -11,7 +11,7 @@ same leave-one-out protocol as experiments/attack.py; figures pool the scores of
   that are OUT for each example. At pkeep = 0.5, K OUT references per example take about 2K
   shadow models, which is how offline and online points compare on one shadow budget.
 - `query_sweep`: the attacks on 1, 2 or all Q augmented queries, taking the subsets of the
-  logits' Q axis that the smaller query sets would have produced (lira.training.augment.query_offsets).
+  logits' Q axis that the smaller query sets would have produced (lira.run.views.query_offsets).
 - `example_gaussians`, `separation`, `vulnerability`: per-example views (LiRA Fig. 2/3).
 """
 
@@ -20,117 +20,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from lira import data
 from lira import metrics as metrics_lib
 from lira.attacks import ATTACKS, WHITE_BOX, protocol
 from lira.attacks.common import reference_moments
-from lira.attacks.signals import ProbabilitySignal, Signals, run_signals
-from lira.report import plots, tables
-from lira.report.tables import paired_table, rows_table, tpr_table  # noqa: F401  (the notebooks' tables)
-from lira.run import layout
+from lira.report import tables
+from lira.run import layout, views
+from lira.run.reader import Run, read_run
 from lira.stages import attack
-from lira.training import augment
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LOGDIR = "exp/c10_cpu"
-DEFAULT_PROBABILITY = ProbabilitySignal()  # RMIA's signal as the attack stage's defaults
 TABLE_LEVELS = tables.PAPER_LEVELS
 LIRA_AND_RMIA = (
     "lira_online", "lira_online_fixed_var", "lira_offline", "lira_offline_fixed_var", "rmia_online", "rmia_offline",
 )  # fmt: skip
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def resolve_path(path: str | os.PathLike) -> Path:
-    """A relative path is taken from the repository root, so a notebook (whose working folder is
-    notebooks/) and a script run from the root name the same files."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-def logdir_from_env(default: str = DEFAULT_LOGDIR) -> Path:
-    """The run directory a notebook reads: $LIRA_LOGDIR, else `default` (the cpu-scale run)."""
-    return resolve_path(os.environ.get("LIRA_LOGDIR") or default)
-
-
-def figures_from_env() -> Path:
-    """Where a notebook saves its PNGs: $LIRA_FIGURES, else docs/figures."""
-    return resolve_path(os.environ.get("LIRA_FIGURES") or "docs/figures")
-
-
-def num_targets_from_env(default: int | None = None) -> int | None:
-    """$LIRA_NUM_TARGETS (targets attacked in turn), else `default`; None = every model."""
-    value = os.environ.get("LIRA_NUM_TARGETS")
-    return int(value) if value else default
-
-
-def save_figure(fig, name: str, dpi: int = 100) -> Path:
-    """Writes `fig` as figures_from_env()/name, atomically (PNG at a modest dpi: small files)."""
-    path = figures_from_env() / name
-    plots.save_figure(fig, path, dpi=dpi)
-    return path
-
-
-@dataclasses.dataclass
-class Run:
-    """One run directory in memory: keep bool [M, N], labels int [N], signals [M, N, Q]."""
-
-    logdir: Path
-    record: layout.RunRecord  # config.json
-    keep: np.ndarray
-    labels: np.ndarray
-    signals: Signals
-
-    @property
-    def num_models(self) -> int:
-        return self.keep.shape[0]
-
-    @property
-    def num_queries(self) -> int:
-        return self.signals.phi.shape[-1]
-
-
-def load_run(
-    logdir: str | os.PathLike,
-    probability_signal: ProbabilitySignal | None = DEFAULT_PROBABILITY,
-    whitebox: bool = False,
-) -> Run:
-    """Reads a run directory's signals once (RMIA's probability signal as the attack stage's
-    default; None leaves it out, and the RMIA attacks with it; `whitebox`: the white-box ones too)."""
-    logdir = resolve_path(logdir)
-    return Run(
-        logdir=logdir,
-        record=layout.load_record(logdir),
-        keep=layout.load_keep(logdir),
-        labels=layout.load_labels(logdir),
-        signals=run_signals(logdir, probability_signal, whitebox=whitebox),
-    )
 
 
 def describe(run: Run) -> str:
     """One line on what was attacked: data, model, M, N, Q, and final accuracies (mean over models)."""
     config = run.record.config
-    accuracy = layout.final_accuracies(layout.read_jsonl(run.logdir / layout.TRAIN_LOG))
+    accuracy = layout.final_accuracies(run.train_log)
     percent = lambda key: f"{100 * accuracy[key][0]:.1f}%" if key in accuracy else "n/a"
     return (
-        f"{config.data.dataset}: N = {run.keep.shape[1]:,} pool examples, "
+        f"{config.data.dataset}: N = {run.num_examples:,} pool examples, "
         f"{config.model.arch}, M = {run.num_models} models, {config.training.epochs} epochs, "
         f"Q = {run.num_queries} queries; final accuracy train {percent('train_acc')}, "
         f"test {percent('test_acc')} (mean over models)"
     )
-
-
-def class_name(run: Run, label: int) -> str:
-    """CIFAR-10's class names for CIFAR-10 data (a tfds or npz copy), else the label number."""
-    facts = run.record.data
-    if str(facts.get("name", "")).startswith("cifar10") and facts.get("num_classes") == 10:
-        return CIFAR10_CLASSES[label]
-    return str(label)
 
 
 def targets_of(run: Run, num_targets: int | None) -> list[int]:
@@ -140,18 +58,13 @@ def targets_of(run: Run, num_targets: int | None) -> list[int]:
 
 def query_indices(num_available: int, count: int) -> list[int]:
     """Positions on a Q = num_available logits axis of the queries a `count`-query inference
-    would have made: (mirror, dy, dx) views are matched by lira.training.augment.query_offsets."""
-    available = augment.query_offsets(num_available)
-    wanted = augment.query_offsets(count)
+    would have made: (mirror, dy, dx) views are matched by lira.run.views.query_offsets."""
+    available = views.query_offsets(num_available)
+    wanted = views.query_offsets(count)
     missing = [view for view in wanted if view not in available]
     if missing:
         raise ValueError(f"{count} queries need views {missing}, which {num_available} queries lack.")
     return [available.index(view) for view in wanted]
-
-
-def select_queries(signals: Signals, indices: list[int]) -> Signals:
-    """The same signals on a subset of queries: [M, N, Q] -> [M, N, len(indices)]."""
-    return signals.select_queries(indices)
 
 
 def compare_attacks(run: Run, attacks=("all",), num_targets: int | None = None,
@@ -163,7 +76,7 @@ def compare_attacks(run: Run, attacks=("all",), num_targets: int | None = None,
     if run.signals.probability is None:
         names = [name for name in names if not ATTACKS[name].needs_probability]
     targets = targets_of(run, num_targets)
-    results = protocol.run_attacks(run.signals, run.keep, run.labels, names, targets, seed=seed)
+    results = protocol.run_attacks(run, names, targets, seed=seed)
     return attack.audit_metrics(results, run.keep, run.num_queries, bootstrap=0, seed=seed), results
 
 
@@ -226,7 +139,7 @@ def shadow_sweep(run: Run, attacks=LIRA_AND_RMIA, counts: list[int] | None = Non
     for count in default_counts(run.num_models) if counts is None else counts:
         valid = [a for a in attacks if is_valid(run.keep, targets, a, count, seed)]
         if valid:
-            results = protocol.run_attacks(run.signals, run.keep, run.labels, valid, targets, count, seed)
+            results = protocol.run_attacks(run, valid, targets, count, seed)
             rows += [_row(a, results[a], run.keep, num_shadows_used=count) for a in valid]
     return rows
 
@@ -242,8 +155,7 @@ def query_sweep(run: Run, attacks=("lira_online", "lira_offline", "rmia_online",
             indices = query_indices(run.num_queries, count)
         except ValueError:
             continue
-        signals = select_queries(run.signals, indices)
-        results = protocol.run_attacks(signals, run.keep, run.labels, list(attacks), targets, seed=seed)
+        results = protocol.run_attacks(run.with_queries(indices), list(attacks), targets, seed=seed)
         rows += [_row(a, results[a], run.keep, queries=count) for a in attacks]
     return rows
 
@@ -308,21 +220,6 @@ def vulnerability(result: protocol.AttackResult, keep: np.ndarray) -> tuple[np.n
     return median, order
 
 
-def pool_images(run: Run) -> np.ndarray | None:
-    """uint8 [N, H, W, C] of the pool; None for tabular data, or, with a warning that says why,
-    when the dataset cannot be loaded here. A relative npz: path in the config is read from the
-    repository root, where the stages are run."""
-    source = run.record.config.data
-    spec = source.dataset
-    if spec.startswith("npz:") and not Path(spec[4:]).expanduser().is_absolute():
-        spec = "npz:" + str(resolve_path(spec[4:]))
-    try:
-        return data.load_raw_images(spec, source.data_dir, source.pool_size)
-    except data.DatasetError as error:
-        warnings.warn(f"No images of the pool: {error}", stacklevel=2)
-        return None
-
-
 WHITEBOX_RIVALS = ("loss", "calibrated_loss", "shokri", "lira_online", "lira_online_fixed_var", "lira_offline",
                    "rmia_online", "rmia_offline")  # fmt: skip
 
@@ -337,7 +234,7 @@ def whitebox_comparison(run: Run, num_targets: int | None = None, level: float =
     if run.signals.grad is None:
         raise ValueError("whitebox_comparison needs a run loaded with load_run(..., whitebox=True).")
     indices = query_indices(run.num_queries, run.record.whitebox["queries"])
-    signals = select_queries(run.signals, indices)
+    signals = run.signals.select_queries(indices)
     signals.grad, signals.whitebox = run.signals.grad, run.signals.whitebox
     rivals = [
         name
@@ -346,7 +243,7 @@ def whitebox_comparison(run: Run, num_targets: int | None = None, level: float =
     ]
     names = [*rivals, *WHITE_BOX]
     targets = targets_of(run, num_targets)
-    results = protocol.run_attacks(signals, run.keep, run.labels, names, targets, seed=seed)
+    results = protocol.run_attacks(dataclasses.replace(run, signals=signals), names, targets, seed=seed)
     metrics = attack.audit_metrics(results, run.keep, len(indices), bootstrap=0, seed=seed)
     key = metrics_lib.level_key(level)
     best = max(rivals, key=lambda name: metrics["attacks"][name]["tpr_at_fpr"][key] or 0.0)
@@ -365,11 +262,12 @@ def dp_sweep(root: str | os.PathLike, level: float = 1e-3) -> list[dict]:
     rows = []
     for metrics_path in sorted(Path(root).glob(f"*/{layout.REPORT_DIR}/{layout.METRICS}")):
         logdir = metrics_path.parent.parent
-        metrics, record = json.loads(metrics_path.read_text()), layout.load_record(logdir)
+        metrics, run = json.loads(metrics_path.read_text()), read_run(logdir)
+        record = run.record
         attacks = metrics["attacks"]
         bound = max(attacks, key=lambda name: attacks[name].get("epsilon_lower_bound") or 0.0)
         best = max(attacks, key=lambda name: attacks[name]["tpr_at_fpr"].get(str(level)) or 0.0)
-        accuracy = layout.final_accuracies(layout.read_jsonl(logdir / layout.TRAIN_LOG))
+        accuracy = layout.final_accuracies(run.train_log)
         rows.append({
             "run": logdir.name,
             "noise_multiplier": record.dp["noise_multiplier"] if record.dp else 0.0,

@@ -6,10 +6,10 @@ the benchmarks' child processes); `import lira` alone changes nothing. A flag th
 it; LIRA_XLA_FLAGS=0 adds none. XLA aborts on a flag it does not know, and experimental flags
 come and go, so they are added only under the jaxlib versions they were tested with.
 
-YNN_DOT routes XLA:CPU's matmuls and convolutions through the YNNPACK library. Measured on the
-2-core CPU machine (bench/training.py, 2026-11-24): cnn32's training step with XLA's native
-convolutions is 1.6-1.7x faster with it and the im2col convolutions 0.9x, while the mlp's is
-unchanged; its convolution layers alone are 2.5x faster. The flag does nothing on GPU and TPU.
+YNN_DOT routes XLA:CPU's matmuls and convolutions through the YNNPACK library, which makes
+cnn32's training step with XLA's native convolutions faster on the CPU and leaves the mlp's as
+it was (measured: docs/performance.md, "What made cnn32 fast on the CPU"). The flag does
+nothing on GPU and TPU.
 """
 
 from __future__ import annotations

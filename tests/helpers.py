@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from lira.config import TrainingConfig
-from lira.training import loop, masks
+from lira.run import masks
+from lira.training import loop
 
 
 def synthetic_images(num_examples=96, num_classes=3, shape=(8, 8, 1), seed=0):
@@ -60,3 +61,12 @@ def tiny_image_run_config(root, num_models: int, models_per_step: int, **changes
         dataset=f"npz:{root / 'images.npz'}", arch="cnn-tiny", num_shadows=num_models, epochs=2, batch_size=16,
         lr=0.05, models_per_step=models_per_step, **changes,
     )  # fmt: skip
+
+
+def audit_run(logdir, attacks, **fields):
+    """lira.stages.attack.run_audit on the run in `logdir`: `attacks` and the AttackConfig `fields`."""
+    from lira.config import AttackConfig
+    from lira.run.reader import read_run
+    from lira.stages import attack
+
+    return attack.run_audit(read_run(logdir), AttackConfig(attacks=list(attacks), **fields))

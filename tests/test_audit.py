@@ -1,5 +1,6 @@
 """The driver: leave-one-out, num_shadows_used, checks before work, and the metrics it returns."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import audit_run
 from scipy import stats
 
-from lira import attacks
-from lira.attacks import ATTACKS, AttackSpec, protocol, rmia, signals
-from lira.run import layout, synthetic
-from lira.stages import attack
+from lira import attacks, signals
+from lira.attacks import ATTACKS, AttackSpec, protocol, rmia
+from lira.run import reader, synthetic
 
 
 @pytest.fixture
@@ -42,18 +43,18 @@ def spy(monkeypatch, references_kind):
     return seen
 
 
-def load(run):
-    return signals.run_signals(run), layout.load_keep(run), layout.load_labels(run)
+def load(logdir):
+    return reader.read_run(logdir).with_signals()
 
 
 def test_target_outputs_never_reach_its_references(run, monkeypatch):
     seen = spy(monkeypatch, "in_and_out")
-    run_signals, keep, labels = load(run)
-    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[0, 3])
-    poisoned = signals.Signals(run_signals.phi.copy(), run_signals.ce.copy())
+    clean_run = load(run)
+    protocol.run_attacks(clean_run, ["spy"], targets=[0, 3])
+    poisoned = signals.Signals(clean_run.signals.phi.copy(), clean_run.signals.ce.copy())
     poisoned.phi[0], poisoned.ce[0] = 1e30, -1e30  # only target 0's outputs change
     protocol.run_attacks(
-        poisoned, keep, labels, ["spy"], targets=[0, 3]
+        dataclasses.replace(clean_run, signals=poisoned), ["spy"], targets=[0, 3]
     )  # (same shapes: same summation order)
     clean, dirty = seen
     for kind, mask in clean["masks"].items():
@@ -66,13 +67,12 @@ def test_target_outputs_never_reach_its_references(run, monkeypatch):
 
 
 def test_lira_scores_equal_the_attack_on_hand_built_equal_count_references(run):
-    run_signals, keep, labels = load(run)
-    result = protocol.run_attacks(
-        run_signals, keep, labels, ["lira_online", "lira_offline"], targets=[3], seed=2
-    )
+    loaded = load(run)
+    keep = loaded.keep
+    result = protocol.run_attacks(loaded, ["lira_online", "lira_offline"], targets=[3], seed=2)
     order = protocol.reference_order(10, seed=2)
     references = [m for m in order if m != 3]
-    phi = run_signals.phi.astype(np.float64)
+    phi = loaded.signals.phi.astype(np.float64)
     for n in range(keep.shape[1]):
         ins = [m for m in references if keep[m, n]][:4]  # 10 models, 5 IN: M/2 - 1 = 4 of each kind
         outs = [m for m in references if not keep[m, n]][:4]
@@ -86,10 +86,11 @@ def test_lira_scores_equal_the_attack_on_hand_built_equal_count_references(run):
 
 
 def test_equal_counts_and_num_shadows_used_follow_the_fixed_order(run, monkeypatch):
-    run_signals, keep, labels = load(run)
+    loaded = load(run)
+    keep = loaded.keep
     order = protocol.reference_order(10, seed=5)
     seen = spy(monkeypatch, "in_and_out")
-    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=6, seed=5)
+    protocol.run_attacks(loaded, ["spy"], targets=[2], num_shadows_used=6, seed=5)
     chosen = order[order != 2][:6]
     masks = seen[0]["masks"]
     for n in range(keep.shape[1]):
@@ -102,15 +103,15 @@ def test_equal_counts_and_num_shadows_used_follow_the_fixed_order(run, monkeypat
         first_out = [m for m in rows if not keep[m, n]][:4]  # offline: min(K, M/2 - 1) = 4 OUT references
         assert sorted(np.flatnonzero(masks["offline_out"][0, :, n])) == sorted(first_out)
     seen = spy(monkeypatch, "out")
-    protocol.run_attacks(run_signals, keep, labels, ["spy"], targets=[2], num_shadows_used=3, seed=5)
+    protocol.run_attacks(loaded, ["spy"], targets=[2], num_shadows_used=3, seed=5)
     assert (seen[0]["masks"]["offline_out"].sum(axis=1) == 3).all()
 
 
 def test_num_shadows_used_changes_online_scores_reproducibly(run):
-    run_signals, keep, labels = load(run)
-    full = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0])["lira_online"].scores
-    part = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
-    again = protocol.run_attacks(run_signals, keep, labels, ["lira_online"], [0], num_shadows_used=8, seed=1)
+    loaded = load(run)
+    full = protocol.run_attacks(loaded, ["lira_online"], [0])["lira_online"].scores
+    part = protocol.run_attacks(loaded, ["lira_online"], [0], num_shadows_used=8, seed=1)
+    again = protocol.run_attacks(loaded, ["lira_online"], [0], num_shadows_used=8, seed=1)
     assert not np.allclose(full, part["lira_online"].scores)
     np.testing.assert_array_equal(part["lira_online"].scores, again["lira_online"].scores)
 
@@ -119,30 +120,34 @@ def test_errors_come_before_work_and_name_the_problem(run, monkeypatch):
     def fail(*_, **__):
         raise AssertionError("signals were read before the checks")
 
-    monkeypatch.setattr(attack, "run_signals", fail)
+    monkeypatch.setattr(reader.Run, "with_signals", fail)
     with pytest.raises(ValueError, match="choose from"):
-        attack.run_audit(run, ["lira_online", "lira_onlien"])
+        audit_run(run, ["lira_online", "lira_onlien"])
     with pytest.raises(ValueError, match="num_shadows_used=10"):
-        attack.run_audit(run, ["loss"], num_shadows_used=10)
+        audit_run(run, ["loss"], num_shadows_used=10)
     with pytest.raises(
         ValueError, match=r"too large for offline attack lira_offline: example \d+ has only 4"
     ):
-        attack.run_audit(run, ["lira_offline"], num_shadows_used=5)
+        audit_run(run, ["lira_offline"], num_shadows_used=5)
     with pytest.raises(
         ValueError, match=r"lira_online needs >= 2 (IN|OUT) references per example, but for target"
     ):
-        attack.run_audit(run, ["lira_online"], num_shadows_used=2)
+        audit_run(run, ["lira_online"], num_shadows_used=2)
     # one OUT reference an example: offline LiRA's pooled variance is then taken around the overall
     # mean (the RMIA paper's one-reference case), so K = 1 passes the checks and reaches the signals
     with pytest.raises(AssertionError, match="signals were read"):
-        attack.run_audit(run, ["lira_offline_fixed_var"], num_shadows_used=1)
+        audit_run(run, ["lira_offline_fixed_var"], num_shadows_used=1)
+    with pytest.raises(ValueError, match="Unknown attack options --lira_gamma=2.0; valid: --"):
+        audit_run(run, ["lira_online"], options={"lira_gamma": 2.0})
+    with pytest.raises(ValueError, match=r"--rmia_trim must be in \[0, 0.5\), got 0.5"):
+        audit_run(run, ["rmia_online"], options={"rmia_trim": 0.5})
     with pytest.raises(ValueError, match="takes"):
-        attack.run_audit(run, ["lira_online"], attack_options={"lira_online": {"gamma": 2.0}})
+        protocol.check_options(["lira_online"], {"lira_online": {"gamma": 2.0}})
 
 
 def test_run_audit_returns_metrics_for_every_attack(run):
-    options = {"rmia_offline": {"offline_a": "auto", "gamma": 1.5}, "shokri": {"classifier": "logreg"}}
-    metrics, results = attack.run_audit(run, ["all"], num_targets=20, bootstrap=20, attack_options=options)
+    options = {"rmia_offline_a": "auto", "rmia_gamma": 1.5, "shokri_classifier": "logreg"}
+    metrics, results = audit_run(run, ["all"], num_targets=20, bootstrap=20, options=options)
     # A black-box run: 'all' is every attack but the white-box ones (tests/test_whitebox_attacks.py).
     assert set(results) == set(attacks.BLACK_BOX) and set(metrics["attacks"]) == set(attacks.BLACK_BOX)
     assert metrics["num_models"] == 10 and metrics["num_targets"] == 10 and metrics["num_queries"] == 2
@@ -155,6 +160,9 @@ def test_run_audit_returns_metrics_for_every_attack(run):
         and len(fitted["offline_a"]) == 10
         and all(0 <= a <= 1 for a in fitted["offline_a"])
     )
+    given = metrics["attack_options"]  # the flags reach the attacks' keywords, the others at their defaults
+    assert given["shokri"] == {"classifier": "logreg"} and given["rmia_online"]["gamma"] == 1.5
+    assert given["rmia_offline"]["offline_a"] == "auto" and given["rmia_offline"]["trim"] == rmia.DEFAULT_TRIM
     assert figures["tpr_at_fpr"]["1e-05"] is None  # 200 non-members cannot resolve 1e-5
 
 
@@ -166,6 +174,7 @@ def run_script(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=environment)
 
 
+@pytest.mark.slow
 def test_attack_script_end_to_end(run):
     finished = run_script(
         "experiments/attack.py", f"--logdir={run}", "--attacks=loss,lira_online,rmia_offline,shokri",
@@ -190,6 +199,7 @@ def test_attack_script_rejects_unknown_attacks_before_work(run):
     assert not (run / "report").exists()
 
 
+@pytest.mark.slow
 def test_benchmark_quick(tmp_path):
     finished = run_script(
         "-m", "bench.attacks", "--quick", "--attacks=loss,lira_online,rmia_offline",
@@ -236,7 +246,7 @@ def _flip_changes(keep, columns, canaries, num_shadows_used=None):
 
 @pytest.mark.parametrize("num_shadows_used", [None, 4])
 def test_a_canarys_references_and_population_ignore_the_targets_membership(num_shadows_used):
-    from lira.training import masks
+    from lira.run import masks
 
     canaries = np.arange(0, 40, 2)
     keep = masks.make_keep(8, 40, 0.5, seed=1, canaries=canaries)
@@ -250,7 +260,7 @@ def test_a_canarys_references_and_population_ignore_the_targets_membership(num_s
 
 
 def test_canary_reference_counts_come_from_the_references_alone():
-    from lira.training import masks
+    from lira.run import masks
 
     canaries = np.arange(30)
     keep = masks.make_keep(9, 60, 0.5, seed=2, canaries=canaries)
@@ -266,7 +276,7 @@ def test_canary_reference_counts_come_from_the_references_alone():
 
 
 def test_canaries_short_of_references_get_the_targets_lowest_score(tmp_path):
-    from lira.training import masks
+    from lira.run import masks
 
     canaries = np.arange(12)
     keep = masks.make_keep(8, 80, 0.5, seed=4, canaries=canaries)
@@ -275,9 +285,8 @@ def test_canaries_short_of_references_get_the_targets_lowest_score(tmp_path):
     keep[:6, 2], keep[6:, 2] = True, False  # two OUT models: each sees one OUT reference
     synthetic.make_synthetic_rundir(tmp_path, num_models=8, num_examples=80, seed=4, keep=keep)
     names = ["loss", "lira_online", "lira_offline", "rmia_online", "lira_online_fixed_var"]
-    run_signals = signals.run_signals(tmp_path, attacks.probability_signal(names))
-    labels = layout.load_labels(tmp_path)
-    results = protocol.run_attacks(run_signals, keep, labels, names, list(range(8)), canaries=canaries)
+    loaded = reader.read_run(tmp_path).with_signals(attacks.probability_signal(names))
+    results = protocol.run_attacks(dataclasses.replace(loaded, canaries=canaries), names, list(range(8)))
     selection = protocol.select_references(keep, list(range(8)), canaries=canaries)
     for name, result in results.items():
         short = protocol.unscored(selection, name)
@@ -294,4 +303,4 @@ def test_canaries_short_of_references_get_the_targets_lowest_score(tmp_path):
     assert online[:, :2].all() and online[6:, 2].all() and not online[:6, 2].any()
     # The same short column outside the canaries is the user's error, named before any work.
     with pytest.raises(ValueError, match="lira_offline needs >= 2 OUT references"):
-        protocol.run_attacks(run_signals, keep, labels, ["lira_offline"], [0], canaries=canaries[3:])
+        protocol.run_attacks(dataclasses.replace(loaded, canaries=canaries[3:]), ["lira_offline"], [0])

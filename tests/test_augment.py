@@ -1,9 +1,15 @@
+"""Training augmentation and the query views (lira/training/augment.py, lira/run/views.py): the
+views a query set names are the pixels make_queries makes, and the views training draws are
+those trained_views says."""
+
 import itertools
 
 import jax
 import numpy as np
 import pytest
 
+from lira.config import AUGMENTS, QUERY_COUNTS
+from lira.run import views
 from lira.training import augment
 
 
@@ -15,14 +21,14 @@ def test_shift_matches_numpy_reflect_pad():
         np.testing.assert_array_equal(augment.shift(images, dy, dx), expected)
 
 
-@pytest.mark.parametrize("count", augment.QUERY_COUNTS)
+@pytest.mark.parametrize("count", QUERY_COUNTS)
 def test_queries(count):
     images = np.random.default_rng(0).normal(size=(3, 10, 10, 2)).astype(np.float32)
     queries = np.asarray(augment.make_queries(images, count))
     assert queries.shape == (3, count, 10, 10, 2)
     np.testing.assert_array_equal(queries[:, 0 if count < 18 else count // 4], images)  # the unshifted view
     if count >= 2:
-        mirrored = [i for i, (m, dy, dx) in enumerate(augment.query_offsets(count)) if m and dy == dx == 0]
+        mirrored = [i for i, (m, dy, dx) in enumerate(views.query_offsets(count)) if m and dy == dx == 0]
         np.testing.assert_array_equal(queries[:, mirrored[0]], images[:, :, ::-1])
     assert len({q.tobytes() for q in queries[0]}) == count  # all views differ
 
@@ -59,10 +65,10 @@ def _drawn_views(kind: str, num_draws: int = 4000) -> set[tuple[bool, int, int]]
     return {candidates[copy.tobytes()] for copy in drawn}
 
 
-@pytest.mark.parametrize("kind", augment.AUGMENTS)
+@pytest.mark.parametrize("kind", AUGMENTS)
 def test_trained_views_are_what_training_draws(kind):
     # 4,000 draws miss one of weak's 162 equally likely views with probability < 1e-8.
-    assert augment.trained_views(kind) == _drawn_views(kind)
+    assert views.trained_views(kind) == _drawn_views(kind)
 
 
 @pytest.mark.parametrize(
@@ -76,17 +82,17 @@ def test_trained_views_are_what_training_draws(kind):
     ],
 )
 def test_default_and_valid_queries_follow_the_augmentation(kind, is_image, counts, default):
-    assert augment.trained_query_counts(kind, is_image) == counts
+    assert views.trained_query_counts(kind, is_image) == counts
     for count in counts:  # a valid count is every one of its views trained (reference: the sets)
-        assert not is_image or set(augment.query_offsets(count)) <= augment.trained_views(kind)
-        assert augment.resolve_queries(count, kind, is_image) == count
-    assert augment.resolve_queries(0, kind, is_image) == default
+        assert not is_image or set(views.query_offsets(count)) <= views.trained_views(kind)
+        assert views.resolve_queries(count, kind, is_image) == count
+    assert views.resolve_queries(0, kind, is_image) == default
     assert default in counts
 
 
 def test_untrained_views_are_refused_in_one_line_unless_allowed():
     with pytest.raises(ValueError) as error:
-        augment.resolve_queries(18, "mirror", True)
+        views.resolve_queries(18, "mirror", True)
     assert str(error.value) == (
         "--queries=18 has 16 views the models never trained on (the run's --augment=mirror); valid: "
         "0 (as trained: 2), 1, 2, or add --allow_untrained_views to query them anyway."
@@ -95,9 +101,9 @@ def test_untrained_views_are_refused_in_one_line_unless_allowed():
         ValueError,
         match=r"--whitebox_queries=2 has 1 view the .* --augment=none\); valid: 0 \(as trained: 1\), 1, or add",
     ):
-        augment.resolve_queries(2, "none", True, flag="--whitebox_queries")
-    assert augment.resolve_queries(18, "mirror", True, allow_untrained_views=True) == 18
-    assert augment.resolve_queries(162, "none", True, allow_untrained_views=True) == 162
+        views.resolve_queries(2, "none", True, flag="--whitebox_queries")
+    assert views.resolve_queries(18, "mirror", True, allow_untrained_views=True) == 18
+    assert views.resolve_queries(162, "none", True, allow_untrained_views=True) == 162
     # Non-image data has one query, whatever is allowed.
     with pytest.raises(ValueError, match="--queries=2: non-image data has a single query; valid: 0"):
-        augment.resolve_queries(2, "weak", False, allow_untrained_views=True)
+        views.resolve_queries(2, "weak", False, allow_untrained_views=True)

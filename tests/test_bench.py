@@ -32,6 +32,7 @@ def _run(tmp_path, *flags):
     return json.loads(out.read_text()), result.stdout
 
 
+@pytest.mark.slow
 def test_quick_train_bench_writes_the_schema(tmp_path):
     report, stdout = _run(tmp_path)
     assert set(report) >= {"cases", "ratios", "roofline", "environment"}
@@ -70,6 +71,7 @@ def test_quick_train_bench_writes_the_schema(tmp_path):
     assert "model-ex/s" in stdout and "LiRA paper" in stdout  # the table and the projection
 
 
+@pytest.mark.slow
 def test_quick_end_to_end(tmp_path):
     report, stdout = _run(tmp_path, "--case=end_to_end", f"--workdir={tmp_path}")
     rows = report["end_to_end"]
@@ -98,6 +100,7 @@ def test_model_examples_of_the_lira_paper():
     assert harness.model_examples(256, **harness.LIRA_PAPER_CIFAR10) == 256 * 100 * 98 * 256
 
 
+@pytest.mark.slow
 def test_quick_inference_memory(tmp_path):
     report, _ = _run(tmp_path, "--case=inference_memory", f"--workdir={tmp_path / 'run'}")
     result = report["inference_memory"]
@@ -106,6 +109,7 @@ def test_quick_inference_memory(tmp_path):
     assert len(logits) == result["num_models"]
 
 
+@pytest.mark.slow
 def test_quick_whitebox_query(tmp_path):
     report, stdout = _run(
         tmp_path, "--case=whitebox_query", "--arch=cnn-tiny,mlp-tiny", f"--workdir={tmp_path}"
@@ -228,6 +232,7 @@ def _xla_flops_per_example(arch, shape, num_classes, batch_size=16):
         ("wrn10-1", (8, 8, 3), 10),
     ],
 )
+@pytest.mark.slow
 def test_model_flops_match_xla_within_ten_percent(arch, shape, num_classes):
     flops = roofline.arch_flops(arch, shape, num_classes)
     xla = _xla_flops_per_example(arch, shape, num_classes)
@@ -280,6 +285,7 @@ def test_hlo_convolutions_counts_cudnn_calls_and_grouped_convolutions():
     assert counts["feature_grouped"] == 2 and counts["batch_grouped"] == 1
 
 
+@pytest.mark.slow
 def test_steps_per_call_bench_writes_its_table(tmp_path):
     out = tmp_path / "steps.json"
     args = ["--arch=mlp-tiny", "--num_examples=128", "--batch_size=16", "--repeats=1", f"--json={out}"]

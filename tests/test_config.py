@@ -4,8 +4,10 @@ import cycles."""
 
 import ast
 import dataclasses
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from lira import cli, config
+from lira import cli, config, signals
 from lira.run import layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,13 +66,7 @@ def test_result_differences_name_only_result_fields():
         (config.ModelConfig, {"conv_impl": "fft"}, "--conv_impl=fft: valid are xla, im2col."),
         (config.DataConfig, {"pool_size": 0}, "--pool_size must be >= 1, got 0."),
         (config.QueryConfig, {"queries": 3}, "--queries=3 is not supported; valid: 1, 2, 18, 162."),
-        (config.AttackConfig, {"rmia_trim": 0.5}, "--rmia_trim must be in [0, 0.5), got 0.5."),
-        (
-            config.AttackConfig,
-            {"rmia_offline_a": "x"},
-            "--rmia_offline_a=x: give a number in [0, 1] or 'auto'.",
-        ),
-        (config.AttackConfig, {"shokri_classifier": "svm"}, "--shokri_classifier=svm: valid are"),
+        (config.AttackConfig, {"audit_method": "x"}, "--audit_method=x: valid are one_run, clopper_pearson."),
     ],
 )
 def test_validation_names_the_flag_and_what_is_valid(section, changes, message):
@@ -94,14 +90,99 @@ def test_flags_come_from_the_config_fields():
         values(["prog", "--conv_impl=fft"])
 
 
-def test_attack_options_reach_every_attack_that_takes_them():
-    from lira.attacks import option_names
+def test_config_names_no_attack():
+    from lira.attacks import ATTACKS, option_flags
 
-    options = config.AttackConfig(rmia_offline_a="auto", lira_likelihood="student_t").options()
+    source = (ROOT / "lira" / "config.py").read_text()
+    names = [*(name for name in ATTACKS if name != "loss"), *option_flags()]  # "loss" is also a word
+    assert not [name for name in names if re.search(rf"\b{name}\b", source)]
+
+
+def test_each_option_flag_is_declared_once_for_a_keyword_of_its_attacks():
+    from lira.attacks import ATTACKS, option_flags
+
+    flags_ = option_flags()
+    for name, spec in ATTACKS.items():
+        keywords = [option.keyword for option in spec.options]
+        assert len(set(keywords)) == len(keywords), name
+        assert set(keywords) <= set(list(inspect.signature(spec.fn).parameters)[1:]), name
+        assert all(flags_[option.flag] is option for option in spec.options), name
+    assert not set(flags_) & set(config.fields_of(config.AttackConfig))
+    assert (
+        flags_["rmia_gamma"] in ATTACKS["rmia_online"].options
+        and flags_["rmia_gamma"] in ATTACKS["rmia_offline"].options
+    )
+
+
+def test_a_flag_two_attacks_declare_apart_is_refused(monkeypatch):
+    from lira import attacks
+
+    shared = attacks.ATTACKS["rmia_online"]
+    twin = dataclasses.replace(shared, options=tuple(dataclasses.replace(o) for o in shared.options))
+    monkeypatch.setitem(attacks.ATTACKS, "rmia_online", twin)
+    with pytest.raises(AssertionError, match="redeclares --rmia_gamma"):
+        attacks.option_flags()
+
+
+def test_the_option_defaults_are_the_attack_functions_defaults():
+    from lira.attacks import ATTACKS, options_from_flags
+
+    for name, keywords in options_from_flags().items():
+        parameters = inspect.signature(ATTACKS[name].fn).parameters
+        for keyword, value in keywords.items():
+            default = parameters[keyword].default
+            assert value == (list(default) if isinstance(default, tuple) else default), (name, keyword)
+    assert options_from_flags()["rmia_online"]["signal"] == signals.ProbabilitySignal().kind
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rmia_trim": 0.5}, "--rmia_trim must be in [0, 0.5), got 0.5."),
+        ({"rmia_gamma": 0.0}, "--rmia_gamma must be > 0, got 0.0."),
+        ({"rmia_offline_a": "x"}, "--rmia_offline_a must be a number in [0, 1] or 'auto', got x."),
+        ({"rmia_num_population": -1}, "--rmia_num_population must be >= 0, got -1."),
+        ({"shokri_classifier": "svm"}, "--shokri_classifier=svm: valid are mlp, logreg, sklearn_mlp, gbdt."),
+        ({"nasr_inputs": []}, "--nasr_inputs=: choose from gradients, activations, loss, label."),
+        ({"rmia_terms": 1.5}, "--rmia_terms must be an integer, got 1.5."),
+        ({"lira_likelihood": "student_t"}, "Unknown attack options --lira_likelihood=student_t; valid: --"),
+    ],
+)
+def test_a_bad_attack_option_names_the_flag_and_what_is_valid(values, message):
+    from lira.attacks import options_from_flags
+
+    with pytest.raises(ValueError) as error:
+        options_from_flags(values)
+    assert str(error.value).startswith(message)
+
+
+def test_attack_script_help_lists_every_option_flag_with_its_default():
+    from lira.attacks import option_flags
+
+    result = _script("experiments/attack.py", "--help")
+    described = {block.split(":")[0]: block for block in re.split(r"\n\s+--", result.stdout)}
+    for flag, option in option_flags().items():
+        default = ",".join(option.default) if option.kind is list else str(option.default)
+        assert f"(default: '{default}')" in described.get(flag, ""), (flag, result.stdout[-2000:])
+
+
+def test_attack_flags_come_from_the_attacks_options():
+    from lira.attacks import options_from_flags
+
+    values = flags.FlagValues()
+    cli.define_flags(config.AttackConfig, flag_values=values)
+    cli.define_attack_flags(flag_values=values)
+    values(["prog", "--num_targets=2", "--rmia_offline_a=auto", "--nasr_inputs=loss"])
+    attack_config = cli.section(config.AttackConfig, values)
+    assert attack_config == config.AttackConfig(
+        num_targets=2, options={"rmia_offline_a": "auto", "nasr_inputs": ["loss"]}
+    )  # only the flags given: the others keep the attacks' defaults
+    options = options_from_flags(attack_config.options)
     assert options["rmia_offline"]["offline_a"] == "auto" and "offline_a" not in options["rmia_online"]
-    assert options["lira_offline"] == {"likelihood": "student_t"}
-    for name, given in options.items():
-        assert set(given) <= set(option_names(name)), name
+    assert options["whitebox_nasr"] == {"use": ["loss"]}
+    assert options["rmia_online"] == options_from_flags()["rmia_online"]
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["prog", "--rmia_signal=cubic"])
 
 
 def test_run_record_reads_what_older_runs_wrote(tmp_path):
@@ -142,8 +223,13 @@ def _script(*args, env=None):
             ["experiments/attack.py", "--logdir=/x", "--rmia_gamma=0"],
             "attack.py: error: --rmia_gamma must be > 0",
         ),
+        (
+            ["experiments/attack.py", "--logdir=/x", "--nasr_inputs=weights"],
+            "attack.py: error: --nasr_inputs=weights: choose from gradients,",
+        ),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_are_one_line_with_status_2(args, message):
     result = _script(*args)
     assert result.returncode == 2, result.stderr
@@ -205,11 +291,10 @@ def test_no_import_cycles():
 
 
 def test_the_config_choices_are_the_modules_choices():
-    from lira.attacks import lira_attacks, rmia, shokri
+    from lira.run import views
     from lira.training import augment, layers
 
-    assert shokri.CLASSIFIERS == config.SHOKRI_CLASSIFIERS and rmia.AGGREGATIONS == config.RMIA_AGGREGATIONS
-    assert lira_attacks.LIKELIHOODS == config.LIRA_LIKELIHOODS and layers.CONV_IMPLS == config.CONV_IMPLS
+    assert layers.CONV_IMPLS == config.CONV_IMPLS
     for queries in config.QUERY_COUNTS:  # every allowed count has its views
-        assert len(augment.query_offsets(queries)) == queries
+        assert len(views.query_offsets(queries)) == queries
     assert set(config.AUGMENTS) == {"none", "mirror", "weak"} == set(augment.AUGMENTS)

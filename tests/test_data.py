@@ -201,6 +201,7 @@ def deadline():
     signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow
 def test_unprepared_tfds_fails_fast_with_what_to_do(tmp_path, no_network, deadline):
     pytest.importorskip("tensorflow_datasets")
     start = time.monotonic()

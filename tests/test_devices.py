@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 TESTS = Path(__file__).parent
 
@@ -43,6 +44,7 @@ def run_with_devices(tmp_path, devices):
     return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_sharded_over_four_devices_equals_one_device(tmp_path):
     one, four = run_with_devices(tmp_path, 1), run_with_devices(tmp_path, 4)
     assert one.keys() == four.keys() and len(one) > 4

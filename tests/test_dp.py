@@ -1,5 +1,6 @@
-"""DP-SGD in the trainer (lira/dp.py, lira/training/step.py): clipping, noise, Poisson batches,
-the accounting, vectorized == single model, canaries, and the refusals."""
+"""DP-SGD in the trainer (lira/training/{dpsgd,sampling,step}.py) and its accounting (lira/dp.py):
+clipping, noise, Poisson batches, the accounting, vectorized == single model, canaries, and the
+refusals."""
 
 import math
 
@@ -15,8 +16,9 @@ from jax_privacy import accounting as jp_accounting
 from lira import dp
 from lira.config import Config, TrainingConfig
 from lira.data import mislabel
+from lira.run import masks
 from lira.stages import train
-from lira.training import dpsgd, masks, step
+from lira.training import dpsgd, sampling, step
 from lira.training.models import get_model, uses_batch_norm
 
 
@@ -32,6 +34,7 @@ def _norm(tree) -> float:
 
 @pytest.mark.parametrize("method", ["per_example", "ghost"])
 @pytest.mark.parametrize("arch", ["cnn-tiny", "mlp-tiny"])
+@pytest.mark.slow
 def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch, method):
     x, y = synthetic_images(num_examples=12)
     model, params = _model_and_params(arch)
@@ -66,6 +69,7 @@ def test_every_clipped_per_example_gradient_is_within_the_clip_norm(arch, method
     "arch, shape",
     [("mlp-tiny", (8, 8, 1)), ("mlp", (6, 6, 2)), ("cnn-tiny", (8, 8, 1)), ("cnn32", (16, 16, 3))],
 )
+@pytest.mark.slow
 def test_ghost_clipping_gives_jax_privacys_clipped_sum(arch, shape):
     x, y = synthetic_images(num_examples=10, shape=shape)
     model, params = _model_and_params(arch, shape=shape)
@@ -83,6 +87,7 @@ def test_ghost_clipping_gives_jax_privacys_clipped_sum(arch, shape):
         np.testing.assert_array_equal(reference[2], ghost[2])
 
 
+@pytest.mark.slow
 def test_noise_has_the_accounted_scale_and_differs_between_models():
     config = TrainingConfig(batch_size=8, epochs=1, dp_noise_multiplier=2.0, dp_clip_norm=0.5, lr=1.0,
                             momentum=0.0, weight_decay=0.0, warmup_epochs=0)  # fmt: skip
@@ -102,6 +107,7 @@ def test_noise_has_the_accounted_scale_and_differs_between_models():
     assert not np.allclose(flat[0], flat[1])  # every model draws its own noise
 
 
+@pytest.mark.slow
 def test_dp_model_in_a_vectorized_slice_equals_the_model_trained_alone(tmp_path):
     x, y = synthetic_images()
     kwargs = dict(
@@ -121,7 +127,7 @@ def test_dp_model_in_a_vectorized_slice_equals_the_model_trained_alone(tmp_path)
 def test_poisson_batches_draw_in_examples_independently_and_reproducibly():
     keep = masks.make_keep(8, 2000, 0.5, seed=0)
     q, max_batch, steps = 0.05, 80, 400
-    indices, sizes = dp.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=2)
+    indices, sizes = sampling.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=2)
     members = set(np.flatnonzero(keep[3]).tolist())
     for row, size in zip(indices, sizes):
         drawn = row[:size].tolist()
@@ -133,15 +139,15 @@ def test_poisson_batches_draw_in_examples_independently_and_reproducibly():
     # Each member is drawn at rate q.
     counts = np.bincount(indices[np.arange(max_batch)[None] < sizes[:, None]], minlength=keep.shape[1])
     assert abs(counts[keep[3]].mean() / steps - q) < 0.005
-    again = dp.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=2)
+    again = sampling.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=2)
     np.testing.assert_array_equal(indices, again[0])
-    other = dp.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=3)
+    other = sampling.poisson_batches(keep[3], q, max_batch, steps, seed=1, model_index=3, epoch=3)
     assert not np.array_equal(indices, other[0])
 
 
 def test_truncation_keeps_at_most_max_batch():
     keep = np.ones(500, bool)
-    indices, sizes = dp.poisson_batches(keep, 0.5, 200, 20, seed=0, model_index=0, epoch=0)
+    indices, sizes = sampling.poisson_batches(keep, 0.5, 200, 20, seed=0, model_index=0, epoch=0)
     assert sizes.max() == 200 and indices.shape == (20, 200)
 
 
@@ -155,12 +161,13 @@ def test_epsilon_without_truncation_matches_jax_privacy_accountant():
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_truncation_is_accounted_and_costs_privacy():
     n, batch, steps, sigma, delta = 900, 32, 360, 1.0, 1e-5
     budget = dict(delta=delta, in_sizes=[n], q=batch / n, steps=steps)
     free = dp.epsilon(sigma, max_batch=n, **budget)
     tight = dp.epsilon(sigma, max_batch=40, **budget)
-    default = dp.epsilon(sigma, max_batch=dp.max_batch_size(batch), **budget)
+    default = dp.epsilon(sigma, max_batch=sampling.max_batch_size(batch), **budget)
     direct = (
         dp_accounting.pld.PLDAccountant()
         .compose(dp_accounting.SelfComposedDpEvent(dp_accounting.TruncatedSubsampledGaussianDpEvent(n, batch / n, 40, sigma), steps))
@@ -172,13 +179,17 @@ def test_truncation_is_accounted_and_costs_privacy():
     assert dp.epsilon(0.0, max_batch=40, **budget) == math.inf
 
 
+@pytest.mark.slow
 def test_target_epsilon_picks_noise_that_meets_it():
-    budget = dict(delta=1e-5, in_sizes=[480, 520], q=32 / 500, max_batch=dp.max_batch_size(32), steps=200)
+    budget = dict(
+        delta=1e-5, in_sizes=[480, 520], q=32 / 500, max_batch=sampling.max_batch_size(32), steps=200
+    )
     sigma = dp.noise_for_epsilon(3.0, **budget)
     assert dp.epsilon(sigma, **budget) <= 3.0
     assert dp.epsilon(sigma * 0.98, **budget) > 3.0  # and not much more noise than needed
 
 
+@pytest.mark.slow
 def test_account_records_the_run_guarantee():
     keep = masks.make_keep(4, 400, 0.5, seed=0)
     config = TrainingConfig(epochs=3, batch_size=20, dp_noise_multiplier=1.5, dp_clip_norm=2.0)
@@ -187,11 +198,10 @@ def test_account_records_the_run_guarantee():
     assert (
         guarantee["steps"] == steps and guarantee["noise_multiplier"] == 1.5 and guarantee["clip_norm"] == 2.0
     )
-    assert guarantee["epsilon"] == pytest.approx(
-        dp.epsilon(
-            1.5, delta=1e-5, in_sizes=keep.sum(1), q=20 / 200, max_batch=dp.max_batch_size(20), steps=steps
-        )
+    budget = dict(
+        delta=1e-5, in_sizes=keep.sum(1), q=20 / 200, max_batch=sampling.max_batch_size(20), steps=steps
     )
+    assert guarantee["epsilon"] == pytest.approx(dp.epsilon(1.5, **budget))
     assert {"epsilon", "delta", "noise_multiplier", "clip_norm"} <= set(guarantee)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs the stage scripts as processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [
     "--dataset=digits", "--pool_size=200", "--arch=mlp-tiny", "--num_shadows=4", "--epochs=2",
@@ -142,12 +144,13 @@ def test_two_processes_equal_one_process(single_run, tmp_path):
 
 def test_inference_call_groups_do_not_change_logits(single_run, tmp_path, monkeypatch):
     """single_run's 4 one-model slices are queried 4 models a call; one a call gives the same."""
+    from lira.config import QueryConfig
     from lira.stages import query
 
     run = tmp_path / "run"
     shutil.copytree(single_run, run, ignore=shutil.ignore_patterns("logits"))
     monkeypatch.setattr(query, "MIN_MODELS_PER_CALL", 1)
-    assert query.query(run, queries=1, progress=False) == [0, 1, 2, 3]
+    assert query.query(run, QueryConfig(queries=1), progress=False) == [0, 1, 2, 3]
     np.testing.assert_allclose(logits(run), logits(single_run), rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits(run)[0], logits(run)[1])
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from lira import findings, studies
+from lira import findings, notebook, studies
 from lira import metrics as metrics_lib
 from lira.attacks import protocol
 from lira.run import synthetic
@@ -16,7 +16,7 @@ def run(tmp_path_factory):
     synthetic.make_synthetic_rundir(
         logdir, num_models=12, num_examples=600, num_queries=2, signal=1.5, seed=2
     )
-    return studies.load_run(logdir)
+    return notebook.load_run(logdir)
 
 
 def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
@@ -48,9 +48,7 @@ def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
     rows = findings.check(run, num_targets=4, findings=claims, num_resamples=200)
     win, itself, queries, missing_queries, too_few = rows
     targets = [0, 1, 2, 3]
-    results = protocol.run_attacks(
-        run.signals, run.keep, run.labels, ["lira_online_fixed_var", "loss"], targets
-    )
+    results = protocol.run_attacks(run, ["lira_online_fixed_var", "loss"], targets)
     expected = metrics_lib.paired_difference(results["lira_online_fixed_var"].scores, results["loss"].scores,
                                              run.keep[targets], 200, 0, "both")  # fmt: skip
     assert win["difference"] == expected["tpr_at_fpr"]["0.01"] and win["reproduced"]
@@ -76,18 +74,19 @@ def test_each_row_is_the_paired_bootstrap_of_the_two_attacks(run):
     assert np.isfinite(win["difference"]["ci95"]).all()
 
 
+@pytest.mark.slow
 def test_findings_script_writes_the_table_and_refuses_a_missing_run(run, tmp_path):
     import subprocess
     import sys
 
-    script = studies.REPO_ROOT / "experiments" / "findings.py"
+    script = notebook.REPO_ROOT / "experiments" / "findings.py"
     done = subprocess.run([sys.executable, str(script), f"--logdir={run.logdir}", "--num_targets=3", "--bootstrap=50"],
-                          capture_output=True, text=True, cwd=studies.REPO_ROOT)  # fmt: skip
+                          capture_output=True, text=True, cwd=notebook.REPO_ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     written = (run.logdir / "report" / "findings.md").read_text()
     assert "| LiRA online beats LOSS at low FPR |" in written and written.strip() in done.stdout
     missing = subprocess.run([sys.executable, str(script), f"--logdir={tmp_path / 'none'}"],
-                             capture_output=True, text=True, cwd=studies.REPO_ROOT)  # fmt: skip
+                             capture_output=True, text=True, cwd=notebook.REPO_ROOT)  # fmt: skip
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "findings.py:" in missing.stderr
 
 
@@ -107,7 +106,7 @@ def test_rmia_against_lira_at_each_k_at_a_resolvable_level_with_auc(run):
     offline_one = rows[0]
     assert offline_one["finding"].setting_a.num_shadows_used == 1  # runs at K = 1, not moved up
     assert offline_one["finding"].setting_b.num_shadows_used == 1
-    results = protocol.run_attacks(run.signals, run.keep, run.labels, ["rmia_offline", "lira_offline_fixed_var"],
+    results = protocol.run_attacks(run, ["rmia_offline", "lira_offline_fixed_var"],
                                    targets, num_shadows_used=1)  # fmt: skip
     expected = metrics_lib.paired_difference(results["rmia_offline"].scores,
                                              results["lira_offline_fixed_var"].scores, run.keep[targets], 100, 0,
@@ -126,7 +125,7 @@ def test_rmia_against_lira_at_each_k_at_a_resolvable_level_with_auc(run):
 def test_lira_offline_fixed_var_at_one_reference_pools_around_the_global_mean(run):
     targets, seed = [0, 5], 3
     assert studies.is_valid(run.keep, targets, "lira_offline_fixed_var", 1, seed)
-    scores = protocol.run_attacks(run.signals, run.keep, run.labels, ["lira_offline_fixed_var"], targets,
+    scores = protocol.run_attacks(run, ["lira_offline_fixed_var"], targets,
                                   num_shadows_used=1, seed=seed)["lira_offline_fixed_var"].scores  # fmt: skip
     phi = run.signals.phi.astype(np.float64)  # [M, N, Q]
     order = protocol.reference_order(run.keep.shape[0], seed)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 PARTS = [
@@ -27,6 +28,7 @@ def _run(tmp_path, *flags):
     return result, (json.loads(report.read_text()) if report.is_file() else None)
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     result, report = _run(tmp_path, f"--budget_s={SMOKE_BUDGET_S}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -40,7 +42,7 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     assert peaks["datasheet_gflops"] is None and peaks["measured_matmul_gflops"]["fp32"] > 0
 
     cases = report["cases"]
-    for case in cases:  # what docs/bench_gpu.json promises of every case
+    for case in cases:  # what docs/bench/bench_gpu.json promises of every case
         assert {"arch", "dtype", "models_per_step", "batch_size", "model_examples_per_s", "part"} <= set(case)
         assert case["model_examples_per_s"] > 0
     by_part = lambda part: {(c["name"], c["default"]) for c in cases if c["part"] == part}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lira.training import masks
+from lira.run import masks
 
 
 def test_balanced_per_example_and_reproducible():

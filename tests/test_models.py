@@ -37,6 +37,7 @@ def test_alias_and_unknown_arch():
     ("kernel", "stride"), [((3, 3), (1, 1)), ((3, 3), (2, 2)), ((1, 1), (2, 2)), ((5, 3), (1, 2))]
 )
 @pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.slow
 def test_im2col_equals_native_convolution(kernel, stride, size):
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
     native = layers.Conv(5, kernel, stride, impl="xla")
@@ -77,6 +78,7 @@ def test_pool_bias_relu_equals_flax_reference(shape, ties):
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_space_to_depth_convolution_equals_native():
     """An RGB stem with even sides runs its forward pass on 2x2 blocks of pixels: the same
     convolution, grouped by pool window, with the native weight and input gradients."""
@@ -100,6 +102,7 @@ def test_space_to_depth_convolution_equals_native():
 
 @pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
 @pytest.mark.parametrize("shape", [(3, 9, 8, 3), (3, 8, 8, 3)])  # odd; even (space-to-depth stem)
+@pytest.mark.slow
 def test_cnn_equals_conv_relu_pool_reference(shape, conv_impl):
     """CNN pools before its bias and ReLU; the textbook order gives the same logits and grads."""
     model = models.get_model("cnn-tiny", 10, conv_impl)

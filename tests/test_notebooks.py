@@ -7,17 +7,18 @@ import nbformat
 import pytest
 from helpers import tiny_image_run_config
 
-from lira import studies
+from lira import notebook
+from lira.config import QueryConfig
 from lira.stages import query, train
 
 # experiments/notebooks.py, the notebooks' executor, loaded as a module (experiments/ holds scripts).
 _spec = importlib.util.spec_from_file_location(
-    "notebook_runner", studies.REPO_ROOT / "experiments" / "notebooks.py"
+    "notebook_runner", notebook.REPO_ROOT / "experiments" / "notebooks.py"
 )
 NOTEBOOK_RUNNER = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NOTEBOOK_RUNNER)
 
-NOTEBOOKS = studies.REPO_ROOT / "notebooks"
+NOTEBOOKS = notebook.REPO_ROOT / "notebooks"
 FIGURES = {
     "attack_comparison": ["attack_comparison_roc.png"],
     "num_shadows": ["num_shadows.png"],
@@ -31,8 +32,8 @@ def logdir(tmp_path_factory):
     """M = 8 cnn-tiny models on 96 uint8 8x8 colour images of 4 classes, 2 epochs, Q = 18."""
     root = tmp_path_factory.mktemp("tiny_run")
     run_config = tiny_image_run_config(root, num_models=8, models_per_step=8, augment="weak")
-    train.train(run_config, root / "run", progress=False)
-    query.query(root / "run", queries=18, batch_size=96, progress=False)
+    train.train(root / "run", run_config, progress=False)
+    query.query(root / "run", QueryConfig(queries=18, batch_size=96), progress=False)
     return root / "run"
 
 
@@ -46,12 +47,13 @@ def test_notebooks_open_with_the_command_and_read_the_run_through_lira():
         assert "Carlini et al. 2022" in first.source
         assert notebook.metadata.kernelspec.name == "python3"
         code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-        assert "studies.logdir_from_env()" in code and "studies.num_targets_from_env(" in code
+        assert "notebook.logdir_from_env()" in code and "notebook.num_targets_from_env(" in code
         for figure in figures:
-            assert f'studies.save_figure(fig, "{figure}")' in code
+            assert f'notebook.save_figure(fig, "{figure}")' in code
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
+@pytest.mark.slow
 def test_notebook_runs_and_saves_its_figures(name, logdir, tmp_path, monkeypatch):
     monkeypatch.setenv("LIRA_NUM_TARGETS", "3")
     path = NOTEBOOKS / f"{name}.ipynb"
@@ -89,14 +91,15 @@ def dp_sweep_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp_sweep")
     base = tiny_image_run_config(root, num_models=8, models_per_step=8, augment="none", canaries=12)
     for name, noise in (("noise_none", None), ("noise_1", 1.0)):
-        train.train(base.replace(dp_noise_multiplier=noise), root / name, progress=False)
-        query.query(root / name, queries=1, progress=False)
+        train.train(root / name, base.replace(dp_noise_multiplier=noise), progress=False)
+        query.query(root / name, QueryConfig(queries=1), progress=False)
         attack.attack(
             root / name, config.AttackConfig(attacks=["loss", "lira_offline"], num_targets=8, bootstrap=0)
         )
     return root
 
 
+@pytest.mark.slow
 def test_dp_audit_notebook_runs_on_a_sweep(dp_sweep_root, tmp_path):
     path = NOTEBOOKS / "dp_audit.ipynb"
     first = nbformat.read(path, as_version=4).cells[0]

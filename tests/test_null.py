@@ -17,12 +17,11 @@ sharp only with enough examples: the large run (100,000 non-members pooled) reso
 
 import numpy as np
 import pytest
+from helpers import audit_run
 
-from lira import metrics, studies
+from lira import metrics, notebook, studies
 from lira.attacks import ATTACKS, BLACK_BOX
-from lira.run import layout, synthetic
-from lira.stages import attack
-from lira.training import masks
+from lira.run import layout, masks, synthetic
 
 NUM_EXAMPLES = 3000
 LEVELS = (1e-2, 1e-3)
@@ -92,11 +91,12 @@ def null_rundir(tmp_path_factory):
 def null_audit(request, null_rundir):
     num_models = request.param
     logdir = null_rundir(num_models, whitebox=True)
-    metrics_, _ = attack.run_audit(logdir, ["all"], num_targets=num_models, bootstrap=0)
+    metrics_, _ = audit_run(logdir, ["all"], num_targets=num_models, bootstrap=0)
     return num_models, metrics_
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.slow
 def test_every_attack_is_at_chance_without_a_membership_signal(null_audit, name):
     num_models, metrics_ = null_audit
     assert not violations(metrics_["attacks"][name]), (
@@ -128,10 +128,11 @@ def test_the_check_rejects_twice_the_nominal_tpr():
 @pytest.fixture(scope="module")
 def large_null_audit(null_rundir):
     logdir = null_rundir(LARGE_MODELS, LARGE_EXAMPLES)
-    return attack.run_audit(logdir, QUICK_BLACK_BOX, num_targets=LARGE_MODELS, bootstrap=0)[0]
+    return audit_run(logdir, QUICK_BLACK_BOX, num_targets=LARGE_MODELS, bootstrap=0)[0]
 
 
 @pytest.mark.parametrize("name", QUICK_BLACK_BOX)
+@pytest.mark.slow
 def test_at_chance_down_to_fpr_0_01_percent_with_100k_nonmembers(large_null_audit, name):
     figures = large_null_audit["attacks"][name]
     assert figures["num_nonmembers"] * 1e-4 >= metrics.MIN_FALSE_POSITIVES  # 0.01% is reported
@@ -144,15 +145,13 @@ def test_at_chance_with_k_references(null_rundir, num_shadows_used):
     keep = layout.load_keep(logdir)
     names = [n for n in QUICK_BLACK_BOX if studies.is_valid(keep, list(range(16)), n, num_shadows_used)]
     assert "rmia_offline" in names and (num_shadows_used == 1 or "lira_offline_fixed_var" in names)
-    metrics_, _ = attack.run_audit(
-        logdir, names, num_targets=16, num_shadows_used=num_shadows_used, bootstrap=0
-    )
+    metrics_, _ = audit_run(logdir, names, num_targets=16, num_shadows_used=num_shadows_used, bootstrap=0)
     found = {name: violations(metrics_["attacks"][name]) for name in names}
     assert not any(found.values()), (num_shadows_used, found)
 
 
 def test_at_chance_on_every_query_subset(null_rundir):
-    run = studies.load_run(null_rundir(16, num_queries=18))
+    run = notebook.load_run(null_rundir(16, num_queries=18))
     rows = studies.query_sweep(run, attacks=studies.LIRA_AND_RMIA, counts=(1, 2, 18))
     assert sorted({row["queries"] for row in rows}) == [1, 2, 18]
     num_members = int(run.keep.sum())
@@ -164,6 +163,6 @@ def test_at_chance_on_every_query_subset(null_rundir):
 @pytest.mark.parametrize("noise", ["heavy_tailed", "per_model_scale"])
 def test_at_chance_with_other_noise(null_rundir, noise):
     logdir = null_rundir(16, noise=noise)
-    metrics_, _ = attack.run_audit(logdir, QUICK_BLACK_BOX, num_targets=16, bootstrap=0)
+    metrics_, _ = audit_run(logdir, QUICK_BLACK_BOX, num_targets=16, bootstrap=0)
     found = {name: violations(entry) for name, entry in metrics_["attacks"].items()}
     assert not any(found.values()), (noise, found)

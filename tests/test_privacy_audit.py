@@ -5,6 +5,7 @@ correction for the choice among attacks and targets, the null (no membership sig
 import dp_accounting
 import numpy as np
 import pytest
+from helpers import audit_run
 from jax_privacy import auditing
 
 from lira import audit
@@ -163,7 +164,7 @@ def test_under_the_null_a_positive_bound_is_reported_in_at_most_alpha_of_the_run
 
 
 def test_premise_says_when_the_one_run_bound_is_a_theorem():
-    from lira.training import masks
+    from lira.run import masks
 
     canaries = np.arange(50)
     keep = masks.make_keep(8, 200, 0.5, seed=0, canaries=canaries)
@@ -176,8 +177,7 @@ def test_premise_says_when_the_one_run_bound_is_a_theorem():
 
 
 def _synthetic_canary_run(logdir, signal, canaries=40):
-    from lira.run import layout, synthetic
-    from lira.training import masks
+    from lira.run import layout, masks, synthetic
 
     chosen = np.arange(0, 2 * canaries, 2)
     keep = masks.make_keep(8, 400, 0.5, seed=1, canaries=chosen)
@@ -189,11 +189,10 @@ def _synthetic_canary_run(logdir, signal, canaries=40):
 
 
 def test_the_attack_stage_reports_the_corrected_bound_and_whether_it_is_a_theorem(tmp_path):
-    from lira.stages import attack
 
     names = ["loss", "lira_online", "lira_offline", "rmia_online"]
     keep, canaries = _synthetic_canary_run(tmp_path / "canaries", signal=4.0)
-    metrics, results = attack.run_audit(tmp_path / "canaries", names, num_targets=8, bootstrap=0)
+    metrics, results = audit_run(tmp_path / "canaries", names, num_targets=8, bootstrap=0)
     record = metrics["audit"]
     assert record["examples"] == "canaries" and record["num_examples"] == 40
     assert record["theorem"] is True and record["caveat"] is None
@@ -208,18 +207,14 @@ def test_the_attack_stage_reports_the_corrected_bound_and_whether_it_is_a_theore
         metrics["attacks"]["lira_online"].get("unscored_canaries", 0) > 0
     )  # 8 models: some coin flips fall short
     # One attack named in advance pays no correction for the others.
-    named, _ = attack.run_audit(
-        tmp_path / "canaries", names, num_targets=8, bootstrap=0, audit_attacks=["loss"]
-    )
+    named, _ = audit_run(tmp_path / "canaries", names, num_targets=8, bootstrap=0, audit_attacks=["loss"])
     assert "1 attacks and 8 targets" in named["audit"]["correction"] and named["audit"]["attack"] == "loss"
     assert named["attacks"]["loss"]["epsilon_lower_bound"] > bounds["loss"]
     assert all("epsilon_lower_bound" not in named["attacks"][name] for name in names[1:])
-    with pytest.raises(
-        ValueError, match="--audit_attacks=rmia_offline: rmia_offline not among the attacks run"
-    ):
-        attack.run_audit(tmp_path / "canaries", names, audit_attacks=["rmia_offline"])
+    with pytest.raises(ValueError, match="--audit_attacks=rmia_offline: name attacks among --attacks=loss"):
+        audit_run(tmp_path / "canaries", names, audit_attacks=["rmia_offline"])
     _synthetic_canary_run(tmp_path / "pool", signal=4.0, canaries=0)
-    pool, _ = attack.run_audit(tmp_path / "pool", ["loss"], num_targets=2, bootstrap=0)
+    pool, _ = audit_run(tmp_path / "pool", ["loss"], num_targets=2, bootstrap=0)
     assert pool["audit"]["examples"] == "pool" and pool["audit"]["theorem"] is False
     assert (
         "no canaries" in pool["audit"]["caveat"] and "1 attacks and 2 targets" in pool["audit"]["correction"]
@@ -231,6 +226,7 @@ def test_the_attack_stage_reports_the_corrected_bound_and_whether_it_is_a_theore
 
 def _audited_run(root, name, **changes):
     from lira import config
+    from lira.config import QueryConfig
     from lira.run import layout
     from lira.stages import attack, query, train
 
@@ -238,8 +234,8 @@ def _audited_run(root, name, **changes):
         dataset="digits", pool_size=800, canaries=80, arch="mlp", num_shadows=8, batch_size=32, lr=0.1,
         augment="none", models_per_step=4, **changes,
     )  # fmt: skip
-    logdir = train.train(run_config, root / name, progress=False)
-    query.query(logdir, queries=1, progress=False)
+    logdir = train.train(root / name, run_config, progress=False)
+    query.query(logdir, QueryConfig(queries=1), progress=False)
     options = config.AttackConfig(attacks=["loss", "lira_online", "lira_offline"], num_targets=8, bootstrap=0)
     return attack.attack(logdir, options), layout.load_record(logdir), logdir
 
@@ -254,6 +250,7 @@ def dp_run(tmp_path_factory):
     return _audited_run(tmp_path_factory.mktemp("audit"), "dp", epochs=10, dp_noise_multiplier=1.5)
 
 
+@pytest.mark.slow
 def test_a_model_without_dp_leaks_its_mislabelled_canaries(plain_run):
     metrics, record, logdir = plain_run
     assert record.dp is None and (logdir / "canaries.npy").exists()
@@ -269,6 +266,7 @@ def test_a_model_without_dp_leaks_its_mislabelled_canaries(plain_run):
     assert max(bounds.values()) > 1.0, bounds  # clearly positive: the model is not private
 
 
+@pytest.mark.slow
 def test_dp_run_records_its_guarantee_and_no_attack_beats_it(dp_run):
     metrics, record, logdir = dp_run
     assert {"epsilon", "delta", "noise_multiplier", "clip_norm"} <= set(record.dp)

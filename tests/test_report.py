@@ -10,6 +10,7 @@ from lira import metrics as metrics_lib
 from lira import report
 from lira.attacks.protocol import AttackResult
 from lira.run import layout
+from lira.run.reader import Run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["roc.png", "roc_log.png", "histograms.png", "per_class.png"]
@@ -155,8 +156,9 @@ def test_write_report_files(tmp_path, with_images):
     results, metrics, labels, keep = fake_run()
     images = np.random.default_rng(0).integers(0, 255, (keep.shape[1], 8, 8, 3), dtype=np.uint8)
     config, train_log = fake_config_and_log()
-    report.write_report(tmp_path, results, metrics, labels=labels, keep=keep, record=config, train_log=train_log,
-                        images=images if with_images else None, class_names=["ant", "bee", "cow"])  # fmt: skip
+    run = Run(keep, labels, record=config, train_log=train_log)
+    report.write_report(tmp_path, results, metrics, run, images=images if with_images else None,
+                        class_names=["ant", "bee", "cow"])  # fmt: skip
     for name in FIGURES + (["vulnerable_examples.png"] if with_images else []):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
         assert min(mpl_image.imread(tmp_path / name).shape[:2]) > 100
@@ -191,10 +193,10 @@ def test_write_report_removes_a_stale_grid(tmp_path):
     results, metrics, labels, keep = fake_run()
     config, train_log = fake_config_and_log()
     images = np.zeros((40, 8, 8, 1), np.uint8)
-    arguments = dict(labels=labels, keep=keep, record=config, train_log=train_log)
-    report.write_report(tmp_path, results, metrics, images=images, **arguments)
+    run = Run(keep, labels, record=config, train_log=train_log)
+    report.write_report(tmp_path, results, metrics, run, images=images)
     assert (tmp_path / "vulnerable_examples.png").exists()
-    report.write_report(tmp_path, results, metrics, images=None, **arguments)
+    report.write_report(tmp_path, results, metrics, run, images=None)
     assert not (tmp_path / "vulnerable_examples.png").exists()
     assert "vulnerable_examples.png" not in (tmp_path / "report.md").read_text()
 
@@ -202,14 +204,13 @@ def test_write_report_removes_a_stale_grid(tmp_path):
 def test_write_report_rejects_mismatched_inputs_before_writing(tmp_path):
     results, metrics, labels, keep = fake_run()
     config, train_log = fake_config_and_log()
-    arguments = dict(record=config, train_log=train_log)
     with pytest.raises(ValueError, match="N=40"):
-        report.write_report(tmp_path / "a", results, metrics, labels=labels[:-1], keep=keep, **arguments)
+        run = Run(keep, labels[:-1], record=config, train_log=train_log)
+        report.write_report(tmp_path / "a", results, metrics, run)
     with pytest.raises(ValueError, match="images"):
         images = np.zeros((39, 8, 8, 1), np.uint8)
-        report.write_report(
-            tmp_path / "b", results, metrics, labels=labels, keep=keep, images=images, **arguments
-        )
+        run = Run(keep, labels, record=config, train_log=train_log)
+        report.write_report(tmp_path / "b", results, metrics, run, images=images)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -88,6 +88,7 @@ def test_cpu_dry_run_is_the_committed_reproduction():
         assert {k: run_flags.get(k) for k in C10_6K_CONFIG} == C10_6K_CONFIG
 
 
+@pytest.mark.slow
 def test_paper_dry_run_and_overrides():
     result = reproduce("--scale=paper", "--dry_run", "--num_shadows=256", "--notebooks")
     cmds = commands(result.stdout)
@@ -138,12 +139,14 @@ def test_paper_dry_run_and_overrides():
         (["--pool_size=0"], "--pool_size must be >= 1, got 0."),
     ],
 )
+@pytest.mark.slow
 def test_bad_flags_fail_before_any_work(args, message, tmp_path):
     result = reproduce(*args, f"--logdir={tmp_path / 'run'}", check=False)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end_then_resume(tmp_path):
     logdir = tmp_path / "run"
     result = reproduce(*TINY, f"--logdir={logdir}")

@@ -11,9 +11,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from lira import config
-from lira.attacks import ATTACKS, probability_signal, protocol, rmia, rmia_offline_a, signals
-from lira.training import masks
+from lira import signals
+from lira.attacks import ATTACKS, options_from_flags, probability_signal, protocol, rmia, rmia_offline_a
+from lira.run import masks
+from lira.run.reader import Run
 
 NUM_CLASSES = 10
 
@@ -34,7 +35,7 @@ def truncated_exp(v, terms):
 
 
 def test_the_default_signal_is_a_probability_for_every_logit():
-    assert config.AttackConfig().rmia_signal == "softmax" and signals.ProbabilitySignal().kind == "softmax"
+    assert options_from_flags()["rmia_online"]["signal"] == "softmax" == signals.ProbabilitySignal().kind
     logits, labels = extreme_logits()
     for signal in (signals.ProbabilitySignal(), signals.ProbabilitySignal("softmax", 1.0),
                    signals.ProbabilitySignal("taylor", terms=5)):  # fmt: skip
@@ -61,8 +62,7 @@ def run_rmia(logits, labels, keep, signal, **options):
               "terms": signal.terms, **options}  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = protocol.run_attacks(
-            every, keep, labels, ["rmia_online", "rmia_offline"], [0, 1],
+        results = protocol.run_attacks(Run(keep, labels, every), ["rmia_online", "rmia_offline"], [0, 1],
             attack_options={"rmia_online": chosen, "rmia_offline": chosen},
         )  # fmt: skip
     return results, [w for w in caught if issubclass(w.category, rmia.InvalidProbabilityWarning)]
@@ -71,7 +71,7 @@ def run_rmia(logits, labels, keep, signal, **options):
 def test_the_attack_warns_once_per_attack_with_the_fraction_outside_and_never_for_the_default():
     logits, labels = extreme_logits(shape=(8, 40, 2))
     keep = masks.make_keep(8, 40, 0.5, 0)
-    defaults = config.AttackConfig().options()["rmia_online"]
+    defaults = options_from_flags()["rmia_online"]
     default = signals.ProbabilitySignal(
         defaults["signal"], defaults["temperature"], defaults["margin"], defaults["terms"]
     )
@@ -102,7 +102,8 @@ def planted_run(num_models=12, num_examples=80, seed=3):
 def inputs_of(logits, labels, keep, targets, num_shadows_used=None, seed=0, canaries=None):
     every = signals.signals_from_logits(logits, labels, signals.ProbabilitySignal())
     selection = protocol.select_references(keep, targets, num_shadows_used, seed, canaries=canaries)
-    return protocol.attack_inputs(every, keep, labels, targets, selection, seed, canaries)
+    independent = np.asarray([] if canaries is None else canaries, int)
+    return protocol.attack_inputs(Run(keep, labels, every, independent), targets, selection, seed)
 
 
 def loop_pseudo_target(keep, target, order, num_shadows_used, rank):
@@ -213,7 +214,7 @@ def test_auto_refuses_a_single_out_reference_per_example(num_models, num_shadows
     logits, labels, keep = planted_run(num_models=num_models)
     every = signals.signals_from_logits(logits, labels, probability_signal(["rmia_offline"]))
     with pytest.raises(ValueError, match=r"--rmia_offline_a=auto .* needs 2 OUT references per example"):
-        protocol.run_attacks(every, keep, labels, ["rmia_offline"], [0], num_shadows_used,
+        protocol.run_attacks(Run(keep, labels, every), ["rmia_offline"], [0], num_shadows_used,
                              attack_options={"rmia_offline": {"offline_a": "auto"}})  # fmt: skip
 
 
@@ -262,8 +263,7 @@ def test_rmia_finds_nothing_where_there_is_nothing(name):
     )
     every = signals.signals_from_logits(logits, labels, signals.ProbabilitySignal("softmax", 1.0))
     targets = list(range(8))
-    results = protocol.run_attacks(
-        every, keep, labels, [name], targets,
+    results = protocol.run_attacks(Run(keep, labels, every), [name], targets,
         attack_options={name: {"signal": "softmax", "temperature": 1.0}},
     )  # fmt: skip
     scores = results[name].scores

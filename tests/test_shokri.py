@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from lira.attacks import shokri as shokri_lib
 from lira.attacks.common import AttackInputs
-from lira.attacks.signals import signals_from_logits
+from lira.signals import signals_from_logits
 
 
 def balanced_keep(num_models: int, num_examples: int, seed: int) -> np.ndarray:
@@ -72,6 +72,7 @@ def test_separable_case_gives_auc_one(classifier):
     assert target_aucs(scores, keep) == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_vectorized_trainer_equals_single():
     # Classifiers of different sizes padded to the longest: one smaller than a minibatch, one
     # with a partial last minibatch must each equal the same classifier trained alone (unpadded).

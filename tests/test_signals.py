@@ -1,10 +1,8 @@
 """Signals against their textbook definitions, including where the naive formulas break."""
 
 import numpy as np
-import pytest
 
-from lira.attacks import signals
-from lira.run import layout, synthetic
+from lira import signals
 
 
 def test_signals_match_definitions_on_moderate_logits():
@@ -35,32 +33,6 @@ def test_confidence_is_finite_and_exact_where_the_naive_formula_breaks():
     np.testing.assert_allclose(phi, [200 - np.log(2), -np.logaddexp(200, 0), 1.0 - np.log1p(np.exp(-1004))])
     ce = signals.cross_entropy(logits, labels)
     assert np.all(np.isfinite(ce)) and np.isclose(ce[1], 200 + np.log1p(2 * np.exp(-200)))
-
-
-def test_run_signals_streams_each_model_like_model_signals(tmp_path):
-    synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10, num_queries=2, num_classes=4)
-    run = signals.run_signals(tmp_path, signals.ProbabilitySignal())
-    labels = layout.load_labels(tmp_path)
-    assert run.phi.shape == (3, 10, 2) and run.probability.shape == (3, 10, 2) and run.phi.dtype == np.float32
-    for m in range(3):
-        logits = np.load(layout.logits_path(tmp_path, m))
-        one = signals.model_signals(logits, labels, signals.ProbabilitySignal())
-        for name in ("phi", "ce", "probability"):
-            np.testing.assert_array_equal(getattr(run, name)[m], one[name])
-        np.testing.assert_array_equal(run.logits(m), logits)  # prediction vectors, read back on demand
-    assert signals.run_signals(tmp_path).probability is None
-    with pytest.raises(ValueError, match="Unknown RMIA signal 'sofmax'"):
-        signals.ProbabilitySignal("sofmax")
-
-
-def test_run_signals_names_missing_and_misshapen_files(tmp_path):
-    synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10)
-    layout.logits_path(tmp_path, 1).unlink()
-    with pytest.raises(layout.RunDirError, match="models 1"):
-        signals.run_signals(tmp_path)
-    layout.save_npy(layout.logits_path(tmp_path, 1), np.zeros((9, 2, 3), np.float32))
-    with pytest.raises(layout.RunDirError, match="00001.npy has shape"):
-        signals.run_signals(tmp_path)
 
 
 def test_model_signals_equal_the_definitions():

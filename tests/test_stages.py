@@ -12,6 +12,7 @@ import pytest
 from helpers import tiny_image_run_config
 
 from lira import config
+from lira.config import QueryConfig
 from lira.run import layout
 from lira.stages import query, train
 
@@ -44,7 +45,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, changes, message):
     shadow_ids = changes.pop("shadow_ids", None)
     run_config = config.Config().replace(dataset="npz:/does/not/exist.npz", **changes)
     with pytest.raises(ValueError, match=message):
-        train.train(run_config, tmp_path / "run", shadow_ids)
+        train.train(tmp_path / "run", run_config, shadow_ids)
     assert not (tmp_path / "run").exists()
 
 
@@ -82,7 +83,7 @@ def mirror_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror_run")
     run_config = tiny_image_run_config(root, num_models=2, models_per_step=2, augment="mirror")
     run_config = run_config.replace(arch="mlp-tiny", epochs=1)
-    train.train(run_config, root / "run", progress=False)
+    train.train(root / "run", run_config, progress=False)
     return root / "run"
 
 
@@ -104,24 +105,24 @@ def test_query_records_the_views_it_made_and_refuses_untrained_ones(mirror_run, 
     before = (run / layout.CONFIG).read_text()
     for kwargs in ({"queries": 18}, {"whitebox": True, "whitebox_queries": 18}):
         with pytest.raises(ValueError) as error:
-            query.query(run, progress=False, **kwargs)
+            query.query(run, QueryConfig(**kwargs), progress=False)
         flag = "--whitebox_queries" if "whitebox" in kwargs else "--queries"
         assert str(error.value).startswith(f"{flag}=18 has 16 views the models never trained on (the run's "
                                            "--augment=mirror); valid: 0 (as trained: 2), 1, 2, or add "
                                            "--allow_untrained_views")  # fmt: skip
         assert (run / layout.CONFIG).read_text() == before and not (run / layout.LOGITS_DIR).exists()
 
-    assert query.query(run, progress=False) == [0, 1]  # the default: as trained
+    assert query.query(run, QueryConfig(), progress=False) == [0, 1]  # the default: as trained
     assert np.load(layout.logits_path(run, 0)).shape == (96, 2, 4)
     assert json.loads((run / layout.CONFIG).read_text())["inference"] == {"queries": 2}
     with pytest.raises(
         ValueError, match="holds logits for --queries=2; delete that folder to query with --queries=1"
     ):
-        query.query(run, queries=1, progress=False)
+        query.query(run, QueryConfig(queries=1), progress=False)
 
 
 def test_untrained_views_are_queried_when_asked_for(mirror_run, tmp_path):
     run = _copy(mirror_run, tmp_path)
-    assert query.query(run, queries=18, allow_untrained_views=True, progress=False) == [0, 1]
+    assert query.query(run, QueryConfig(queries=18, allow_untrained_views=True), progress=False) == [0, 1]
     assert np.load(layout.logits_path(run, 1)).shape == (96, 18, 4)
     assert json.loads((run / layout.CONFIG).read_text())["inference"] == {"queries": 18}

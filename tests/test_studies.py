@@ -1,18 +1,17 @@
 """lira.studies, the notebooks' sweeps and selections, against direct loop-by-loop references."""
 
 import itertools
-import os
 import warnings
 
 import numpy as np
 import pytest
 
 from lira import metrics as metrics_lib
-from lira import report, studies
+from lira import notebook, report, studies
 from lira.attacks import ATTACKS, protocol
-from lira.attacks.signals import Signals
-from lira.run import layout, synthetic
-from lira.training import augment
+from lira.report import tables
+from lira.run import synthetic
+from lira.run.views import query_offsets
 
 
 @pytest.fixture(scope="module")
@@ -20,29 +19,12 @@ def run(tmp_path_factory):
     """M = 6 models, N = 30 examples, Q = 18 queries, a planted signal."""
     logdir = tmp_path_factory.mktemp("synthetic")
     synthetic.make_synthetic_rundir(logdir, num_models=6, num_examples=30, num_queries=18, signal=1.5, seed=3)
-    return studies.load_run(logdir)
-
-
-def test_paths_and_settings_come_from_the_environment(monkeypatch, tmp_path):
-    for name in ("LIRA_LOGDIR", "LIRA_FIGURES", "LIRA_NUM_TARGETS"):
-        monkeypatch.delenv(name, raising=False)
-    assert studies.logdir_from_env() == studies.REPO_ROOT / "exp" / "c10_cpu"
-    assert studies.figures_from_env() == studies.REPO_ROOT / "docs" / "figures"
-    assert studies.num_targets_from_env() is None and studies.num_targets_from_env(default=4) == 4
-    monkeypatch.setenv("LIRA_LOGDIR", "exp/other")
-    monkeypatch.setenv("LIRA_FIGURES", str(tmp_path))
-    monkeypatch.setenv("LIRA_NUM_TARGETS", "3")
-    assert studies.logdir_from_env() == studies.REPO_ROOT / "exp" / "other"
-    assert studies.num_targets_from_env(default=4) == 3
-    from matplotlib.figure import Figure
-
-    path = studies.save_figure(Figure(), "sub/figure.png")
-    assert path == tmp_path / "sub" / "figure.png" and path.read_bytes().startswith(b"\x89PNG")
+    return notebook.load_run(logdir)
 
 
 def test_query_indices_pick_the_same_views():
     for available, count in [(1, 1), (2, 1), (2, 2), (18, 1), (18, 2), (18, 18), (162, 2), (162, 18)]:
-        views, wanted = augment.query_offsets(available), augment.query_offsets(count)
+        views, wanted = query_offsets(available), query_offsets(count)
         expected = []
         for view in wanted:  # the first position on the available axis holding that view
             expected.append(next(i for i, v in enumerate(views) if v == view))
@@ -54,23 +36,9 @@ def test_query_indices_pick_the_same_views():
             studies.query_indices(available, count)
 
 
-def test_select_queries_takes_the_query_axis():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 4, 5, 2))
-    signals = Signals(*(rng.normal(size=(3, 4, 5)) for _ in range(3)), logits=lambda m: logits[m])
-    picked = studies.select_queries(signals, [3, 0])
-    for m, n in itertools.product(range(3), range(4)):
-        for new, old in enumerate([3, 0]):
-            assert picked.phi[m, n, new] == signals.phi[m, n, old]
-            assert picked.ce[m, n, new] == signals.ce[m, n, old]
-            assert picked.probability[m, n, new] == signals.probability[m, n, old]
-            np.testing.assert_array_equal(picked.logits(m)[n, new], logits[m, n, old])
-    assert studies.select_queries(Signals(signals.phi, signals.ce), [1]).probability is None
-
-
 def test_separation_and_gaussians_match_a_loop(run):
     plain = studies.plain_query(run)
-    assert augment.query_offsets(run.num_queries)[plain] == (False, 0, 0)
+    assert query_offsets(run.num_queries)[plain] == (False, 0, 0)
     separation = studies.separation(run)
     entries = studies.example_gaussians(run, range(run.keep.shape[1]))
     for j, entry in enumerate(entries):
@@ -174,24 +142,22 @@ def test_shadow_sweep_rows_follow_the_validity_rules(run):
     for attack, count in itertools.product(studies.LIRA_AND_RMIA, range(1, 7)):
         assert studies.is_valid(run.keep, targets, attack, count) == ((attack, count) in expected)
     for (attack, count), row in got.items():
-        scores = protocol.run_attacks(run.signals, run.keep, run.labels, [attack], targets, count)[
-            attack
-        ].scores
+        scores = protocol.run_attacks(run, [attack], targets, count)[attack].scores
         figures = metrics_lib.summarize(scores, run.keep[targets])
         assert row["auc"] == pytest.approx(figures["auc"]) and row["tpr_at_fpr"] == figures["tpr_at_fpr"]
 
 
 def test_query_sweep_runs_the_attacks_on_query_subsets(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=6, num_examples=30, num_queries=2, signal=1.5)
-    run = studies.load_run(tmp_path)
+    run = notebook.load_run(tmp_path)
     rows = studies.query_sweep(run, attacks=("lira_offline", "rmia_online"), counts=(1, 2, 18), num_targets=2)
     assert [(r["attack"], r["queries"]) for r in rows] == [
         ("lira_offline", 1), ("rmia_online", 1), ("lira_offline", 2), ("rmia_online", 2),
     ]  # fmt: skip
-    plain = run.signals.select_queries([0])
+    plain = run.with_queries([0])
     for row in rows:
-        signals = plain if row["queries"] == 1 else run.signals
-        result = protocol.run_attacks(signals, run.keep, run.labels, [row["attack"]], [0, 1])[row["attack"]]
+        subset = plain if row["queries"] == 1 else run
+        result = protocol.run_attacks(subset, [row["attack"]], [0, 1])[row["attack"]]
         assert row["auc"] == pytest.approx(metrics_lib.summarize(result.scores, run.keep[:2])["auc"])
     one_query = [r["auc"] for r in rows if r["queries"] == 1]
     assert one_query != [r["auc"] for r in rows if r["queries"] == 2]  # the subset made a difference
@@ -207,11 +173,11 @@ def fake_rows():
 
 
 def test_rows_table_marks_missing_and_unresolvable_cells():
-    lines = studies.rows_table(fake_rows(), "k").splitlines()
+    lines = tables.rows_table(fake_rows(), "k").splitlines()
     assert lines[0] == "| attack \\ k | 1 | 4 |"
     assert lines[2] == "| a | 0.610 / 1.23% | 0.700 / n/r |"
     assert lines[3] == "| b | - | 0.500 / 0% |"
-    lines = studies.rows_table(fake_rows(), "k", columns={2, 4}).splitlines()
+    lines = tables.rows_table(fake_rows(), "k", columns={2, 4}).splitlines()
     assert lines[0] == "| attack \\ k | 2 | 4 |" and lines[2] == "| a | - | 0.700 / n/r |"
     series = studies.sweep_series(fake_rows(), "k", "tpr", 1e-3)
     np.testing.assert_array_equal(series["a"][0], [1, 4])
@@ -227,7 +193,7 @@ def test_tpr_table_marks_unresolvable_levels():
         "num_targets": 2,
         "attacks": {"x": metrics_lib.attack_metrics(scores, membership, 0), "y": metrics_lib.attack_metrics(-scores, membership, 0)},
     }  # fmt: skip
-    lines = studies.tpr_table(metrics).splitlines()
+    lines = tables.tpr_table(metrics).splitlines()
     assert lines[0] == "| attack | AUC | TPR @ 0.001% FPR | TPR @ 0.01% FPR | TPR @ 0.1% FPR | TPR @ 1% FPR |"
     num_nonmembers = int((~membership).sum())  # about 3,000: only 1% allows 10 false positives
     tpr = metrics["attacks"]["x"]["tpr_at_fpr"]["0.01"]
@@ -239,13 +205,13 @@ def test_tpr_table_marks_unresolvable_levels():
 def test_compare_attacks_runs_every_attack_and_leaves_out_rmia_without_its_signal(run, tmp_path):
     metrics, results = studies.compare_attacks(run, num_targets=2)
     assert list(results) == [name for name, spec in ATTACKS.items() if not spec.needs_whitebox]
-    without = studies.load_run(run.logdir, probability_signal=None)
+    without = notebook.load_run(run.logdir, probability_signal=None)
     assert (
         "rmia_online"
         not in studies.compare_attacks(without, attacks=("loss", "rmia_online"), num_targets=2)[1]
     )
     assert metrics["num_targets"] == 2 and metrics["attacks"]["lira_online"]["ci95"]["examples"] is None
-    expected = protocol.run_attacks(run.signals, run.keep, run.labels, ["rmia_online"], [0, 1])["rmia_online"]
+    expected = protocol.run_attacks(run, ["rmia_online"], [0, 1])["rmia_online"]
     np.testing.assert_array_equal(results["rmia_online"].scores, expected.scores)
     fpr, tpr = studies.pooled_roc(results["loss"], run.keep)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
@@ -253,44 +219,9 @@ def test_compare_attacks_runs_every_attack_and_leaves_out_rmia_without_its_signa
     assert "M = 6 models" in studies.describe(run) and "Q = 18 queries" in studies.describe(run)
 
 
-def test_pool_images(tmp_path, run, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a relative npz: path must not depend on the working folder
-    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-    labels = np.arange(12) % 3
-    np.savez(tmp_path / "images.npz", x_train=images, y_train=labels, x_test=images[:4], y_test=labels[:4])
-    features = images.reshape(12, -1).astype(np.float32)
-    np.savez(tmp_path / "table.npz", x_train=features, y_train=labels, x_test=features[:4], y_test=labels[:4])
-    with_dataset = lambda spec, pool_size=None: studies.Run(
-        tmp_path,
-        layout.RunRecord.from_json({"flags": {"dataset": spec, "pool_size": pool_size}}),
-        run.keep,
-        run.labels,
-        run.signals,
-    )
-    relative = os.path.relpath(tmp_path / "images.npz", studies.REPO_ROOT)  # read from the repository root
-    np.testing.assert_array_equal(studies.pool_images(with_dataset(f"npz:{relative}", 10)), images[:10])
-    assert studies.pool_images(with_dataset(f"npz:{tmp_path}/table.npz")) is None
-    with pytest.warns(UserWarning, match="No images of the pool"):
-        assert studies.pool_images(with_dataset("npz:no/such/file.npz")) is None
-
-
-def test_class_names_only_for_cifar10(run):
-    named = lambda name, num_classes: studies.Run(
-        run.logdir,
-        layout.RunRecord.from_json({"data": {"name": name, "num_classes": num_classes}}),
-        run.keep,
-        run.labels,
-        run.signals,
-    )
-    assert studies.class_name(named("cifar10_6k", 10), 3) == "cat"
-    assert studies.class_name(named("cifar10", 10), 0) == "airplane"
-    assert studies.class_name(named("cifar100", 100), 3) == "3"
-    assert studies.class_name(named("digits", 10), 3) == "3"
-
-
 def test_paired_comparisons_say_beats_only_when_the_interval_excludes_zero(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=8, num_examples=400, signal=1.5, seed=3)
-    run = studies.load_run(tmp_path)
+    run = notebook.load_run(tmp_path)
     _, results = studies.compare_attacks(run, ["loss", "lira_online", "lira_online_student"], num_targets=4)
     pairs = [("lira_online_student", "lira_online"), ("lira_online", "lira_online_student")]
     rows = studies.paired_comparisons(results, run.keep, pairs, level=1e-2, num_resamples=200)
@@ -299,7 +230,7 @@ def test_paired_comparisons_say_beats_only_when_the_interval_excludes_zero(tmp_p
     assert forward["beats_auc"] and not backward["beats_auc"]
     assert forward["auc"]["difference"] == pytest.approx(-backward["auc"]["difference"])
     assert forward["auc"]["ci95"][0] > 0
-    table = studies.paired_table(rows)
+    table = tables.paired_table(rows)
     assert "| lira_online_student beats lira_online (" in table
     assert (
         "| lira_online | lira_online_student |" in table

@@ -12,13 +12,14 @@ from helpers import load_models, synthetic_images, train_run
 
 from lira.config import TrainingConfig
 from lira.data import load_dataset
-from lira.run import checkpoint
-from lira.training import loop, masks
+from lira.run import checkpoint, masks
+from lira.training import loop
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
 
 @pytest.mark.parametrize("arch", ["cnn-tiny", "wrn10-1", "mlp-tiny"])
+@pytest.mark.slow
 def test_vectorized_model_equals_single_model_run(tmp_path, arch):
     x, y = synthetic_images()
     together = train_run(tmp_path / "all", x, y, arch=arch, num_models=4, models_per_step=4)
@@ -30,6 +31,7 @@ def test_vectorized_model_equals_single_model_run(tmp_path, arch):
     assert not np.allclose(together[1][0], together[2][0])
 
 
+@pytest.mark.slow
 def test_model_never_sees_out_examples(tmp_path):
     x, y = synthetic_images()
     keep = masks.make_keep(2, len(y), 0.5, seed=0)
@@ -46,6 +48,7 @@ def test_model_never_sees_out_examples(tmp_path):
     assert not np.array_equal(clean[1][0], corrupted[1][0])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     x, y = synthetic_images()
     straight = train_run(tmp_path / "straight", x, y, epochs=3, models_per_step=2)
@@ -73,6 +76,7 @@ def test_non_finite_loss_names_models_and_step(tmp_path):
     assert "model 0" not in str(error.value) and "model 1" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_train_log_has_accuracies(tmp_path):
     x, y = synthetic_images()
     train_run(tmp_path, x, y, num_models=2, models_per_step=2)
@@ -123,6 +127,7 @@ def _wrn_step_inputs(num_models: int, batch_size: int = 8):
     return model, programs.tx, config, state, (order, inputs.num_in, inputs.ids, x, y)
 
 
+@pytest.mark.slow
 def test_vectorized_wrn_step_takes_weight_gradients_as_batch_grouped_convolutions():
     """With the gradient outside the vmap, each weight gradient is one convolution with
     batch_group_count = M (what XLA's GPU rewriter gives cuDNN's backward-filter kernels); vmapping
@@ -148,6 +153,7 @@ def test_vectorized_wrn_step_takes_weight_gradients_as_batch_grouped_convolution
 
 
 @pytest.mark.parametrize("arch", ["wrn10-1", "cnn-tiny", "mlp-tiny"])
+@pytest.mark.slow
 def test_vectorized_step_equals_vmapped_gradient_and_single_model_steps(arch):
     """Per-model parameters after a few steps: the gradient outside the vmap gives what the
     vmapped single-model step gave (float32, relative 1e-6), and what each model's own step gives."""
@@ -180,6 +186,7 @@ def test_vectorized_step_equals_vmapped_gradient_and_single_model_steps(arch):
 
 @pytest.mark.parametrize("steps_per_call", [2, 100])
 @pytest.mark.parametrize("arch", ["mlp-tiny", "cnn-tiny"])
+@pytest.mark.slow
 def test_steps_in_one_program_equal_one_step_a_call(tmp_path, steps_per_call, arch):
     """A lax.fori_loop over the steps of an epoch (whole or in chunks) trains the models of one
     compiled call a step: bit-identical where both run the same kernels (the MLP's matmuls). A
@@ -200,6 +207,7 @@ def test_steps_in_one_program_equal_one_step_a_call(tmp_path, steps_per_call, ar
     assert not np.allclose(one[0][0], one[1][0])  # the models differ: the comparisons have teeth
 
 
+@pytest.mark.slow
 def test_checkpoint_every_resumes_from_the_last_save_and_logs_each_epoch_once(tmp_path):
     x, y = synthetic_images()
     straight = train_run(tmp_path / "straight", x, y, epochs=5, models_per_step=4, checkpoint_every=2)
@@ -231,6 +239,7 @@ def test_evaluations_before_the_last_epoch_use_the_fixed_subset(tmp_path):
     assert {(r["epoch"], r["test_examples"]) for r in rows} == {(1, 10), (2, 32)}
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_and_keeps_the_state_in_float32(tmp_path):
     x, y = synthetic_images(shape=(8, 8, 3))
     runs = {dtype: train_run(tmp_path / dtype, x, y, arch="wrn10-1", num_models=2, models_per_step=2, epochs=1,
@@ -251,6 +260,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_the_state_in_float32(tmp_path):
     assert "bf16" in hlo and model.apply(variables, jnp.zeros((2, 8, 8, 3)), train=False).dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_uint8_pixels_standardized_on_the_device_train_the_same_models(tmp_path):
     """The dataset goes to the device as uint8 and each batch is standardized there: the same
     float32 inputs as lira.data's host preprocessing, so the same models, bit for bit."""

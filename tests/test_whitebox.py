@@ -11,7 +11,7 @@ import optax
 import pytest
 from helpers import synthetic_images
 
-from lira.training import augment, layers, loop, step, whitebox
+from lira.training import augment, grad_norms, layers, loop, step
 from lira.training.models import get_model
 
 LAYERS = {
@@ -77,14 +77,15 @@ def reference_norms(model, state, views, labels, names):
     return out
 
 
+@pytest.mark.slow
 def test_norms_equal_single_example_gradients_and_features_feed_the_head(models_state):
     arch, model, state, x, y = models_state
     queries, state = QUERIES[arch], one(state, 1)
     images, labels = x[:NUM_EXAMPLES], y[:NUM_EXAMPLES]
-    names = whitebox.layer_names(state.params)
+    names = grad_norms.layer_names(state.params)
     assert names == LAYERS[arch]
-    norms, features = jax.jit(whitebox.make_whitebox_fn(model, queries))(state, images, labels)
-    shape_names, num_features = whitebox.whitebox_shapes(model, x[0])
+    norms, features = jax.jit(grad_norms.make_whitebox_fn(model, queries))(state, images, labels)
+    shape_names, num_features = grad_norms.whitebox_shapes(model, x[0])
     assert shape_names == names
     assert norms.shape == (NUM_EXAMPLES, queries, len(names) + 1) and norms.dtype == jnp.float32
     assert features.shape == (NUM_EXAMPLES, queries, num_features) and features.dtype == jnp.float32
@@ -108,12 +109,13 @@ def test_norms_equal_single_example_gradients_and_features_feed_the_head(models_
         )
 
 
+@pytest.mark.slow
 def test_vmapped_over_models_equals_one_model_at_a_time(models_state):
     arch, model, state, x, y = models_state
     queries = QUERIES[arch]
     images, labels = x[:NUM_EXAMPLES], y[:NUM_EXAMPLES]
-    single = jax.jit(whitebox.make_whitebox_fn(model, queries))
-    norms, features = whitebox.make_vmapped_whitebox_fn(model, queries)(state, images, labels)
+    single = jax.jit(grad_norms.make_whitebox_fn(model, queries))
+    norms, features = grad_norms.make_vmapped_whitebox_fn(model, queries)(state, images, labels)
     assert norms.shape[0] == features.shape[0] == 2
     for m in range(2):
         expected_norms, expected_features = single(one(state, m), images, labels)
@@ -121,12 +123,13 @@ def test_vmapped_over_models_equals_one_model_at_a_time(models_state):
         np.testing.assert_allclose(features[m], expected_features, rtol=1e-5, atol=1e-7)
     assert not np.allclose(norms[0], norms[1], rtol=1e-2)  # the models differ
     if arch == "cnn-tiny":  # one model a call takes vmap_models' squeezed path
-        alone = whitebox.make_vmapped_whitebox_fn(model, queries)(
+        alone = grad_norms.make_vmapped_whitebox_fn(model, queries)(
             jax.tree.map(lambda v: v[1:], state), images, labels
         )
         np.testing.assert_allclose(alone[0][0], norms[1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sowing_features_changes_no_logit(models_state):
     arch, model, state, x, _ = models_state
     state = one(state, 0)
@@ -136,7 +139,7 @@ def test_sowing_features_changes_no_logit(models_state):
         plain = transform(lambda s, x: step.predict(model, s, x))(state, x[:16])
         logits, sown = transform(with_features)(variables, x[:16])
         np.testing.assert_array_equal(plain, logits)
-        assert sown["intermediates"]["features"][0].shape == (16, whitebox.whitebox_shapes(model, x[0])[1])
+        assert sown["intermediates"]["features"][0].shape == (16, grad_norms.whitebox_shapes(model, x[0])[1])
 
 
 class Linear(nn.Module):
@@ -153,15 +156,15 @@ def test_model_that_sows_nothing_has_no_features():
     x, y = synthetic_images(num_examples=4)
     model = Linear(3)
     state = step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0]))(0, 0)
-    norms, features = jax.jit(whitebox.make_whitebox_fn(model, 2))(state, x, y)
+    norms, features = jax.jit(grad_norms.make_whitebox_fn(model, 2))(state, x, y)
     assert norms.shape == (4, 2, 2) and features.shape == (4, 2, 0)
-    assert whitebox.whitebox_shapes(model, x[0]) == (["Dense_0"], 0)
+    assert grad_norms.whitebox_shapes(model, x[0]) == (["Dense_0"], 0)
     np.testing.assert_allclose(norms[..., 0], norms[..., 1])  # one layer: its norm is the total
 
 
 def test_layer_names_sort_by_module_type_then_index():
     params = {name: {} for name in ["WideResNetBlock_10", "Dense_0", "WideResNetBlock_2", "Conv_1", "Conv_0"]}
-    assert whitebox.layer_names(params) == [
+    assert grad_norms.layer_names(params) == [
         "Conv_0", "Conv_1", "Dense_0", "WideResNetBlock_2", "WideResNetBlock_10",
     ]  # fmt: skip
 
@@ -194,7 +197,7 @@ def test_conv_tap_squares_equal_the_kernel_gradient(hw, channels, kernel_size, s
     out_hw = [-(-size // stride) for size, stride in zip(hw, strides)]
     g = jnp.asarray(rng.normal(size=(1, *out_hw, channels[1])), jnp.float32)
     output = layers._to_blocks(g) if blocked else g
-    tap = whitebox._Tap(
+    tap = grad_norms._Tap(
         "tap",
         (*kernel_size, *channels),
         x.shape[1:],
@@ -203,7 +206,7 @@ def test_conv_tap_squares_equal_the_kernel_gradient(hw, channels, kernel_size, s
         jax.ShapeDtypeStruct(output.shape, g.dtype),
     )
     assert tap.ghost() == ghost  # the branch this case takes
-    kernel, bias = whitebox._tap_squares(tap, x, output)
+    kernel, bias = grad_norms._tap_squares(tap, x, output)
     np.testing.assert_allclose(kernel, per_view_kernel_squares(x, g, kernel_size, strides), rtol=1e-5)
     np.testing.assert_allclose(bias, np.sum(np.square(np.float64(g).sum((0, 1, 2)))), rtol=1e-5)
 
@@ -225,10 +228,11 @@ class Mixed(nn.Module):
         shared = nn.Dense(8)  # Dense_1, called twice
         x = shared(nn.relu(shared(x.reshape(x.shape[0], -1)))) + tokens.mean(1).sum(-1, keepdims=True)
         x = nn.remat(nn.Dense)(8)(nn.relu(x))  # CheckpointDense_0
-        self.sow("intermediates", whitebox.FEATURES, x)
+        self.sow("intermediates", grad_norms.FEATURES, x)
         return nn.Dense(3)(x)  # Dense_2
 
 
+@pytest.mark.slow
 def test_mixed_model_norms_equal_single_example_gradients():
     x, y = synthetic_images(num_examples=2, shape=(10, 10, 1))
     model = Mixed()
@@ -238,17 +242,18 @@ def test_mixed_model_norms_equal_single_example_gradients():
         batch_stats=jax.tree.map(lambda v: rng.uniform(0.5, 2.0, v.shape), state.batch_stats)
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    taps = whitebox.find_taps(model, variables, jnp.asarray(x[0]))
+    taps = grad_norms.find_taps(model, variables, jnp.asarray(x[0]))
     assert sorted(taps) == [("Conv_0",), ("Conv_1",), ("Conv_3",), ("Conv_4",), ("Dense_0",), ("Dense_2",)]
     assert taps[("Conv_0",)].output.shape == (1, 5, 5, 4, 4)  # the stem's 2x2 blocks
-    names = whitebox.layer_names(state.params)
-    norms, _ = jax.jit(whitebox.make_whitebox_fn(model, 2))(state, x, y)
+    names = grad_norms.layer_names(state.params)
+    norms, _ = jax.jit(grad_norms.make_whitebox_fn(model, 2))(state, x, y)
     expected = reference_norms(model, state, np.asarray(augment.make_queries(x, 2)), y, names)
     np.testing.assert_allclose(norms, expected, rtol=1e-4)
     assert (norms > 0).all()
 
 
 @pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+@pytest.mark.slow
 def test_cnn32_models_vmapped_equal_single_example_gradients(conv_impl):
     """cnn32 on 16x16 images, 2 models a call: the stem on 2x2 blocks (xla) or not (im2col), a
     conv layer through the K x O gradient and one through Gram matrices, and the dense head."""
@@ -257,9 +262,9 @@ def test_cnn32_models_vmapped_equal_single_example_gradients(conv_impl):
     state = jax.jit(jax.vmap(step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0])), (0, None)))(
         jnp.arange(2), 0
     )
-    norms, _ = whitebox.make_vmapped_whitebox_fn(model, 2)(state, x, y)
+    norms, _ = grad_norms.make_vmapped_whitebox_fn(model, 2)(state, x, y)
     views = np.asarray(augment.make_queries(x, 2))
-    names = whitebox.layer_names(state.params)
+    names = grad_norms.layer_names(state.params)
     for m in range(2):
         np.testing.assert_allclose(
             norms[m], reference_norms(model, one(state, m), views, y, names), rtol=1e-4
@@ -272,7 +277,7 @@ def test_mlp_norms_equal_single_example_gradients():
     x = x.reshape(len(x), -1)
     model = get_model("mlp", 3)
     state = jax.jit(step.make_init(model, optax.sgd(0.1), jnp.asarray(x[0])))(0, 0)
-    names = whitebox.layer_names(state.params)
+    names = grad_norms.layer_names(state.params)
     assert names == ["Dense_0", "Dense_1", "Dense_2", "Dense_3"]
-    norms, _ = jax.jit(whitebox.make_whitebox_fn(model, 1))(state, x, y)
+    norms, _ = jax.jit(grad_norms.make_whitebox_fn(model, 1))(state, x, y)
     np.testing.assert_allclose(norms, reference_norms(model, state, x[:, None], y, names), rtol=1e-4)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import audit_run
 from sklearn.metrics import roc_auc_score
 from test_shokri import balanced_keep, make_inputs, planted_logits
 
 from lira.attacks import ATTACKS, WHITE_BOX, nasr
-from lira.attacks.signals import run_signals
-from lira.run import layout, synthetic
-from lira.stages import attack
+from lira.run import layout, reader, synthetic
+from lira.run.reader import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def planted(tmp_path_factory):
 
 
 def test_all_includes_the_white_box_attacks_and_they_find_a_planted_signal(planted):
-    metrics, results = attack.run_audit(planted, ["all"], num_targets=3, bootstrap=0)
+    metrics, results = audit_run(planted, ["all"], num_targets=3, bootstrap=0)
     assert set(WHITE_BOX) <= set(results) and metrics["whitebox"]["layers"] == ["layer_0", "layer_1"]
     for name in WHITE_BOX:
         assert metrics["attacks"][name]["auc"] > 0.7, (name, metrics["attacks"][name]["auc"])
@@ -43,19 +43,19 @@ def test_all_includes_the_white_box_attacks_and_they_find_a_planted_signal(plant
 
 def test_a_black_box_run_leaves_them_out_and_refuses_them_by_name(tmp_path, monkeypatch, capsys):
     synthetic.make_synthetic_rundir(tmp_path, num_models=6, num_examples=60)
-    metrics, _ = attack.run_audit(tmp_path, ["all"], num_targets=1, bootstrap=0)
+    metrics, _ = audit_run(tmp_path, ["all"], num_targets=1, bootstrap=0)
     assert not set(WHITE_BOX) & set(metrics["attacks"]) and "no white-box signals" in capsys.readouterr().out
 
     def fail(*_, **__):
         raise AssertionError("signals were read before the check")
 
-    monkeypatch.setattr(attack, "run_signals", fail)
+    monkeypatch.setattr(reader.Run, "with_signals", fail)
     with pytest.raises(ValueError, match="whitebox_nasr needs white-box signals.*--whitebox"):
-        attack.run_audit(tmp_path, ["loss", "whitebox_nasr"], num_targets=1)
+        audit_run(tmp_path, ["loss", "whitebox_nasr"], num_targets=1)
 
 
 def test_grad_signal_is_minus_log_of_the_whole_model_norm(planted):
-    signals = run_signals(planted, whitebox=True)
+    signals = read_run(planted).with_signals(whitebox=True).signals
     norms, features = signals.whitebox(4)
     np.testing.assert_allclose(signals.grad[4], -np.log(norms[..., -1]), rtol=1e-6)
     assert features.shape == (600, 2, 4) and signals.grad.shape == (12, 600, 2)
@@ -91,6 +91,7 @@ def test_nasr_never_trains_on_its_target():
 
 
 @pytest.mark.parametrize("use", [["gradients"], ["activations"], ["loss", "label"]])
+@pytest.mark.slow
 def test_nasr_inputs_each_carry_the_signal_they_should(use):
     inputs, keep, *_ = whitebox_inputs(2.0)
     scores = nasr.whitebox_nasr(inputs, use=use)
@@ -100,6 +101,7 @@ def test_nasr_inputs_each_carry_the_signal_they_should(use):
         nasr.whitebox_nasr(inputs, use=["weights"])
 
 
+@pytest.mark.slow
 def test_attack_script_reports_gradient_norms(planted, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [f"--logdir={planted}", "--attacks=loss,whitebox_lira_online,whitebox_nasr", "--nasr_inputs=gradients",
@@ -118,9 +120,9 @@ def test_attack_script_reports_gradient_norms(planted, tmp_path):
 
 
 def test_whitebox_comparison_pairs_each_white_box_attack_with_the_best_black_box_one(planted):
-    from lira import studies
+    from lira import notebook, studies
 
-    run = studies.load_run(planted, whitebox=True)
+    run = notebook.load_run(planted, whitebox=True)
     metrics, rows = studies.whitebox_comparison(run, num_targets=3, level=0.1, num_resamples=50)
     assert [row["a"] for row in rows] == WHITE_BOX and len({row["b"] for row in rows}) == 1
     best = rows[0]["b"]
@@ -130,9 +132,10 @@ def test_whitebox_comparison_pairs_each_white_box_attack_with_the_best_black_box
         metrics["attacks"][name]["tpr_at_fpr"][key] for name in studies.WHITEBOX_RIVALS
     )
     with pytest.raises(ValueError, match="load_run"):
-        studies.whitebox_comparison(studies.load_run(planted), num_targets=1)
+        studies.whitebox_comparison(notebook.load_run(planted), num_targets=1)
 
 
+@pytest.mark.slow
 def test_whitebox_script_writes_its_table(planted):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [f"--logdir={planted}", "--num_targets=2", "--bootstrap=20", "--level=0.01"]

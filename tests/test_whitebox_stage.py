@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from helpers import tiny_image_run_config
 
+from lira.config import QueryConfig
 from lira.data import load_dataset
 from lira.run import checkpoint, layout
 from lira.stages import query, train
-from lira.training import loop, whitebox
+from lira.training import grad_norms, loop
 from lira.training.models import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,18 +30,19 @@ def run(tmp_path_factory):
     signals with 2 queries."""
     root = tmp_path_factory.mktemp("whitebox_run")
     run_config = tiny_image_run_config(root, num_models=4, models_per_step=2)
-    train.train(run_config, root / "run", progress=False)
-    assert query.query(root / "run", queries=2, progress=False, whitebox=True) == [0, 1, 2, 3]
+    train.train(root / "run", run_config, progress=False)
+    assert query.query(root / "run", QueryConfig(queries=2, whitebox=True), progress=False) == [0, 1, 2, 3]
     return root / "run"
 
 
+@pytest.mark.slow
 def test_stored_signals_equal_the_one_model_function(run):
     record = layout.load_record(run)
     training = record.config.training
     dataset = load_dataset(record.config.data.dataset)
     model = get_model("cnn-tiny", dataset.num_classes)
     programs = loop.Programs(model, training, 3, jnp.asarray(dataset.x_train[0]))
-    one_model = jax.jit(whitebox.make_whitebox_fn(model, 2))
+    one_model = jax.jit(grad_norms.make_whitebox_fn(model, 2))
     labels = layout.load_labels(run)
     for start, stop, folder in checkpoint.finished_slices(run, training.epochs):
         state = programs.restore(folder, start, stop, training.epochs, training.seed)
@@ -50,7 +52,7 @@ def test_stored_signals_equal_the_one_model_function(run):
             stored = [np.load(layout.whitebox_path(run, m, kind)) for kind in layout.WHITEBOX_KINDS]
             np.testing.assert_allclose(stored[0], norms, rtol=2e-5, atol=1e-7)
             np.testing.assert_allclose(stored[1], features, rtol=2e-5, atol=1e-6)
-    names, num_features = whitebox.whitebox_shapes(model, dataset.x_train[0])
+    names, num_features = grad_norms.whitebox_shapes(model, dataset.x_train[0])
     assert record.whitebox == {"queries": 2, "layers": names, "features": num_features}
     # Models differ, and the whole-model norm is the root sum of squares of the layers'.
     norms = [np.load(layout.whitebox_path(run, m, "norms")) for m in range(4)]
@@ -58,19 +60,24 @@ def test_stored_signals_equal_the_one_model_function(run):
     np.testing.assert_allclose(norms[2][..., -1], np.sqrt(np.sum(norms[2][..., :-1] ** 2, -1)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resumes_and_recomputes_only_what_is_missing(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    assert query.query_whitebox(copy, 2, progress=False) == []
+    assert query.query_whitebox(copy, QueryConfig(whitebox_queries=2), progress=False) == []
     before = layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns
     layout.whitebox_path(copy, 3, "features").unlink()  # as a kill between the two files leaves it
-    assert query.query_whitebox(copy, 2, progress=False) == [2, 3]  # model 3's slice, models 2-3
+    assert query.query_whitebox(copy, QueryConfig(whitebox_queries=2), progress=False) == [
+        2,
+        3,
+    ]  # model 3's slice, models 2-3
     assert layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns == before
     assert not list((copy / layout.WHITEBOX_DIR).glob(".*partial*"))
     with pytest.raises(ValueError, match="holds white-box signals for 2 queries"):
-        query.query_whitebox(copy, 18, progress=False)
+        query.query_whitebox(copy, QueryConfig(whitebox_queries=18), progress=False)
 
 
+@pytest.mark.slow
 def test_refuses_a_run_without_checkpoints(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns(layout.WHITEBOX_DIR))

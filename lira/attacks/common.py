@@ -7,7 +7,7 @@ member of the target's training set, for all T targets at once. It sees one `Att
 - `targets` int [T] and, per target, which models are its references for each example:
   `is_in`, `is_out` bool [T, M, N] (online attacks) and `offline_out` bool [T, M, N] (offline
   attacks). The driver (`lira.attacks.protocol`) builds them: never the target's own row, and the same
-  number of IN as OUT references for every example (equal counts, DESIGN.md);
+  number of IN as OUT references for every example (equal counts, docs/attacks.md);
 - `labels` int [N], a seed per target, and per target its known non-members (RMIA's population).
 
 Statistics over references are masked reductions over the model axis, computed for every
@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from lira.attacks.signals import Signals
+from lira.signals import Signals
 
 # A standard deviation smaller than float32's rounding error at the signal's magnitude is not a
 # measurement: the signals are float32. Variances are floored at (FLOAT32_EPS * max(1, |mean|))^2,

@@ -14,17 +14,16 @@ Deliberate differences from the reference code (tensorflow/privacy, mi_lira_2021
   their global mean instead (nothing else is left to centre on);
 - offline is one-sided only; the reference code's two-sided test is not offered.
 
-Beyond the reference code, `likelihood="student_t"` replaces the plug-in Gaussian by the
-posterior predictive of a new value given n references (flat prior on the mean and log
-variance): a Student-t with n - 1 degrees of freedom, centre m and scale s * sqrt(1 + 1/n).
-A Gaussian fitted to 7 values and used as if its mean and variance were known gives a new value
-too little probability in its tails; the predictive does not. For Gaussian signals it makes the
-offline test exactly calibrated under the null. With pooled (fixed) variances the degrees of
-freedom are the pooled ones, so it differs from the Gaussian only by the 1 + 1/n. The paper's
-Gaussian stays the default of `lira_online` and the others; `lira_online_student` and
-`lira_offline_student` are the per-example-variance attacks with the predictive. Use them when
-each example has fewer than about 30 references of a kind (M below about 64); with more, the
-two agree.
+Beyond the reference code, `lira_online_student` and `lira_offline_student` (per-example
+variances) replace the plug-in Gaussian by the posterior predictive of a new value given n
+references (flat prior on the mean and log variance): a Student-t with n - 1 degrees of freedom,
+centre m and scale s * sqrt(1 + 1/n). A Gaussian fitted to 7 values and used as if its mean and
+variance were known gives a new value too little probability in its tails; the predictive does
+not. For Gaussian signals it makes the offline test exactly calibrated under the null. Use them
+when each example has fewer than about 30 references of a kind (M below about 64); with more,
+the two agree. The fixed-variance attacks keep the Gaussian: with pooled variances the degrees of
+freedom are the pooled ones, so the predictive would differ from it only by the 1 + 1/n (the
+helpers `_online` and `_offline` still take either likelihood).
 
 Reference counts are equal for members and non-members (lira.attacks.protocol), so none of these has a
 protocol bias: with no membership signal every one gives AUC 0.5 and TPR = FPR (tested).
@@ -36,7 +35,8 @@ import numpy as np
 from scipy import special, stats
 
 from lira.attacks.common import AttackInputs, log_normal_density, variance_floor
-from lira.config import LIRA_LIKELIHOODS as LIKELIHOODS
+
+LIKELIHOODS = ("gaussian", "student_t")
 
 
 def _check(likelihood: str) -> None:
@@ -114,27 +114,27 @@ def _offline(inputs: AttackInputs, fixed_variance: bool, likelihood: str, signal
     return student_t_log_cdf((x - mean) / scale, np.maximum(dof, 1)).mean(axis=-1)
 
 
-def lira_online(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def lira_online(inputs: AttackInputs) -> np.ndarray:
     """mean_q [log N(phi_q; mu_in, s_in^2) - log N(phi_q; mu_out, s_out^2)], per example and query
     moments over the target's IN and OUT references. -> scores [T, N]."""
-    return _online(inputs, fixed_variance=False, likelihood=likelihood)
+    return _online(inputs, fixed_variance=False, likelihood="gaussian")
 
 
-def lira_online_fixed_var(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def lira_online_fixed_var(inputs: AttackInputs) -> np.ndarray:
     """lira_online with one IN and one OUT variance pooled over all examples: steadier with few
     references (the paper's recommendation below about 64 shadow models)."""
-    return _online(inputs, fixed_variance=True, likelihood=likelihood)
+    return _online(inputs, fixed_variance=True, likelihood="gaussian")
 
 
-def lira_offline(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def lira_offline(inputs: AttackInputs) -> np.ndarray:
     """mean_q log Phi((phi_q - mu_out) / s_out): needs only OUT references, so references can be
     trained once, before the examples to audit are known."""
-    return _offline(inputs, fixed_variance=False, likelihood=likelihood)
+    return _offline(inputs, fixed_variance=False, likelihood="gaussian")
 
 
-def lira_offline_fixed_var(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def lira_offline_fixed_var(inputs: AttackInputs) -> np.ndarray:
     """lira_offline with one OUT variance pooled over all examples."""
-    return _offline(inputs, fixed_variance=True, likelihood=likelihood)
+    return _offline(inputs, fixed_variance=True, likelihood="gaussian")
 
 
 def lira_online_student(inputs: AttackInputs) -> np.ndarray:
@@ -152,16 +152,16 @@ def lira_offline_student(inputs: AttackInputs) -> np.ndarray:
 # same example's gradient in models that did not train on it.
 
 
-def whitebox_lira_online(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def whitebox_lira_online(inputs: AttackInputs) -> np.ndarray:
     """lira_online on -log ||grad_theta loss(x, y)|| instead of phi."""
-    return _online(inputs, fixed_variance=False, likelihood=likelihood, signal="grad")
+    return _online(inputs, fixed_variance=False, likelihood="gaussian", signal="grad")
 
 
-def whitebox_lira_online_fixed_var(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def whitebox_lira_online_fixed_var(inputs: AttackInputs) -> np.ndarray:
     """lira_online_fixed_var on -log ||grad_theta loss(x, y)||."""
-    return _online(inputs, fixed_variance=True, likelihood=likelihood, signal="grad")
+    return _online(inputs, fixed_variance=True, likelihood="gaussian", signal="grad")
 
 
-def whitebox_lira_offline(inputs: AttackInputs, likelihood: str = "gaussian") -> np.ndarray:
+def whitebox_lira_offline(inputs: AttackInputs) -> np.ndarray:
     """lira_offline on -log ||grad_theta loss(x, y)||."""
-    return _offline(inputs, fixed_variance=False, likelihood=likelihood, signal="grad")
+    return _offline(inputs, fixed_variance=False, likelihood="gaussian", signal="grad")

@@ -26,8 +26,10 @@ import jax
 import numpy as np
 
 from lira.attacks.common import AttackInputs
+from lira.attacks.options import Option
 from lira.attacks.shokri import MLPConfig, TrainingSet, fit_mlps, gather_features
-from lira.config import NASR_INPUTS
+
+INPUTS = ("gradients", "activations", "loss", "label")
 
 DEFAULT_MAX_TRAIN = 10_000
 NETWORK = MLPConfig(hidden=128)
@@ -68,14 +70,14 @@ def features(inputs: AttackInputs, use: tuple[str, ...], model: int, rows: np.nd
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def whitebox_nasr(inputs: AttackInputs, use: list[str] | tuple[str, ...] = NASR_INPUTS,
+def whitebox_nasr(inputs: AttackInputs, use: list[str] | tuple[str, ...] = INPUTS,
                   max_train: int = DEFAULT_MAX_TRAIN) -> np.ndarray:  # fmt: skip
     """P(IN) of every target's examples under its attack network: scores [T, N] (0.5 for a
     target whose references give no IN or no OUT pair)."""
     use = tuple(dict.fromkeys(use))
-    unknown = [name for name in use if name not in NASR_INPUTS]
+    unknown = [name for name in use if name not in INPUTS]
     if unknown or not use:
-        raise ValueError(f"Unknown Nasr inputs {unknown or use}; choose from {', '.join(NASR_INPUTS)}.")
+        raise ValueError(f"Unknown Nasr inputs {unknown or use}; choose from {', '.join(INPUTS)}.")
     if inputs.signals.whitebox is None:
         raise ValueError("whitebox_nasr needs white-box signals: run experiments/inference.py --whitebox.")
     scores = np.full((inputs.num_targets, len(inputs.labels)), 0.5)
@@ -89,3 +91,11 @@ def whitebox_nasr(inputs: AttackInputs, use: list[str] | tuple[str, ...] = NASR_
         target = int(inputs.targets[training_set.target_row])
         scores[training_set.target_row] = predict(k, read(target, everything))
     return scores
+
+
+OPTIONS = (
+    Option(
+        "nasr_inputs", "use", INPUTS, "whitebox_nasr's inputs, any of: gradients (per-layer gradient norms), "
+        "activations (penultimate), loss, label.", choices=INPUTS, convert=list,
+    ),
+)  # fmt: skip

@@ -1,6 +1,6 @@
 """The attack protocol: every attack against each target model, with leave-one-out references.
 
-Protocol (DESIGN.md): models 0..T-1 are the targets in turn; a target's references are all the
+Protocol (docs/attacks.md): models 0..T-1 are the targets in turn; a target's references are all the
 other models, in one fixed order (a permutation of the model indices drawn from `seed`, with
 the target removed). Equal reference counts: with balanced masks a member of the target has one
 IN reference fewer than a non-member and one OUT reference more, so the counts alone would
@@ -18,7 +18,7 @@ reveal membership and bias every count-dependent statistic. So, per example n:
 The LiRA code truncates to the smallest count and the RMIA code keeps `num_ref_models // 2` of
 each kind; this is the same rule, applied once, here, for every attack.
 
-Canaries (the `canaries` columns, drawn independently per model: lira/training/masks.py) follow
+Canaries (the `canaries` columns, drawn independently per model: lira/run/masks.py) follow
 another rule, because the one-run privacy audit needs every guess about a target's canary to
 depend on the target's output alone, never on its membership. Their references' counts are
 independent of the target's membership, so nothing needs equalising, and any count that adds the
@@ -41,7 +41,7 @@ import dataclasses
 import numpy as np
 
 from lira.attacks import ATTACKS, BLACK_BOX, WHITE_BOX, AttackInputs, option_names, probability_signal
-from lira.attacks.signals import Signals
+from lira.run.reader import Run
 
 
 @dataclasses.dataclass
@@ -229,35 +229,33 @@ def unscored(selection: Selection, name: str) -> np.ndarray:
     return (selection.is_in.sum(axis=1) < spec.min_in) | (selection.is_out.sum(axis=1) < spec.min_out)
 
 
-def attack_inputs(signals: Signals, keep: np.ndarray, labels: np.ndarray, targets: list[int], selection: Selection,
-                  seed: int = 0, canaries: np.ndarray | None = None) -> AttackInputs:  # fmt: skip
+def attack_inputs(run: Run, targets: list[int], selection: Selection, seed: int = 0) -> AttackInputs:
     """What every attack reads, for all targets (see lira.attacks.common.AttackInputs)."""
-    independent = canary_columns(keep.shape[1], canaries)
+    independent = canary_columns(run.num_examples, run.canaries)
     for mask in (selection.is_in, selection.is_out, selection.offline_out):  # leave-one-out
         assert not mask[np.arange(len(targets)), targets].any()
     return AttackInputs(
-        signals=signals,
+        signals=run.signals,
         targets=np.asarray(targets),
-        labels=np.asarray(labels),
+        labels=np.asarray(run.labels),
         is_in=selection.is_in,
         is_out=selection.is_out,
         offline_out=selection.offline_out,
         seeds=[_target_seed(seed, target) for target in targets],
-        populations=[population(keep, target, independent) for target in targets],
-        order=reference_order(keep.shape[0], seed),
+        populations=[population(run.keep, target, independent) for target in targets],
+        order=reference_order(run.num_models, seed),
     )
 
 
-def run_attacks(signals: Signals, keep: np.ndarray, labels: np.ndarray, attacks: list[str], targets: list[int],
-                num_shadows_used: int | None = None, seed: int = 0, attack_options: dict[str, dict] | None = None,
-                canaries: np.ndarray | None = None) -> dict[str, AttackResult]:  # fmt: skip
-    """Scores of every attack against every target. signals: [M, N, Q] arrays; keep bool [M, N];
-    canaries int [K]: the pool examples whose keep columns are independent (module docstring)."""
+def run_attacks(run: Run, attacks: list[str], targets: list[int], num_shadows_used: int | None = None,
+                seed: int = 0, attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
+    """Scores of every attack against every target of `run` (its signals [M, N, Q], keep, labels
+    and canaries: the pool examples whose keep columns are independent, module docstring)."""
     attack_options = attack_options or {}
-    attacks = check_attack_names(attacks, whitebox=signals.grad is not None)
+    attacks = check_attack_names(attacks, whitebox=run.signals.grad is not None)
     check_options(attacks, attack_options)
-    selection = check_references(keep, targets, attacks, num_shadows_used, seed, canaries)
-    inputs = attack_inputs(signals, keep, labels, targets, selection, seed, canaries)
+    selection = check_references(run.keep, targets, attacks, num_shadows_used, seed, run.canaries)
+    inputs = attack_inputs(run, targets, selection, seed)
     results = {}
     for name in attacks:
         short = unscored(selection, name)

@@ -38,15 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lira.attacks.common import EXAMPLE_CHUNK, AttackInputs
+from lira.attacks.options import Option
 from lira.attacks.rmia_offline_a import fit_offline_a
-from lira.config import RMIA_AGGREGATIONS as AGGREGATIONS
-from lira.config import AttackConfig
+from lira.signals import RMIA_SIGNALS, ProbabilitySignal
 
-# The defaults are the attack stage's flags (lira/config.py), as are the signal's.
-DEFAULT_GAMMA = AttackConfig.rmia_gamma
-DEFAULT_OFFLINE_A = float(AttackConfig.rmia_offline_a)
+AGGREGATIONS = ("vote", "mean")
+DEFAULT_GAMMA = 2.0
+DEFAULT_OFFLINE_A = 0.3
 DEFAULT_NUM_POPULATION = None  # every non-member of the target, as the authors' code
-DEFAULT_TRIM = AttackConfig.rmia_trim
+DEFAULT_TRIM = 0.2
+DEFAULT_AGGREGATION = "vote"
 PAIR_BLOCK = 256  # examples x ...
 POPULATION_BLOCK = 8192  # ... compared with this many z in one compiled call
 
@@ -189,8 +190,9 @@ def _vote_counts(ratio_x, inverse_ratio_z, valid_z, gamma, num_queries):
     majority of the Q per-query tests LR_q(x) * (1 / LR_q(z)) >= gamma.
 
     Queries are the outer loop, adding one int8 [B, P] of passes at a time: the pass counts stay
-    in cache and every comparison runs along the contiguous population axis (2.3x faster on the
-    CPU than reducing over the short query axis of a [B, P, Q] block)."""
+    in cache and every comparison runs along the contiguous population axis (faster on the CPU
+    than reducing over the short query axis of a [B, P, Q] block:
+    docs/results/implementation_choices/README.md)."""
 
     dtype = jnp.int8 if num_queries < 128 else jnp.int16  # 162 queries overflow int8
 
@@ -306,9 +308,9 @@ def _rmia(inputs, probability, reference_mask, gamma, trim, num_population, offl
 
 
 def rmia_online(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, num_population: int | None = DEFAULT_NUM_POPULATION,
-                trim: float = DEFAULT_TRIM, aggregation: str = "vote", signal: str = AttackConfig.rmia_signal,
-                temperature: float = AttackConfig.rmia_temperature, margin: float = AttackConfig.rmia_margin,
-                terms: int = AttackConfig.rmia_terms):  # fmt: skip
+                trim: float = DEFAULT_TRIM, aggregation: str = DEFAULT_AGGREGATION,
+                signal: str = ProbabilitySignal.kind, temperature: float = ProbabilitySignal.temperature,
+                margin: float = ProbabilitySignal.margin, terms: int = ProbabilitySignal.terms):  # fmt: skip
     """-> (scores [T, N], info); p(u) over each example's IN and OUT references (equal numbers)."""
     check_options(gamma, trim, aggregation)
     probability, info = _probability(inputs, "rmia_online", aggregation, signal, temperature, margin, terms)
@@ -317,9 +319,9 @@ def rmia_online(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, num_populati
 
 def rmia_offline(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, offline_a: float | str = DEFAULT_OFFLINE_A,
                  num_population: int | None = DEFAULT_NUM_POPULATION, trim: float = DEFAULT_TRIM,
-                 aggregation: str = "vote", signal: str = AttackConfig.rmia_signal,
-                 temperature: float = AttackConfig.rmia_temperature, margin: float = AttackConfig.rmia_margin,
-                 terms: int = AttackConfig.rmia_terms):  # fmt: skip
+                 aggregation: str = DEFAULT_AGGREGATION, signal: str = ProbabilitySignal.kind,
+                 temperature: float = ProbabilitySignal.temperature, margin: float = ProbabilitySignal.margin,
+                 terms: int = ProbabilitySignal.terms):  # fmt: skip
     """-> (scores [T, N], info: the a per target, whether fitted, and on which models);
     OUT references only, with p(u) = ((1 + a) p_out(u) + (1 - a)) / 2, a given or fitted ("auto")."""
     check_options(gamma, trim, aggregation, offline_a)
@@ -333,3 +335,52 @@ def rmia_offline(inputs: AttackInputs, gamma: float = DEFAULT_GAMMA, offline_a: 
         a = np.full(inputs.num_targets, float(offline_a))
     scores = _rmia(inputs, probability, inputs.offline_out, gamma, trim, num_population, a)
     return scores, {"offline_a": [float(v) for v in a], "offline_a_fitted": offline_a == "auto", **info}
+
+
+def _offline_a_problem(value: str) -> str | None:
+    if value == "auto":
+        return None
+    try:
+        a = float(value)
+    except ValueError:
+        a = -1.0
+    return None if 0 <= a <= 1 else "must be a number in [0, 1] or 'auto'"
+
+
+# The attack stage's flags (lira.attacks.options): one set for both attacks, so that they read
+# the one probability signal the signals were loaded with (lira.attacks.probability_signal).
+GAMMA = Option("rmia_gamma", "gamma", DEFAULT_GAMMA, "RMIA: LR(x) / LR(z) threshold.",
+               check=lambda gamma: None if gamma > 0 else "must be > 0")  # fmt: skip
+NUM_POPULATION = Option(
+    "rmia_num_population", "num_population", 0, "RMIA: population examples z (0 = every non-member, as the authors).",
+    check=lambda count: None if count >= 0 else "must be >= 0", convert=lambda count: count or None,
+)  # fmt: skip
+TRIM = Option("rmia_trim", "trim", DEFAULT_TRIM, "RMIA: fraction trimmed from each end of the reference mean.",
+              check=lambda trim: None if 0 <= trim < 0.5 else "must be in [0, 0.5)")  # fmt: skip
+AGGREGATION = Option(
+    "rmia_aggregation", "aggregation", DEFAULT_AGGREGATION,
+    "RMIA: a test per query and a majority vote, or p averaged over queries.", choices=AGGREGATIONS,
+)  # fmt: skip
+SIGNAL = Option(
+    "rmia_signal", "signal", ProbabilitySignal.kind, "RMIA: p_y of softmax(z / T), always in [0, 1] "
+    "(docs/results/rmia_signal), or taylor: the authors' Taylor soft-margin softmax (with --rmia_terms=4 a cubic "
+    "that leaves [0, 1]).", choices=RMIA_SIGNALS,
+)  # fmt: skip
+TEMPERATURE = Option(
+    "rmia_temperature", "temperature", ProbabilitySignal.temperature,
+    "RMIA: T, logits are divided by this before the signal.", check=lambda t: None if t > 0 else "must be > 0",
+)  # fmt: skip
+MARGIN = Option("rmia_margin", "margin", ProbabilitySignal.margin, "RMIA: the Taylor signal's soft margin m.")
+TERMS = Option(
+    "rmia_terms", "terms", ProbabilitySignal.terms, "RMIA: terms of the Taylor signal's truncated exponential "
+    "(4, the authors': a cubic; 5: a quartic, always in [0, 1]).",
+    check=lambda terms: None if terms >= 1 else "must be >= 1",
+)  # fmt: skip
+OFFLINE_A = Option(
+    "rmia_offline_a", "offline_a", str(DEFAULT_OFFLINE_A), "RMIA offline: a in p = ((1 + a) p_out + (1 - a)) / 2, "
+    "in [0, 1], or 'auto': the a under which the offline attack best finds a reference model's members (needs 2 "
+    "OUT references per example).",
+    check=_offline_a_problem, convert=lambda a: a if a == "auto" else float(a),
+)  # fmt: skip
+ONLINE_OPTIONS = (GAMMA, NUM_POPULATION, TRIM, AGGREGATION, SIGNAL, TEMPERATURE, MARGIN, TERMS)
+OFFLINE_OPTIONS = (GAMMA, OFFLINE_A, NUM_POPULATION, TRIM, AGGREGATION, SIGNAL, TEMPERATURE, MARGIN, TERMS)

@@ -39,10 +39,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lira.attacks.common import AttackInputs
-from lira.attacks.signals import softmax
-from lira.config import AttackConfig
+from lira.attacks.options import Option
+from lira.signals import softmax
 
-DEFAULT_CLASSIFIER = AttackConfig.shokri_classifier
+DEFAULT_CLASSIFIER = "mlp"
 DEFAULT_MAX_TRAIN_PER_CLASS = 5000
 
 
@@ -370,3 +370,10 @@ def shokri(inputs: AttackInputs, classifier: str = DEFAULT_CLASSIFIER,
             examples = np.flatnonzero(inputs.labels == sets[k].label)
             scores[row, examples] = predict(k, target_features[examples])
     return scores
+
+
+OPTIONS = (
+    Option(
+        "shokri_classifier", "classifier", DEFAULT_CLASSIFIER, "Shokri's attack model.", choices=CLASSIFIERS
+    ),
+)

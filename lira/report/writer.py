@@ -33,6 +33,7 @@ from lira import metrics as metrics_lib
 from lira.report import plots
 from lira.report.tables import audit_note, footnote, main_attack, markdown_table, percent
 from lira.run import layout
+from lira.run.reader import Run
 
 CAUGHT_LEVEL = 1e-3
 GRID_SIZE = 8
@@ -115,18 +116,23 @@ def _legend(name: str, entry: dict, fpr: np.ndarray, tpr: np.ndarray, num_nonmem
     return f"{name} (AUC={auc:.3f}, TPR@{100 * CAUGHT_LEVEL:g}%FPR={percent(at)})"
 
 
-def write_report(report_dir, results: dict, metrics: dict, *, labels: np.ndarray, keep: np.ndarray, record: layout.RunRecord,
-                 train_log: list[dict], images: np.ndarray | None = None, class_names: list[str] | None = None,
+def write_report(report_dir, results: dict, metrics: dict, run: Run, *, images: np.ndarray | None = None,
+                 class_names: list[str] | None = None,
                  gradient_norms: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:  # fmt: skip
     """Writes every report file (see the module docstring) into report_dir, each atomically.
 
     results: {attack: object with .scores float [T, N] and .targets list[int] (lira.attacks.protocol.AttackResult)};
-    metrics: the metrics.json dict; labels int [N]; keep bool [M, N]; images uint8 [N, H, W, C]
-    or None (no image grid, e.g. tabular data); class_names: label -> name, for the figures;
-    gradient_norms: {layer: (log10 gradient norms [n], is_member [n])} of the targets' examples
-    (white-box runs), drawn as gradient_norms.png.
+    metrics: the metrics.json dict; run: the attacked run (its keep, labels, config.json and
+    training log); images uint8 [N, H, W, C] or None (no image grid, e.g. tabular data);
+    class_names: label -> name, for the figures; gradient_norms: {layer: (log10 gradient norms
+    [n], is_member [n])} of the targets' examples (white-box runs), drawn as gradient_norms.png.
     """
-    labels, keep = np.asarray(labels), np.asarray(keep, dtype=bool)
+    labels, keep, record, train_log = (
+        np.asarray(run.labels),
+        np.asarray(run.keep, dtype=bool),
+        run.record,
+        run.train_log,
+    )
     _check_inputs(results, labels, keep, images)
     report_dir = Path(report_dir)
     curves, legends, pooled = {}, {}, {}

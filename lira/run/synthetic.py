@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lira.run import layout
-from lira.training import masks
+from lira.run import layout, masks
 
 
 def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int = 64, num_queries: int = 2,

@@ -16,7 +16,7 @@ import numpy as np
 
 from lira import audit, data, report
 from lira import metrics as metrics_lib
-from lira.attacks import ATTACKS, probability_signal
+from lira.attacks import ATTACKS, options_from_flags, probability_signal
 from lira.attacks.protocol import (
     AttackResult,
     check_attack_names,
@@ -24,47 +24,39 @@ from lira.attacks.protocol import (
     check_references,
     run_attacks,
 )
-from lira.attacks.signals import Signals, run_signals
 from lira.config import AttackConfig
-from lira.run import layout
-from lira.training import augment
+from lira.run import layout, views
+from lira.run.reader import Run, read_run
 
 
 def attack(logdir: str | Path, config: AttackConfig) -> dict:
     """Runs config.attacks on the run in `logdir` and writes report/: metrics.json,
     scores/NAME.npy (float [T, N]), the plots and tables. Returns the metrics dict."""
     config.validate()
-    logdir = Path(logdir)
-    metrics, results = run_audit(
-        logdir, config.attacks, num_targets=config.num_targets, num_shadows_used=config.num_shadows_used,
-        seed=config.seed, bootstrap=config.bootstrap, attack_options=config.options(),
-        min_false_positives=config.min_false_positives,
-        audit_method=config.audit_method, audit_significance=config.audit_significance,
-        audit_delta=config.audit_delta, audit_attacks=config.audit_attacks,
-    )  # fmt: skip
-    report_dir = logdir / layout.REPORT_DIR
+    check_attack_names(config.attacks, whitebox=True)  # unknown names and bad options: before any reading
+    options_from_flags(config.options)
+    run = read_run(logdir)
+    metrics, results = run_audit(run, config)
+    report_dir = run.logdir / layout.REPORT_DIR
     layout.save_json(report_dir / layout.METRICS, metrics)
     for name, result in results.items():
         layout.save_npy(report_dir / layout.SCORES_DIR / f"{name}.npy", result.scores)
-    record = layout.load_record(logdir)
-    keep = layout.load_keep(logdir)
+    norms = gradient_norms(run, metrics["targets"]) if metrics.get("whitebox") else None
     report.write_report(
-        report_dir, results, metrics, labels=layout.load_labels(logdir), keep=keep, record=record,
-        train_log=layout.read_jsonl(logdir / layout.TRAIN_LOG), images=_pool_images(record),
-        gradient_norms=gradient_norms(logdir, record, keep, metrics["targets"]) if metrics.get("whitebox") else None,
-    )  # fmt: skip
+        report_dir, results, metrics, run, images=_pool_images(run.record), gradient_norms=norms
+    )
     return metrics
 
 
-def gradient_norms(logdir: Path, record: layout.RunRecord, keep: np.ndarray, targets: list[int]) -> dict:
+def gradient_norms(run: Run, targets: list[int]) -> dict:
     """{layer or "whole model": (log10 loss-gradient norms [T * N], is_member [T * N])} on the
     targets' examples, plain query: what report/gradient_norms.png draws."""
-    names = [*record.whitebox["layers"], "whole model"]
+    names = [*run.record.whitebox["layers"], "whole model"]
     norms = np.stack(
-        [np.load(layout.whitebox_path(logdir, t, "norms"), mmap_mode="r")[:, 0] for t in targets]
+        [np.load(layout.whitebox_path(run.logdir, t, "norms"), mmap_mode="r")[:, 0] for t in targets]
     )
     values = np.log10(np.maximum(norms, 1e-30)).reshape(-1, len(names))  # [T * N, L + 1]
-    member = keep[targets].ravel()
+    member = run.keep[targets].ravel()
     return {name: (values[:, i], member) for i, name in enumerate(names)}
 
 
@@ -100,49 +92,35 @@ def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_querie
     }
 
 
-def run_audit(logdir: Path, attacks: list[str], *, num_targets: int = 4, num_shadows_used: int | None = None,
-              seed: int = 0, bootstrap: int = 200, attack_options: dict[str, dict] | None = None,
-              audit_method: str = "one_run", audit_significance: float = 0.05,
-              audit_delta: float | None = None,
-              audit_attacks: list[str] | None = None,
-              min_false_positives: int | None = None) -> tuple[dict, dict[str, AttackResult]]:  # fmt: skip
-    """Loads a run directory, runs `attacks` and returns (metrics dict, {name: AttackResult}).
+def run_audit(run: Run, config: AttackConfig) -> tuple[dict, dict[str, AttackResult]]:
+    """Runs config.attacks on `run` (read_run: its signals are read here, once the checks pass)
+    and returns (metrics dict, {name: AttackResult}).
 
     Everything that can be checked from keep.npy alone (attack names, options, reference
     counts) is checked before any logits are read. The metrics hold each attack's empirical
     epsilon lower bound (lira.audit) and the run's accounted epsilon (None without DP).
     """
-    attack_options = attack_options or {}
-    keep = layout.load_keep(logdir)
-    labels = layout.load_labels(logdir)
-    canaries = layout.load_canaries(logdir)  # independent keep columns: their own reference rule
-    whitebox = set(range(keep.shape[0])) <= set(layout.available_whitebox(logdir))
-    if list(attacks) == ["all"] and not whitebox:
-        print(f"Note: {logdir} has no white-box signals, so 'all' leaves out the white-box attacks "
+    config.validate()
+    attack_options = options_from_flags(config.options)
+    whitebox = run.has_whitebox()
+    if list(config.attacks) == ["all"] and not whitebox:
+        print(f"Note: {run.logdir} has no white-box signals, so 'all' leaves out the white-box attacks "
               "(experiments/inference.py --whitebox computes them).")  # fmt: skip
-    attacks = check_attack_names(attacks, whitebox)
+    attacks = check_attack_names(config.attacks, whitebox)
     check_options(attacks, attack_options)
-    audited = check_audit_attacks(audit_attacks, attacks)
-    if num_targets < 1:
-        raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
-    targets = list(range(min(num_targets, keep.shape[0])))
-    check_references(keep, targets, attacks, num_shadows_used, seed, canaries)
+    audited = check_audit_attacks(config.audit_attacks, attacks)
+    targets = list(range(min(config.num_targets, run.num_models)))
+    check_references(run.keep, targets, attacks, config.num_shadows_used, config.seed, run.canaries)
     needs_whitebox = any(ATTACKS[name].needs_whitebox for name in attacks)
-    signals = run_signals(logdir, probability_signal(attacks, attack_options), whitebox=needs_whitebox)
-    results = run_attacks(
-        signals, keep, labels, attacks, targets, num_shadows_used, seed, attack_options, canaries
-    )
-    metrics = audit_metrics(results, keep, signals.phi.shape[-1], bootstrap, seed, min_false_positives)
-    metrics.update(num_shadows_used=num_shadows_used, seed=seed, attack_options=attack_options)
+    run = run.with_signals(probability_signal(attacks, attack_options), whitebox=needs_whitebox)
+    results = run_attacks(run, attacks, targets, config.num_shadows_used, config.seed, attack_options)
+    metrics = audit_metrics(results, run.keep, run.num_queries, config.bootstrap, config.seed,
+                            config.min_false_positives)  # fmt: skip
+    metrics.update(num_shadows_used=config.num_shadows_used, seed=config.seed, attack_options=attack_options)
     if needs_whitebox:
-        metrics["whitebox"] = layout.load_record(logdir).whitebox
-    metrics["models"] = model_accuracy(
-        signals, keep, labels, layout.read_jsonl(Path(logdir) / layout.TRAIN_LOG)
-    )
-    audited_results = {name: results[name] for name in audited}
-    metrics["audit"] = privacy_audit(
-        logdir, audited_results, keep, audit_method, audit_significance, audit_delta
-    )
+        metrics["whitebox"] = run.record.whitebox
+    metrics["models"] = model_accuracy(run)
+    metrics["audit"] = privacy_audit(run, {name: results[name] for name in audited}, config)
     for name, bound in metrics["audit"].pop("bounds").items():
         metrics["attacks"][name]["epsilon_lower_bound"] = bound
     return metrics, results
@@ -162,24 +140,24 @@ def check_audit_attacks(audit_attacks: list[str] | None, attacks: list[str]) -> 
     return list(dict.fromkeys(audit_attacks))
 
 
-def privacy_audit(logdir: Path, results: dict[str, AttackResult], keep: np.ndarray, method: str,
-                  significance: float, delta: float | None) -> dict:  # fmt: skip
+def privacy_audit(run: Run, results: dict[str, AttackResult], config: AttackConfig) -> dict:
     """metrics.json's "audit": {"method", "significance", "delta", "epsilon" (accounted; None
     without DP), "examples" ("canaries" or "pool"), "num_examples", "correction" (how the choice
     among attacks and targets is paid for), "epsilon_lower_bound" and "attack" (the largest bound,
     whose), "theorem" (whether the one-run premise holds), "caveat" (why not, or None), "bounds"
     {attack: bound}}. Every bound holds at confidence 1 - significance jointly (lira/audit.py)."""
-    record = layout.load_record(logdir)
-    canaries = layout.load_canaries(logdir)
-    examples = canaries if len(canaries) else np.arange(keep.shape[1])
-    delta = record.config.training.dp_delta if delta is None else delta
-    audited = audit.audit(results, keep, examples, method, significance, delta)
-    caveat = audit.premise(method, keep, canaries, record.config.training.pkeep)
+    training = run.record.config.training
+    canaries = run.canaries
+    examples = canaries if len(canaries) else np.arange(run.num_examples)
+    delta = training.dp_delta if config.audit_delta is None else config.audit_delta
+    method, significance = config.audit_method, config.audit_significance
+    audited = audit.audit(results, run.keep, examples, method, significance, delta)
+    caveat = audit.premise(method, run.keep, canaries, training.pkeep)
     return {
         "method": method,
         "significance": significance,
         "delta": delta,
-        "epsilon": record.dp["epsilon"] if record.dp else None,
+        "epsilon": run.record.dp["epsilon"] if run.record.dp else None,
         "examples": "canaries" if len(canaries) else "pool",
         "num_examples": int(len(examples)),
         "correction": audited["correction"],
@@ -191,7 +169,7 @@ def privacy_audit(logdir: Path, results: dict[str, AttackResult], keep: np.ndarr
     }
 
 
-def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train_log: list[dict]) -> dict:
+def model_accuracy(run: Run) -> dict:
     """How well the attacked models fit, mean over all M models (fractions):
 
     train_acc: accuracy on each model's own training examples (IN), plain query, BatchNorm in
@@ -199,12 +177,13 @@ def model_accuracy(signals: Signals, keep: np.ndarray, labels: np.ndarray, train
     test_acc: the test accuracy the training stage logged at each model's last epoch (None if
       it logged none).
     """
-    plain = augment.query_offsets(signals.num_queries).index((False, 0, 0)) if signals.num_queries > 1 else 0
+    signals, keep, labels = run.signals, run.keep, run.labels
+    plain = views.query_offsets(signals.num_queries).index((False, 0, 0)) if signals.num_queries > 1 else 0
     train = [
         float(np.mean(np.argmax(signals.logits(m)[keep[m], plain], axis=-1) == labels[keep[m]]))
-        for m in range(keep.shape[0])
+        for m in range(run.num_models)
     ]
-    logged = layout.final_accuracies(train_log)
+    logged = layout.final_accuracies(run.train_log)
     return {
         "train_acc": float(np.mean(train)),
         "test_acc": logged["test_acc"][0] if "test_acc" in logged else None,

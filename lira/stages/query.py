@@ -1,12 +1,13 @@
 """The query stage as a library call: every trained model queried on the audit pool, its logits
 written to logits/NNNNN.npy [N, Q, C] (what experiments/inference.py runs).
 
+    from lira import config
     from lira.stages import query
-    query.query("exp/demo")   # the views the models trained on (the run's --augment)
-    query.query("exp/demo", queries=2)
+    query.query("exp/demo", config.QueryConfig())            # the views the models trained on
+    query.query("exp/demo", config.QueryConfig(queries=2))
 
 The views a run may be queried with are those its training augmentation drew
-(lira.training.augment.resolve_queries); others are refused unless `allow_untrained_views`.
+(lira.run.views.resolve_queries); others are refused unless `allow_untrained_views`.
 """
 
 from __future__ import annotations
@@ -21,55 +22,49 @@ from tqdm.auto import tqdm
 
 from lira.config import QueryConfig
 from lira.data import load_dataset
-from lira.run import checkpoint, layout
-from lira.training import augment, loop, step
-from lira.training import whitebox as whitebox_lib
+from lira.run import checkpoint, layout, views
+from lira.training import augment, grad_norms, loop, step
 from lira.training.models import get_model
 
 # Inference queries at least this many models a call, from several training slices if need be:
 # with one model a slice (conv nets on the CPU), one-model calls are small enough that their
-# dispatch costs more than their work, and the vmapped forward of 4 cnn32 is 1.8x faster there
-# than 4 one-model forwards.
+# dispatch costs more than their work, and the vmapped forward of 4 cnn32 is faster there than 4
+# one-model forwards (docs/performance.md, "What made cnn32 fast on the CPU").
 MIN_MODELS_PER_CALL = 4
 # Except the white-box stage on the CPU: its calls are large already (hundreds of views, each with
-# its activations and output gradients), and grouping slices only takes them out of the cache. On
-# bench.training's cnn32 case (8 models of one-model slices, 2,048 examples, 2 queries) the stage
-# took 12.3 s with one-model calls of 256 examples against 17.8 s with 4-model calls of 115.
+# its activations and output gradients), and grouping slices only takes them out of the cache
+# (measured on bench.training's cnn32 case: docs/results/implementation_choices/README.md).
 CPU_WHITEBOX_MODELS_PER_CALL = 1
 
 
-def query(logdir: str | Path, queries: int = 0, batch_size: int = 256, progress: bool = True, whitebox: bool = False,
-          whitebox_queries: int = 0, allow_untrained_views: bool = False) -> list[int]:  # fmt: skip
+def query(logdir: str | Path, config: QueryConfig, progress: bool = True) -> list[int]:
     """Writes logits/NNNNN.npy, float32 [N, Q, C], for every trained model that lacks one, and
-    with `whitebox` the white-box signals too (`query_whitebox`, with `whitebox_queries` or
-    `queries` queries). queries 0: the views the models trained on; the count made is recorded
-    in config.json ("inference").
+    with config.whitebox the white-box signals too (`query_whitebox`). config.queries 0: the
+    views the models trained on; the count made is recorded in config.json ("inference").
 
     Streams over examples and writes each model's logits into a memory-mapped file that is
     renamed into place when complete, so memory stays at one batch and a kill loses nothing
     already written. Returns the model indices whose logits were written now.
     """
-    QueryConfig(
-        queries=queries, batch_size=batch_size, whitebox=whitebox, whitebox_queries=whitebox_queries,
-        allow_untrained_views=allow_untrained_views,
-    ).validate()  # fmt: skip
+    config.validate()
     record = layout.load_record(logdir)
-    queries = resolve_queries(record, queries, allow_untrained_views)
-    if whitebox:  # both counts checked before any work
-        whitebox_queries = resolve_queries(record, whitebox_queries or queries, allow_untrained_views,
-                                           "--whitebox_queries")  # fmt: skip
-    written = _query_logits(logdir, queries, batch_size, progress)
-    if whitebox:
-        query_whitebox(logdir, whitebox_queries, progress, allow_untrained_views)
+    queries = resolve_queries(record, config.queries, config.allow_untrained_views)
+    if config.whitebox:  # both counts checked before any work
+        resolve_queries(record, config.whitebox_queries or queries, config.allow_untrained_views,
+                        "--whitebox_queries")  # fmt: skip
+    written = _query_logits(logdir, queries, config.batch_size, progress)
+    if config.whitebox:
+        query_whitebox(logdir, dataclasses.replace(config, whitebox_queries=config.whitebox_queries or queries),
+                       progress)  # fmt: skip
     return written
 
 
 def resolve_queries(record: layout.RunRecord, queries: int, allow_untrained_views: bool = False,
                     flag: str = "--queries") -> int:  # fmt: skip
     """The query count the run in `record` is queried with for a requested `queries` (0: as its
-    --augment trained; lira.training.augment.resolve_queries)."""
+    --augment trained; lira.run.views.resolve_queries)."""
     is_image = len(record.data.get("input_shape", ())) == 3
-    return augment.resolve_queries(
+    return views.resolve_queries(
         queries, record.config.training.augment, is_image, allow_untrained_views, flag
     )
 
@@ -94,8 +89,8 @@ def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: b
 
     @jax.jit
     def apply(state, images):  # [B, ...] -> (logits [models, B, Q, C],), the queries made on device
-        views = augment.make_queries(images, queries)
-        flat = views.reshape(-1, *views.shape[2:])
+        queried = augment.make_queries(images, queries)
+        flat = queried.reshape(-1, *queried.shape[2:])
         logits = step.vmap_models(lambda s: step.predict(model, s, flat), (0,))(state)
         return (logits.reshape(logits.shape[0], images.shape[0], queries, -1),)
 
@@ -181,8 +176,8 @@ def _stream(
 
 def _padded(array, size: int):
     """array [n, ...] with zeros appended to `size` rows: the last chunk of the pool is padded to
-    the others' size (its padding's outputs dropped) so that one program is compiled, not two (a
-    second compile of the white-box program costs 3.6 s on cnn32, 10% of the bench's stage)."""
+    the others' size (its padding's outputs dropped) so that one program is compiled, not two (what
+    a second compile of the white-box program costs: docs/results/implementation_choices/README.md)."""
     padding = np.zeros((size - len(array), *array.shape[1:]), array.dtype)
     return np.concatenate([array, padding]) if len(padding) else array
 
@@ -199,7 +194,7 @@ def _call_groups(slices, min_models: int):
     return groups + ([group] if group else [])
 
 
-# About this many bytes of per-view buffers (lira.training.whitebox.view_floats) are alive in one
+# About this many bytes of per-view buffers (lira.training.grad_norms.view_floats) are alive in one
 # white-box call on the CPU: the chunk of examples shrinks as models, queries and layers grow. On
 # an accelerator, a fraction of its memory (_whitebox_bytes): 256 MiB would cut 64 cnn32 models'
 # calls to 6 examples each.
@@ -216,18 +211,18 @@ def _whitebox_bytes() -> int:
     return max(WHITEBOX_BYTES, int(limit * ACCELERATOR_WHITEBOX_FRACTION))
 
 
-def query_whitebox(logdir: str | Path, queries: int = 0, progress: bool = True,
-                   allow_untrained_views: bool = False) -> list[int]:  # fmt: skip
+def query_whitebox(logdir: str | Path, config: QueryConfig, progress: bool = True) -> list[int]:
     """Writes whitebox/NNNNN_norms.npy, float32 [N, Q, L + 1] (the per-example loss-gradient norm
     of each layer with parameters, then of the whole model) and NNNNN_features.npy, float32
     [N, Q, F] (the penultimate activations) for every trained model that lacks them, from its
-    checkpoint (lira.training.whitebox), with Q = `queries` (0: the views the models trained on,
-    as `query`). Streamed per model and atomic like the logits; refused when a model that was
+    checkpoint (lira.training.grad_norms), with Q = config.whitebox_queries (0: config.queries; 0
+    again: the views the models trained on, as `query`). Streamed per model and atomic like the logits; refused when a model that was
     queried before has lost its checkpoint. Returns the models written."""
-    QueryConfig(whitebox_queries=queries).validate()
+    config.validate()
     logdir = Path(logdir)
     record = layout.load_record(logdir)
-    queries = resolve_queries(record, queries, allow_untrained_views, "--whitebox_queries")
+    queries = resolve_queries(record, config.whitebox_queries or config.queries, config.allow_untrained_views,
+                              "--whitebox_queries")  # fmt: skip
     previous = (record.whitebox or {}).get("queries")
     if previous not in (None, queries) and layout.available_whitebox(logdir):
         raise ValueError(
@@ -257,12 +252,12 @@ def query_whitebox(logdir: str | Path, queries: int = 0, progress: bool = True,
     model, programs = _programs(record, dataset)
     training = record.config.training
     one_state = programs.abstract_state(jnp.zeros(1, jnp.int32), training.seed, loop.model_sharding(1))
-    names = whitebox_lib.layer_names(one_state.params)
+    names = grad_norms.layer_names(one_state.params)
     one_model = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype), one_state)
-    view_bytes = 4 * whitebox_lib.view_floats(
+    view_bytes = 4 * grad_norms.view_floats(
         model, {"params": one_model.params, "batch_stats": one_model.batch_stats}, dataset.x_train[0]
     )
-    apply = whitebox_lib.make_vmapped_whitebox_fn(model, queries)
+    apply = grad_norms.make_vmapped_whitebox_fn(model, queries)
     _, features_shape = jax.eval_shape(
         apply, one_state, jnp.asarray(dataset.x_train[:1]), jnp.asarray(labels[:1])
     )

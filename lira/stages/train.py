@@ -4,7 +4,7 @@ notebooks can call directly.
     from lira import config
     from lira.stages import train
     cfg = config.Config().replace(dataset="digits", arch="cnn32", epochs=20)
-    train.train(cfg, "exp/demo")
+    train.train("exp/demo", cfg)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 
 from lira.config import Config
 from lira.data import load_dataset, mislabel
-from lira.run import layout
-from lira.training import loop, masks
+from lira.run import layout, masks
+from lira.training import loop
 from lira.training.models import canonical_arch, uses_batch_norm
 
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "tensorflow-datasets")
@@ -45,7 +45,7 @@ def resolve(config: Config) -> Config:
     )
 
 
-def train(config: Config, logdir: str | Path, shadow_ids: str | None = None, progress: bool = True) -> Path:
+def train(logdir: str | Path, config: Config, shadow_ids: str | None = None, progress: bool = True) -> Path:
     """Trains (or resumes) the shadow models `shadow_ids` ("START:STOP", default all) of the run
     in `logdir`. Every check runs before the dataset is loaded or anything is compiled."""
     config = resolve(config)

@@ -1,23 +1,19 @@
-"""Image transforms on the device: training augmentation and the inference queries.
+"""Image transforms on the device: training augmentation and the pixels of the inference queries.
 
 Both are made of the same two moves: a horizontal mirror, and a shift by (dy, dx) pixels with
-reflect padding (equivalently, a crop of the reflect-padded image). A query is a (mirror, dy, dx)
-view; the query stage makes by default the views the models trained on (`resolve_queries`), as
-the LiRA paper does: a view the models never saw is an out-of-distribution input whose logits
-separate members from non-members less well, so averaging it in dilutes the attack.
+reflect padding (equivalently, a crop of the reflect-padded image). Which (mirror, dy, dx) views
+a query set holds, in which order, and which of them training draws is the run directory's
+contract (lira/run/views.py); this module only makes the pixels.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lira.config import AUGMENTS, QUERY_COUNTS  # noqa: F401  (re-exported: their home is the config)
-
-PAD = 4
+from lira.config import AUGMENTS
+from lira.run.views import PAD, query_offsets
 
 
 def shift(images, dy, dx, pad: int = PAD):
@@ -49,79 +45,9 @@ def augment(images, key, kind: str):
     return images
 
 
-def query_offsets(num_queries: int) -> list[tuple[bool, int, int]]:
-    """The (mirror, dy, dx) of each query, in the order of the Q axis of the logits.
-
-    1: the image; 2: image and mirror; 18: mirror x shifts in {-4, 0, 4}^2;
-    162: mirror x shifts in {-4, ..., 4}^2.
-    """
-    if num_queries == 1:
-        return [(False, 0, 0)]
-    if num_queries == 2:
-        return [(False, 0, 0), (True, 0, 0)]
-    if num_queries == 18:
-        shifts = (-4, 0, 4)
-    elif num_queries == 162:
-        shifts = tuple(range(-4, 5))
-    else:
-        raise ValueError(
-            f"--queries={num_queries} is not supported; valid: {', '.join(map(str, QUERY_COUNTS))}."
-        )
-    return [(mirror, dy, dx) for mirror in (False, True) for dy, dx in itertools.product(shifts, shifts)]
-
-
-def trained_views(kind: str) -> set[tuple[bool, int, int]]:
-    """The (mirror, dy, dx) views that training with augmentation `kind` can draw (image data):
-    none, the image; mirror, the image and its mirror; weak, either one shifted by any (dy, dx)
-    in [-4, 4]^2 (`augment`)."""
-    if kind not in AUGMENTS:
-        raise ValueError(f"Unknown augment {kind!r}; valid: {AUGMENTS}.")
-    mirrors = (False,) if kind == "none" else (False, True)
-    shifts = range(-PAD, PAD + 1) if kind == "weak" else (0,)
-    return {(mirror, dy, dx) for mirror in mirrors for dy in shifts for dx in shifts}
-
-
-def trained_query_counts(kind: str, is_image: bool = True) -> tuple[int, ...]:
-    """The query counts whose every view is one training with augmentation `kind` draws: none
-    (1,), mirror (1, 2), weak (1, 2, 18, 162); non-image data has one query whatever `kind`."""
-    if not is_image:
-        return (1,)
-    views = trained_views(kind)
-    return tuple(count for count in QUERY_COUNTS if set(query_offsets(count)) <= views)
-
-
-# The queries made when none are asked for: every view for none and mirror, and for weak the
-# LiRA paper's 18 (mirror x shifts in {-4, 0, 4}^2): its 162 trained views cost 9x the inference.
-DEFAULT_QUERIES = {"none": 1, "mirror": 2, "weak": 18}
-
-
-def resolve_queries(queries: int, kind: str, is_image: bool, allow_untrained_views: bool = False,
-                    flag: str = "--queries") -> int:  # fmt: skip
-    """The query count a run trained with augmentation `kind` is queried with: `queries`, or with
-    0 DEFAULT_QUERIES[kind] (non-image data: 1). A count with a view training never drew is
-    refused unless `allow_untrained_views`; non-image data has one query in any case."""
-    if not is_image:
-        if queries not in (0, 1):
-            raise ValueError(
-                f"{flag}={queries}: non-image data has a single query; valid: 0 (as trained) or 1."
-            )
-        return 1
-    if queries == 0:
-        return DEFAULT_QUERIES[kind]
-    valid = trained_query_counts(kind)
-    if queries not in valid and not allow_untrained_views:
-        untrained = len(set(query_offsets(queries)) - trained_views(kind))
-        views = f"{untrained} view{'s' * (untrained > 1)}"
-        raise ValueError(
-            f"{flag}={queries} has {views} the models never trained on (the run's --augment={kind}); valid: 0 "
-            f"(as trained: {DEFAULT_QUERIES[kind]}), {', '.join(map(str, valid))}, or add "
-            "--allow_untrained_views to query them anyway."
-        )
-    return queries
-
-
 def make_queries(images, num_queries: int):
-    """images: [B, H, W, C] -> [B, Q, H, W, C]; tabular [B, F] -> [B, 1, F] (Q must be 1)."""
+    """images: [B, H, W, C] -> [B, Q, H, W, C], the views in query_offsets order; tabular [B, F] ->
+    [B, 1, F] (Q must be 1)."""
     if images.ndim != 4:
         if num_queries != 1:
             raise ValueError(f"Non-image data has a single query; got --queries={num_queries}.")

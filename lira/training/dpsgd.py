@@ -1,22 +1,20 @@
 """DP-SGD's train step: per-example clipping of one model's gradients, vmapped over models like
-lira/training/step.py's ordinary step (noise and sampling: step.make_optimizer, lira/dp.py).
+lira/training/step.py's ordinary step (noise: step.make_optimizer; batches: sampling.py).
 
 Two ways to the same sum of clipped per-example gradients (--dp_clipping):
 
 - "per_example": jax-privacy's clipped_grad, which forms every example's gradient (a vmap of
   jax.grad), clips it and sums: B copies of the parameters per step.
-- "ghost": every example's gradient norm without forming the gradient (lira.training.whitebox:
+- "ghost": every example's gradient norm without forming the gradient (lira.training.grad_norms:
   the loss gradient w.r.t. each Dense and Conv output and the layer's input give the kernel's
   gradient norm, ||a||^2 ||g||^2 for a Dense), then one ordinary backward pass of
   sum_i c_i loss_i with c_i = min(1, C / ||g_i||) held constant: its gradient is
   sum_i c_i g_i, the clipped sum (Li et al. 2022, "ghost clipping"). Only for models whose every
   parameter belongs to such a layer.
-- "auto" (default): ghost for models of Dense layers only, per_example elsewhere. On this CPU
-  (bench/dp.py, 4 models a step, B = 256, docs/dp.md) ghost took the MLP's DP step from 86.5x
-  the ordinary step's time to 2.57x, while on cnn32 the two were level (2.54x each; 2.30x
-  against 2.48x for per_example in a run with other work on the cores): its convolutions'
-  per-example gradients are cheap next to the Gram matrices or patch products that their norms
-  need.
+- "auto" (default): ghost for models of Dense layers only, per_example elsewhere. On the CPU
+  (bench/dp.py; the figures in docs/dp.md, "Cost") ghost makes the MLP's DP step many times
+  cheaper, while on cnn32 the two are level: its convolutions' per-example gradients are cheap
+  next to the Gram matrices or patch products that their norms need.
 
 tests/test_dp.py checks that both give the same sum, and jax-privacy's is the reference.
 """
@@ -32,15 +30,15 @@ from flax import traverse_util
 
 from lira.config import TrainingConfig
 from lira.training import augment as augment_lib
+from lira.training import grad_norms
 from lira.training import step as step_lib
-from lira.training import whitebox
 
 
 def ghost_applies(model: nn.Module, params, sample, dense_only: bool = False) -> bool:
     """Whether every parameter of `model` (params: arrays or shapes) is a tapped layer's, so that
     ghost clipping gets every per-example norm (with dense_only, and every such layer a Dense);
     sample [...] one example."""
-    taps = whitebox.find_taps(model, {"params": params}, sample)
+    taps = grad_norms.find_taps(model, {"params": params}, sample)
     dense = all(tap.method == "__call__" for tap in taps.values())
     return all(key[:-1] in taps for key in traverse_util.flatten_dict(params)) and (dense or not dense_only)
 
@@ -73,7 +71,7 @@ def make_clipped_sum(model: nn.Module, clip_norm: float, method: str = "per_exam
         raise ValueError(f"Unknown DP clipping {method!r}; valid: per_example, ghost.")
 
     def ghost(params, images, labels, is_padding_example):
-        norms = whitebox.per_example_norms(model, params, images, labels)  # [P]
+        norms = grad_norms.per_example_norms(model, params, images, labels)  # [P]
         scale = jnp.where(is_padding_example | ~jnp.isfinite(norms), 0.0, jnp.minimum(1.0, clip_norm / norms))
         scale = jax.lax.stop_gradient(scale)
 
@@ -93,7 +91,7 @@ def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, confi
     """DP-SGD's step(state, batches, sizes, model_index, x, y, step_in_epoch) -> (state, loss,
     correct), the signature of step.make_train_step's; sample [...] one example.
 
-    For one model: batches int32 [S, P] and sizes int32 [S] from lira/dp.py's Poisson sampling
+    For one model: batches int32 [S, P] and sizes int32 [S] from sampling.py's Poisson sampling
     for this epoch (P the physical batch); row `step_in_epoch` holds the step's draw, then
     padding, which contributes exactly zero. tx (step.make_optimizer's DP chain) adds the noise.
     The model must hold no BatchNorm: its statistics would mix examples before clipping.

@@ -6,8 +6,8 @@ parameters, so a checkpoint trained with one runs with the other. The reason for
 twofold. On the CPU without YNNPACK (lira/xla_flags.py), vmapping over per-model conv weights
 lowers to a grouped convolution that XLA:CPU's own kernels run several times slower than a loop
 of single-model steps, while a vmapped matmul stays fast (with YNNPACK, the CPU default, the
-native convolution is faster, one model a step). On a GPU, the same grouped convolution ran at
-0.39x the speed of im2col's batched matmuls (docs/performance.md).
+native convolution is faster, one model a step). On a GPU, the same grouped convolution ran
+well below im2col's batched matmuls (docs/performance.md, "GPU: the first figures").
 
 Also here: the space-to-depth stem for convolutions of few input channels, and pool_bias_relu,
 the CNN block's fused 2x2 max-pool, bias and ReLU with a hand-written gradient.
@@ -34,8 +34,8 @@ def default_conv_impl(backend: str | None = None, arch: str | None = None) -> st
 
     CPU: the native convolution, but im2col where XLA runs without YNNPACK (lira/xla_flags.py):
     YNNPACK's convolutions beat im2col, XLA:CPU's own do not. GPU: vmapped native convolutions
-    become grouped convolutions, which ran cnn32 at 0.39x the speed of im2col's batched matmuls
-    on an H200 (64 models a step); im2col there for every conv net but the WRNs, whose im2col
+    become grouped convolutions, which ran cnn32 well below im2col's batched matmuls on an H200
+    (64 models a step); im2col there for every conv net but the WRNs, whose im2col
     patches outgrow memory at 64 models a step and which train one model a step on a GPU anyway.
     """
     backend = backend or jax.default_backend()
@@ -91,7 +91,7 @@ class Conv(nn.Module):
         [B, H/2, W/2, 4, O] (2x2 output blocks, `_to_blocks`' layout).
 
         The identity, and a method of its own so that flax.linen.intercept_methods sees each
-        call's input and linear output: lira/training/whitebox.py adds a zero to y there to read
+        call's input and linear output: lira/training/grad_norms.py adds a zero to y there to read
         the gradient of the loss with respect to y, from which (with x) it computes the norm of
         each example's kernel and bias gradients."""
         del x
@@ -109,10 +109,9 @@ class Conv(nn.Module):
         )
 
 
-# Measured on the 2-core CPU (2026-11-25, cnn32, batch 256): conv 1's forward pass, 3 -> 32
-# channels on 32x32 images, took 12.3 ms natively and 7.1 ms on 2x2 blocks (12 -> 128 channels,
-# 1.8x the FLOPs); with the native weight gradient kept, the whole gradient step went from 120
-# to 113 ms (medians of 30). Conv 2 (32 channels in) on 2x2 blocks made the step slower.
+# On the CPU, conv 1 of cnn32 (3 -> 32 channels on 32x32 images) runs faster on 2x2 blocks (12 ->
+# 128 channels, 1.8x the FLOPs) with the native weight gradient kept, and conv 2 (32 channels in)
+# slower: docs/performance.md, "Space-to-depth stem".
 SPACE_TO_DEPTH_MAX_FEATURES = 4
 _SPACE_TO_DEPTH = contextvars.ContextVar("lira_space_to_depth", default=True)
 
@@ -234,12 +233,11 @@ def pool_bias_relu(windows, bias, axes):
     relu(max(window) + bias) exactly since rounding is monotone; the gradient is one fused pass
     that finds each window's first maximum and one that places the gradient there.
 
-    Measured on the CPU (cnn32, batch 256, medians of 11 in one process, 2026-11-24): pooling
-    before the bias and ReLU with this kind of gradient took the gradient step from 177 to
-    157 ms, against nn.max_pool after them. Fusing the bias and ReLU into the pool's reduction
-    (2026-11-25, medians of 40) took it from 123 to 119 ms: the pooled activations are then a
+    Pooling before the bias and ReLU with this kind of gradient, and then fusing the bias and
+    ReLU into the pool's reduction, each made cnn32's gradient step faster on the CPU
+    (docs/performance.md, "What made cnn32 fast on the CPU"): the pooled activations are then a
     reduction's output, which XLA does not recompute inside the transposes that feed the next
-    layer's weight gradient, and a bare transpose runs 4x faster than one fused with them.
+    layer's weight gradient, and a bare transpose runs faster than one fused with them.
     """
     return lax.reduce(windows + bias, jnp.zeros((), windows.dtype), lax.max, axes)
 

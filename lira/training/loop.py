@@ -40,8 +40,9 @@ def default_models_per_step(arch: str, backend: str | None = None) -> int:
     On the CPU: one conv net a step, since vmapping over conv weights makes a grouped
     convolution, slower there than one model's (with im2col convolutions, without YNNPACK, four);
     four MLPs, which keep the vectorized matmuls busy without outgrowing the caches.
-    On a GPU (an H200, docs/bench_gpu.json): 64 models a step, but one WRN, which fills the GPU
-    alone; 16 WRN-28-2 a step ran at 0.49x the speed of one a step.
+    On a GPU: 64 models a step, but one WRN, which fills the GPU alone; several WRN-28-2 a step
+    ran slower than one a step on an H200 (docs/bench/bench_gpu.json, rendered in
+    docs/performance.md).
     """
     backend = backend or jax.default_backend()
     if backend == "cpu":
@@ -58,7 +59,7 @@ def default_dtype(backend: str | None = None) -> str:
 
 
 # bfloat16 activations and convolutions trained cnn32 on the CIFAR-10 subset to the accuracy of
-# float32 (docs/results/bfloat16_parity/); GPU throughput: docs/bench_gpu.json.
+# float32 (docs/results/bfloat16_parity/); GPU throughput: docs/bench/bench_gpu.json.
 DEFAULT_ACCELERATOR_DTYPE = "bfloat16"
 
 
@@ -270,10 +271,10 @@ def train_models(
                 return times
             tic = time.perf_counter()
             if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
-                from lira import dp  # DP only, as in Programs
+                from lira.training import sampling  # DP only, as in Programs
 
                 order, num_in = jax.device_put(
-                    dp.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
+                    sampling.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
                 )
             else:
                 order, num_in = programs.order(inputs.keep, inputs.ids, epoch, config.seed), inputs.num_in

@@ -11,7 +11,7 @@ Randomness is a function of (seed, model index, epoch or step) alone:
     init      = fold_in(model_key, 0)
     epoch order   fold_in(fold_in(model_key, 1), epoch)
     augmentation  fold_in(fold_in(model_key, 2), global_step)
-    DP batches    numpy's default_rng([seed, model_index, 3, epoch])   (lira/dp.py)
+    DP batches    numpy's default_rng([seed, model_index, 3, epoch])   (lira/training/sampling.py)
     DP noise      fold_in(model_key, 4), then split every step          (jax-privacy's privatizer)
 
 so model i comes out the same whether it trains alone, in a vectorized chunk, in another
@@ -33,7 +33,7 @@ import optax
 from lira.config import TrainingConfig
 from lira.training import augment as augment_lib
 
-_INIT, _ORDER, _AUGMENT, _NOISE = 0, 1, 2, 4  # 3: lira/dp.py's batch sampling
+_INIT, _ORDER, _AUGMENT, _NOISE = 0, 1, 2, 4  # 3: lira/training/sampling.py's batches
 
 
 @flax.struct.dataclass

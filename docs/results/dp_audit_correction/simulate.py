@@ -15,6 +15,7 @@
    seeds 0-3.
 """
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -28,9 +29,8 @@ from scipy import stats
 from lira import audit
 from lira.attacks import ATTACKS, probability_signal, protocol
 from lira.attacks.protocol import AttackResult
-from lira.attacks.signals import run_signals
-from lira.run import layout, synthetic
-from lira.training import masks
+from lira.run import masks, synthetic
+from lira.run.reader import read_run
 
 flags.DEFINE_string("json", None, "Write the figures here.")
 FLAGS = flags.FLAGS
@@ -97,10 +97,10 @@ def reference_rule(num_models=8, num_examples=8000, seed=0) -> list[dict]:
     with tempfile.TemporaryDirectory() as logdir:
         synthetic.make_synthetic_rundir(logdir, num_models=num_models, num_examples=num_examples, num_queries=1,
                                         signal=0.0, seed=seed, keep=keep)  # fmt: skip
-        signals, labels = run_signals(logdir, probability_signal(names)), layout.load_labels(logdir)
+        run = read_run(logdir).with_signals(probability_signal(names))
         for rule, told in (("balanced counts", None), ("references alone", canaries)):
             selection = protocol.select_references(keep, targets, None, seed, canaries=told)
-            inputs = protocol.attack_inputs(signals, keep, labels, targets, selection, seed, told)
+            inputs = protocol.attack_inputs(dataclasses.replace(run, canaries=told), targets, selection, seed)
             for name in names:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
                     warnings.simplefilter("ignore")

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lira import config, metrics
-from lira.attacks import protocol, rmia
-from lira.attacks.signals import ProbabilitySignal, run_signals
+from lira import metrics
+from lira.attacks import options_from_flags, protocol, rmia
 from lira.run import layout
+from lira.run.reader import read_run
+from lira.signals import ProbabilitySignal
 
 SIGNALS = {  # name -> the probability signal (T, margin, terms as the flags take them)
     "taylor_n4_T2 (authors')": ProbabilitySignal("taylor", 2.0, 0.6, 4),
@@ -64,10 +65,9 @@ def main() -> None:
     parser.add_argument("--oracle_dir", default=None)
     args = parser.parse_args()
     logdir = Path(args.logdir)
-    keep, labels = layout.load_keep(logdir), layout.load_labels(logdir)
+    keep = layout.load_keep(logdir)
     targets = list(range(min(args.num_targets, len(keep))))
     membership = keep[targets]
-    default = config.AttackConfig()
     out = {
         "logdir": str(logdir),
         "num_models": len(keep),
@@ -75,16 +75,18 @@ def main() -> None:
         "targets": len(targets),
     }
 
-    signals = run_signals(logdir)
+    run = read_run(logdir)
+    signals = run.with_signals().signals
     out["num_queries"] = signals.num_queries
-    lira = protocol.run_attacks(signals, keep, labels, ["lira_online", "lira_offline_fixed_var"], targets)
+    lira = protocol.run_attacks(run.with_signals(), ["lira_online", "lira_offline_fixed_var"], targets)
     out["lira"] = {name: figures(result.scores, membership) for name, result in lira.items()}
     scores = {name: result.scores for name, result in lira.items()}
 
     out["rmia"] = {}
     for name, signal in SIGNALS.items():
         started = time.time()
-        signals = run_signals(logdir, signal)
+        with_signal = run.with_signals(signal)
+        signals = with_signal.signals
         outside, total = rmia.outside_unit_interval(signals.probability)
         options = signal_options(signal)
         entry = {"signal": options, "outside_unit_interval": outside / total}
@@ -96,7 +98,7 @@ def main() -> None:
                     "rmia_online": options,
                     "rmia_offline": {**options, "offline_a": rmia_offline_a(offline_a)},
                 }
-                results = protocol.run_attacks(signals, keep, labels, attacks, targets, attack_options=chosen)
+                results = protocol.run_attacks(with_signal, attacks, targets, attack_options=chosen)
                 for attack, result in results.items():
                     key = attack if offline_a == "0.3" else "rmia_offline_auto"
                     entry[key] = figures(result.scores, membership)
@@ -113,7 +115,7 @@ def main() -> None:
             )
 
     chosen = next(
-        name for name, s in SIGNALS.items() if signal_options(s) == signal_options(default_signal(default))
+        name for name, s in SIGNALS.items() if signal_options(s) == signal_options(ProbabilitySignal())
     )
     out["default_signal"] = chosen
     out["paired"] = {}
@@ -139,13 +141,7 @@ def main() -> None:
 
 
 def rmia_offline_a(value: str) -> float | str:
-    return config.AttackConfig(rmia_offline_a=value).offline_a()
-
-
-def default_signal(default: config.AttackConfig) -> ProbabilitySignal:
-    return ProbabilitySignal(
-        default.rmia_signal, default.rmia_temperature, default.rmia_margin, default.rmia_terms
-    )
+    return options_from_flags({"rmia_offline_a": value})["rmia_offline"]["offline_a"]
 
 
 def write_oracle_dir(directory: Path, logdir: Path, online: np.ndarray, offline: np.ndarray) -> None:

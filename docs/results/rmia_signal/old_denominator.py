@@ -13,8 +13,9 @@ import numpy as np
 
 from lira import metrics
 from lira.attacks import protocol, rmia
-from lira.attacks.signals import ProbabilitySignal, run_signals
 from lira.run import layout
+from lira.run.reader import read_run
+from lira.signals import ProbabilitySignal
 
 ONE_DENOMINATOR = rmia.vote_fractions
 
@@ -36,12 +37,12 @@ def main() -> None:
     parser.add_argument("--logdir", required=True)
     parser.add_argument("--num_targets", type=int, default=16)
     args = parser.parse_args()
-    keep, labels = layout.load_keep(args.logdir), layout.load_labels(args.logdir)
+    keep = layout.load_keep(args.logdir)
     targets = list(range(min(args.num_targets, len(keep))))
     warnings.simplefilter("ignore", rmia.InvalidProbabilityWarning)
     for signal in (ProbabilitySignal("softmax", 2.0), ProbabilitySignal("taylor", 2.0, 0.6, 4),
                    ProbabilitySignal("taylor", 2.0, 0.6, 5)):  # fmt: skip
-        signals = run_signals(args.logdir, signal)
+        run = read_run(args.logdir).with_signals(signal)
         options = {"signal": signal.kind, "temperature": signal.temperature, "margin": signal.margin,
                    "terms": signal.terms}  # fmt: skip
         for name, vote in (
@@ -49,7 +50,7 @@ def main() -> None:
             ("P - 1 for non-members", old_vote_fractions),
         ):
             rmia.vote_fractions = vote
-            result = protocol.run_attacks(signals, keep, labels, ["rmia_online"], targets,
+            result = protocol.run_attacks(run, ["rmia_online"], targets,
                                           attack_options={"rmia_online": options})["rmia_online"]  # fmt: skip
             pooled = metrics.summarize(result.scores, keep[targets])
             per_target = np.mean(

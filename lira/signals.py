@@ -13,16 +13,12 @@ file at a time, so that the attack stage never holds the full `[M, N, Q, C]` log
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from lira.config import RMIA_SIGNALS, AttackConfig
-from lira.run import layout
+RMIA_SIGNALS = ("taylor", "softmax")  # ProbabilitySignal.kind
 
 
 def _logsumexp(values: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -93,14 +89,14 @@ class ProbabilitySignal:
     CIFAR-10 defaults) or "softmax" (p_y = softmax(z / temperature)_y; temperature 1 is the
     plain probability). margin and terms apply to "taylor" only."""
 
-    kind: str = AttackConfig.rmia_signal  # the defaults are the attack stage's (lira/config.py)
-    temperature: float = AttackConfig.rmia_temperature
-    margin: float = AttackConfig.rmia_margin
-    terms: int = AttackConfig.rmia_terms
+    kind: str = "softmax"  # the attack stage's defaults (RMIA's options take them from here)
+    temperature: float = 2.0
+    margin: float = 0.6
+    terms: int = 4
 
     def __post_init__(self):
         if self.kind not in RMIA_SIGNALS:
-            raise ValueError(f"Unknown RMIA signal {self.kind!r}; valid: 'taylor', 'softmax'.")
+            raise ValueError(f"Unknown RMIA signal {self.kind!r}; valid: {', '.join(RMIA_SIGNALS)}.")
         if not self.temperature > 0 or self.terms < 1:
             raise ValueError(
                 f"RMIA's signal needs temperature > 0 and terms >= 1, got {self.temperature}, {self.terms}."
@@ -180,77 +176,3 @@ def signals_from_logits(logits: np.ndarray, labels: np.ndarray,
     stack = lambda name: np.stack([one[name] for one in per_model]) if name in per_model[0] else None
     return Signals(stack("phi"), stack("ce"), stack("probability"), probability_signal,
                    lambda m: np.asarray(logits[m], dtype=np.float32))  # fmt: skip
-
-
-def run_signals(logdir: Path, probability_signal: ProbabilitySignal | None = None,
-                model_indices: list[int] | None = None, whitebox: bool = False) -> Signals:  # fmt: skip
-    """Signals [M, N, Q] of every model of a run directory (or of `model_indices`).
-
-    Streams the logits files, one per core at a time (read, converted, released), so peak memory
-    is the output plus a few models' logits, not the [M, N, Q, C] stack; `logits` reads the files again,
-    memory-mapped, when an attack needs prediction vectors. Files are checked against keep.npy
-    and labels.npy first, so a missing or mis-shaped file is named before any work.
-    """
-    keep = layout.load_keep(logdir)
-    labels = layout.load_labels(logdir)
-    num_models, num_examples = keep.shape
-    if labels.shape != (num_examples,):
-        raise layout.RunDirError(f"labels.npy has shape {labels.shape} but keep.npy has N={num_examples}.")
-    if model_indices is None:
-        model_indices = list(range(num_models))
-    missing = [m for m in model_indices if not layout.logits_path(logdir, m).exists()]
-    if missing:
-        raise layout.RunDirError(
-            f"{len(missing)} logits files are missing in {Path(logdir) / layout.LOGITS_DIR} "
-            f"(models {layout.format_ranges(missing)}); run experiments/inference.py --logdir={logdir}."
-        )
-    shapes = {m: np.load(layout.logits_path(logdir, m), mmap_mode="r").shape for m in model_indices}
-    first = shapes[model_indices[0]]
-    for m, shape in shapes.items():
-        if len(shape) != 3 or shape[0] != num_examples or shape != first:
-            raise layout.RunDirError(
-                f"{layout.logits_path(logdir, m)} has shape {shape}; expected [N={num_examples}, Q, C] "
-                f"like model {model_indices[0]}'s {first}."
-            )
-    _, num_queries, num_classes = first
-    shape = (len(model_indices), num_examples, num_queries)
-    names = ["phi", "ce"] + (["probability"] if probability_signal is not None else [])
-    arrays = {name: np.empty(shape, np.float32) for name in names}
-
-    def load(row: int) -> None:
-        one = model_signals(
-            np.load(layout.logits_path(logdir, model_indices[row])), labels, probability_signal
-        )
-        for name, values in one.items():
-            arrays[name][row] = values
-
-    # numpy releases the GIL in its loops: one file per core at a time.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
-        list(pool.map(load, range(len(model_indices))))
-    paths = [layout.logits_path(logdir, m) for m in model_indices]
-    signals = Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
-                      lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip
-    if whitebox:
-        signals.grad, signals.whitebox = whitebox_signals(logdir, model_indices)
-    return signals
-
-
-def whitebox_signals(logdir: Path, model_indices: list[int]):
-    """(grad float32 [M, N, Qw], accessor model row -> (norms, features) memory-mapped) of the
-    white-box files of `model_indices` (experiments/inference.py --whitebox wrote them)."""
-    have = set(layout.available_whitebox(logdir))
-    missing = [m for m in model_indices if m not in have]
-    if missing:
-        raise layout.RunDirError(
-            f"White-box signals are missing in {Path(logdir) / layout.WHITEBOX_DIR} (models "
-            f"{layout.format_ranges(missing)}); run experiments/inference.py --logdir={logdir} --whitebox."
-        )
-    paths = {
-        kind: [layout.whitebox_path(logdir, m, kind) for m in model_indices] for kind in layout.WHITEBOX_KINDS
-    }
-    load = lambda row: tuple(np.load(paths[kind][row], mmap_mode="r") for kind in layout.WHITEBOX_KINDS)
-    whole = lambda row: np.load(paths["norms"][row], mmap_mode="r")[..., -1]  # the whole model's norm
-    total = np.stack(
-        [-np.log(np.maximum(whole(row), np.float32(1e-30))) for row in range(len(model_indices))]
-    )
-    return total.astype(np.float32), load

@@ -1,6 +1,8 @@
-"""White-box signals: per-example gradient norms and penultimate features of a trained model.
+"""Per-example loss-gradient norms, per layer, and the penultimate features of a trained model: the
+query stage's white-box signals (lira/stages/query.py, --whitebox) and the norms DP-SGD's ghost
+clipping scales each example by (lira/training/dpsgd.py, `per_example_norms`).
 
-For every pool example and inference query (the views of lira/training/augment.py), the gradient
+For every pool example and inference query (the views of lira/run/views.py), the gradient
 of that one view's cross-entropy with respect to the model's parameters, BatchNorm in inference
 mode (the forward of step.predict), reduced to its L2 norm per layer and over all parameters;
 and the penultimate activations, the input of the classification head, which the models of
@@ -251,9 +253,9 @@ def _gradients(model: nn.Module, num_queries: int, taps, state, images, labels):
 
 
 # The tapped layers' norms are computed this many views at a time on the CPU (a loop over the views
-# of a call), so that their buffers stay in the cache: on cnn32, 512 views, this took them from
-# 0.26 to 0.10 s (the K x O blocks of conv 2). Elsewhere all at once: a loop of small steps would
-# leave an accelerator idle.
+# of a call), so that their buffers stay in the cache (measured on cnn32:
+# docs/results/implementation_choices/README.md). Elsewhere all at once: a loop of small steps
+# would leave an accelerator idle.
 CPU_VIEWS_PER_STEP = 16
 
 
@@ -261,7 +263,7 @@ def _map_views(f, views, per_step: int):
     """jax.vmap(f)(views), views a pytree of arrays [V, ...], computed per_step views at a time in
     a loop. Its last step's views are clamped into range, as lax.dynamic_slice clamps, so that it
     recomputes a few views rather than needing a second program for the remainder (which
-    lax.map(batch_size=...) compiles: 0.4 s more on cnn32)."""
+    lax.map(batch_size=...) compiles; its cost: docs/results/implementation_choices/README.md)."""
     num_views = len(jax.tree.leaves(views)[0])
     mapped = jax.vmap(f)
     first = jax.tree.map(lambda a: a[:per_step], views)
