@@ -12,8 +12,9 @@ Markdown (README.md, docs/**/*.md) shows it between two marker comments
 
 where NAME is a key of RENDERERS. A renderer reads only the JSON files it names, so a JSON that
 changes without a re-render fails `--check` (tests/test_render.py, so CI fails too). A new
-table: a renderer below, the two markers where the table goes, then this script. Standard
-library only: it runs before the package's dependencies are installed.
+table: a renderer below, the two markers where the table goes, then this script. Its numbers are
+formatted by the report's own lira.report.tables.percent, so a rendered table rounds as the
+report does; run it with the project's environment (.venv/bin/python docs/render.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+from lira.report.tables import percent  # the report's own rounding: one rule for every table
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- render:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /render -->", re.DOTALL)
@@ -50,25 +53,6 @@ def count(value: float) -> str:
 def times(value: float) -> str:
     """A ratio: 2.57x, 86.5x."""
     return f"{value:.3g}x" if abs(value) >= 10 else f"{value:.2f}x"
-
-
-def _percent_number(percent: float) -> str:
-    """The digits that matter at the scale of a percentage (as lira/report/tables.py)."""
-    if percent == 0:
-        return "0"
-    if abs(percent) < 0.1:
-        return f"{percent:.2g}"
-    return f"{percent:.2f}" if abs(percent) < 10 else f"{percent:.1f}"
-
-
-def percent(value: float | None, interval=None) -> str:
-    """'4.99% [3.43, 8.93]'; 'n/r' where the level allows too few false positives to be reported."""
-    if value is None:
-        return "n/r"
-    text = f"{_percent_number(100 * value)}%"
-    if interval:
-        text += f" [{_percent_number(100 * interval[0])}, {_percent_number(100 * interval[1])}]"
-    return text
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
