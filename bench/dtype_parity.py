@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 
 from lira import cli
-from lira.run import layout
+from lira.run import layout, records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "Two run directories: float32 first, then bfloat16.")
@@ -26,7 +26,7 @@ flags.DEFINE_string("json", None, "Write the comparison here as JSON.")
 
 
 def run_summary(logdir: Path) -> dict:
-    record = layout.load_record(logdir)
+    record = records.load_record(logdir)
     rows = layout.read_jsonl(logdir / layout.TRAIN_LOG)
     last = {}
     for row in rows:  # each model's last epoch

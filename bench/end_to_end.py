@@ -62,7 +62,15 @@ def write_pool(path: Path, arch: str, sizes: Sizes, seed: int = 0) -> None:
     y = rng.integers(0, workload.num_classes, total).astype(np.int32)
     cut = sizes.num_examples
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
+    # num_classes: a small random pool may leave a class without a train example
+    np.savez(
+        path,
+        x_train=x[:cut],
+        y_train=y[:cut],
+        x_test=x[cut:],
+        y_test=y[cut:],
+        num_classes=workload.num_classes,
+    )
 
 
 def training_config(sizes: Sizes, models_per_step: int, augment: str) -> TrainingConfig:

@@ -160,7 +160,7 @@ def make_inference_rundir(logdir, num_models: int, num_examples: int, arch: str 
     logdir.mkdir(parents=True, exist_ok=True)
     np.savez(npz, x_train=rng.integers(0, 256, (num_examples, *image_shape), dtype=np.uint8),
              y_train=rng.integers(0, num_classes, num_examples), x_test=rng.integers(0, 256, (8, *image_shape), dtype=np.uint8),
-             y_test=np.arange(8) % num_classes)  # fmt: skip
+             y_test=np.arange(8) % num_classes, num_classes=num_classes)  # fmt: skip
     run_config = train.resolve(Config().replace(
         dataset=f"npz:{npz}", arch=arch, num_shadows=num_models, epochs=1, models_per_step=models_per_step
     ))  # fmt: skip

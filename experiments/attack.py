@@ -25,11 +25,12 @@ flags.adopt_module_key_flags(cli)  # --help lists the flags lira/cli.py defined,
 flags.DEFINE_string(
     "logdir", None, "Run directory with logits (after experiments/inference.py).", required=True
 )
+flags.DEFINE_bool("progress", True, "Show a progress bar over the attacks and a line as each finishes.")
 
 
 def main(argv):
     del argv
-    metrics = attack.attack(FLAGS.logdir, cli.section(config.AttackConfig))
+    metrics = attack.attack(FLAGS.logdir, cli.section(config.AttackConfig), FLAGS.progress)
     print(report.format_table(metrics))
     print(f"Log-scale ROC curves: {Path(FLAGS.logdir) / layout.REPORT_DIR / 'roc_log.png'}")
 

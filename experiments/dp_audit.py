@@ -23,6 +23,7 @@ from lira.stages import attack, query, train
 
 FLAGS = flags.FLAGS
 cli.define_flags(config.DataConfig, config.ModelConfig, config.TrainingConfig)
+flags.adopt_module_key_flags(cli)  # --help lists the flags lira/cli.py defined for this script
 flags.DEFINE_string("root", None, "Folder of the sweep's runs.", required=True)
 flags.DEFINE_list("noise", ["none", "0.5", "1", "2"], "Noise multipliers, 'none' for ordinary training.")
 flags.DEFINE_list("attacks", ["loss", "lira_online", "lira_online_fixed_var", "lira_offline", "rmia_online"],
@@ -57,7 +58,8 @@ def main(argv):
     for noise, run_config in runs:
         logdir = Path(FLAGS.root) / f"noise_{'none' if noise is None else f'{noise:g}'}"
         train.train(logdir, run_config, progress=FLAGS.progress)
-        query.query(logdir, config.QueryConfig(queries=1), progress=FLAGS.progress)
+        query_config = config.QueryConfig(queries=1, arch=run_config.model.arch)  # this command names it
+        query.query(logdir, query_config, progress=FLAGS.progress)
         attack.attack(logdir, options)
         print(f"{logdir}: done")
 

@@ -110,6 +110,7 @@ OVERRIDES = (
 )
 cli.define_flags(config.DataConfig, config.ModelConfig, config.TrainingConfig, names=OVERRIDES,
                  overrides=dict.fromkeys(OVERRIDES))  # fmt: skip
+flags.adopt_module_key_flags(cli)  # --help lists the flags lira/cli.py defined for this script
 flags.DEFINE_string("logdir", None, "Override the preset's run directory.")
 flags.DEFINE_integer(
     "queries",

@@ -16,6 +16,7 @@ from lira.stages import train
 
 FLAGS = flags.FLAGS
 cli.define_flags(config.DataConfig, config.ModelConfig, config.TrainingConfig)
+flags.adopt_module_key_flags(cli)  # --help lists the flags lira/cli.py defined for this script
 flags.DEFINE_string("logdir", None, "Run directory (default exp/<dataset>_<arch>).")
 flags.DEFINE_string("shadow_ids", None, "Train only models START:STOP of the M (default all).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -40,7 +41,9 @@ def main(argv):
     dataset_name = run_config.data.dataset.replace("npz:", "").split("/")[-1].removesuffix(".npz")
     logdir = FLAGS.logdir or f"exp/{dataset_name}_{run_config.model.arch}"
     train.train(logdir, run_config, FLAGS.shadow_ids, FLAGS.progress)
-    print(f"Trained models are in {logdir}; next: python experiments/inference.py --logdir={logdir}")
+    arch = run_config.model.arch  # your own model's code is imported only where a command names it again
+    own = f" --arch={arch}" if ":" in arch else ""
+    print(f"Trained models are in {logdir}; next: python experiments/inference.py --logdir={logdir}{own}")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ flags, and user errors as one line.
 
 A user error (a bad flag value, a run directory that does not fit, a missing file: ValueError
 and its kind, FileNotFoundError, absl's UsageError) prints one line on stderr and exits with
-status 2; LIRA_TRACEBACK=1 shows the traceback instead. Anything else is a bug and keeps its
-traceback.
+status 2; so does a full disk (OSError ENOSPC or EDQUOT, naming the file being written).
+LIRA_TRACEBACK=1 shows the traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -102,6 +103,10 @@ def run(main) -> None:
             if os.environ.get("LIRA_TRACEBACK") == "1":
                 raise
             fail(str(error) or type(error).__name__)
+        except OSError as error:
+            if error.errno not in DISK_FULL or os.environ.get("LIRA_TRACEBACK") == "1":
+                raise
+            fail(disk_full_message(error))
 
     def parse(argv):
         try:
@@ -110,6 +115,19 @@ def run(main) -> None:
             fail(str(error))
 
     app.run(guarded, flags_parser=parse)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
+
+
+def disk_full_message(error: OSError) -> str:
+    """The one line for a full disk or quota: every write is atomic (lira.run.layout), so what was
+    written before stays whole and a re-run resumes from it."""
+    where = f" while writing {error.filename}" if error.filename else ""
+    return (
+        f"{error.strerror or os.strerror(error.errno)}{where}; free space and re-run the same command: nothing "
+        "already written is lost."
+    )
 
 
 def fail(message: str) -> None:

@@ -22,6 +22,7 @@ what would be valid, before any data is loaded or anything compiled.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -48,6 +49,22 @@ def _check(conditions) -> None:
             raise ValueError(message)
 
 
+def _finite(config) -> list[tuple[bool, str]]:
+    """A condition per float of `config` (also inside list and dict fields, the attacks' options):
+    inf and nan pass comparisons such as `lr > 0` or fail them with a misleading message."""
+    conditions = []
+    for name in fields_of(type(config)):
+        value = getattr(config, name)
+        if isinstance(value, dict):
+            items = list(value.items())
+        else:
+            items = [(name, item) for item in (value if isinstance(value, list) else [value])]
+        for flag, item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                conditions.append((False, f"--{flag}={item}: must be a finite number."))
+    return conditions
+
+
 def _choice(config, name: str) -> tuple[bool, str]:
     value, choices = getattr(config, name), fields_of(type(config))[name].metadata["choices"]
     return value is None or value in choices, f"--{name}={value}: valid are {', '.join(map(str, choices))}."
@@ -68,6 +85,7 @@ class DataConfig:
 
     def validate(self) -> None:
         _check([
+            *_finite(self),
             (bool(self.dataset), "--dataset is empty: give a tfds name, npz:PATH or digits."),
             (self.pool_size is None or self.pool_size >= 1, f"--pool_size must be >= 1, got {self.pool_size}."),
             (self.canaries >= 0, f"--canaries must be >= 0, got {self.canaries}."),
@@ -88,7 +106,7 @@ class ModelConfig:
     )  # fmt: skip
 
     def validate(self) -> None:
-        _check([_choice(self, "conv_impl"), _choice(self, "dtype")])
+        _check([*_finite(self), _choice(self, "conv_impl"), _choice(self, "dtype")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +171,7 @@ class TrainingConfig:
 
     def validate(self) -> None:
         _check([
+            *_finite(self),
             (self.num_shadows >= 2, f"--num_shadows must be >= 2 (a target needs shadows), got {self.num_shadows}."),
             (0.0 < self.pkeep < 1.0, f"--pkeep must be in (0, 1), got {self.pkeep}."),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}."),
@@ -202,9 +221,14 @@ class QueryConfig:
         False, "Allow --queries / --whitebox_queries with views the run's --augment never trained on (refused "
         "otherwise: they weaken the attacks).",
     )  # fmt: skip
+    arch: str | None = field(
+        None, "The run's --arch=module:factory, named again: a run directory never makes lira import code, so a "
+        "run of your own model is queried only when the command names its module (other runs: leave unset).",
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check([
+            *_finite(self),
             (self.queries in (0, *QUERY_COUNTS), f"--queries={self.queries} is not supported; valid: "
                                                  f"{', '.join(map(str, QUERY_COUNTS))}. 0 (the default) queries the "
                                                  "views the models trained on."),
@@ -246,9 +270,14 @@ class AttackConfig:
     audit_delta: float | None = field(
         None, "The delta of the epsilon lower bound (default: the run's --dp_delta)."
     )
+    strict: bool = field(
+        False, "Fail when an attack cannot run on this run (too few references for it); by default it is "
+        "left out, with the reason in the table and the report, and the others run.",
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check([
+            *_finite(self),
             (self.num_targets >= 1, f"--num_targets must be >= 1, got {self.num_targets}."),
             (self.num_shadows_used is None or self.num_shadows_used >= 1,
              f"--num_shadows_used must be >= 1, got {self.num_shadows_used}."),

@@ -19,6 +19,7 @@ files are read unshuffled), so every stage that reloads the data indexes the sam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,19 @@ class Dataset:
             "num_classes": int(self.num_classes),
             "input_shape": [int(d) for d in self.x_train.shape[1:]],
         }
+
+    def fingerprint(self) -> str:
+        """sha256 of x_train, y_train, x_test and y_test as loaded (preprocessed, before any
+        canary is mislabelled), with their shapes and dtypes: config.json records it so a resumed
+        or later stage can refuse data that changed under the run (a permuted y_train would
+        otherwise train half the epochs on other labels, silently). One pass of sha256 over the
+        arrays: a small part of what loading and standardizing them costs."""
+        digest = hashlib.sha256()
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            array = np.ascontiguousarray(getattr(self, name))
+            digest.update(f"{name} {array.dtype.str} {array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -107,6 +121,7 @@ def load_dataset(spec: str, data_dir: str | None = None, pool_size: int | None =
     raw = _load_raw(spec, data_dir)
     mean, std = _standardization(raw)
     pool = _pool_slice(len(raw.y_train), pool_size, spec)
+    _check_pool_classes(raw.y_train[pool], spec, pool_size)
     pixels = None
     if raw.pixel_max is not None and raw.x_train.dtype == np.uint8 and raw.x_test.dtype == np.uint8:
         values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, raw.x_train.shape[-1]))
@@ -234,13 +249,16 @@ def _load_digits() -> _Raw:
 
 def _load_npz(path_text: str) -> _Raw:
     """x: images [N, H, W, C] or grayscale [N, H, W] (taken as 0..255, or as 0..1 when
-    float with no value above 1), or tabular features [N, F]; y: integer labels [N]."""
+    float with no value above 1), or tabular features [N, F]; y: integer labels [N]; optionally
+    num_classes, a scalar (else C = the largest train label + 1, and every class must have a
+    train example: a stray label 99 would otherwise make 100 classes)."""
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DatasetError(f"npz:{path_text}: no such file ({path.resolve()}).")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in _NPZ_KEYS if k in archive.files}
+            archive_num_classes = archive["num_classes"] if "num_classes" in archive.files else None
             present = archive.files
     except (OSError, ValueError) as error:  # not a zip, or pickled objects
         raise DatasetError(f"{path} is not a readable .npz file: {error}") from error
@@ -258,6 +276,11 @@ def _load_npz(path_text: str) -> _Raw:
             raise DatasetError(
                 f"{path}: x_{split} has shape {x.shape}; expected [N, H, W, C] or [N, H, W] images "
                 "or [N, F] tabular features."
+            )
+        if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):  # PyTorch's layout
+            raise DatasetError(
+                f"{path}: x_{split} has shape {x.shape}, channels first [N, C, H, W]; lira reads images channels "
+                f"last [N, H, W, C]: save x_{split}.transpose(0, 2, 3, 1)."
             )
         if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
             raise DatasetError(f"{path}: x_{split} must hold finite numbers (dtype {x.dtype}).")
@@ -280,7 +303,9 @@ def _load_npz(path_text: str) -> _Raw:
         is_unit_float = not np.issubdtype(x_train.dtype, np.integer) and x_train.max() <= 1.0
         pixel_max = 1.0 if is_unit_float else 255.0
     y_train, y_test = arrays["y_train"], arrays["y_test"]
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    stated = _stated_num_classes(path, archive_num_classes)
+    num_classes = stated if stated is not None else int(y_train.max()) + 1
+    _check_classes(y_train, y_test, num_classes, stated is None, str(path))
     return _Raw(path.stem, x_train, y_train, x_test, y_test, num_classes, pixel_max)
 
 
@@ -291,6 +316,60 @@ def _labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.min() < 0:
         raise DatasetError(f"{what} has a negative label ({y.min()}); labels must be 0..C-1.")
     return y.astype(np.int32)
+
+
+def _stated_num_classes(path: Path, value) -> int | None:
+    """An npz's optional `num_classes` (a scalar integer), or None."""
+    if value is None:
+        return None
+    if value.ndim != 0 or not np.issubdtype(value.dtype, np.integer):
+        raise DatasetError(f"{path}: num_classes must be a scalar integer, got {value.dtype} {value.shape}.")
+    return int(value)
+
+
+def _check_classes(
+    y_train: np.ndarray, y_test: np.ndarray, num_classes: int, inferred: bool, what: str
+) -> None:
+    """Labels (int, >= 0) that fit num_classes C: at least two classes; every label of both splits
+    below C; and where C was inferred from the largest train label, a train example in every class,
+    so that a stray label is named rather than silently adding classes."""
+    from lira.run.layout import format_ranges
+
+    present = np.unique(y_train)
+    if num_classes < 2 or len(present) < 2:
+        raise DatasetError(
+            f"{what}: the train split holds a single class ({format_ranges(present.tolist())}); membership "
+            "inference needs a classifier of at least two classes (labels 0..C-1, C >= 2)."
+        )
+    for split, labels in (("y_train", y_train), ("y_test", y_test)):
+        outside = np.unique(labels[labels >= num_classes])
+        if len(outside):
+            source = "the train labels' classes" if inferred else "its num_classes"
+            raise DatasetError(
+                f"{what}: {split} holds labels {format_ranges(outside[:10].tolist())} outside the {num_classes} "
+                f"classes 0..{num_classes - 1} of {source}; labels must be in 0..{num_classes - 1}."
+            )
+    empty = np.setdiff1d(np.arange(num_classes), present)
+    if inferred and len(empty):
+        stray = present[present > empty[0]]
+        counts = np.bincount(y_train)[stray]
+        raise DatasetError(
+            f"{what}: y_train holds labels {format_ranges(present.tolist())}, so C = {num_classes} classes of which "
+            f"{format_ranges(empty.tolist())} have no train example; stray labels? "
+            + ", ".join(f"{label} ({count} examples)" for label, count in zip(stray[:10], counts[:10]))
+            + ". Fix them, or store num_classes in the npz to allow empty classes."
+        )
+
+
+def _check_pool_classes(y_pool: np.ndarray, spec: str, pool_size: int | None) -> None:
+    """The pool the models train on needs two classes at least (one class: the attack signals are
+    infinite)."""
+    present = np.unique(y_pool)
+    if len(present) < 2:
+        raise DatasetError(
+            f"--pool_size={pool_size}: the first {len(y_pool)} train examples of {spec} all have label "
+            f"{present[0]}; the pool needs examples of at least two classes (a larger --pool_size)."
+        )
 
 
 def _load_tfds(name: str, data_dir: str | None) -> _Raw:
@@ -334,4 +413,7 @@ def _load_tfds(name: str, data_dir: str | None) -> _Raw:
         if not xs:
             raise DatasetError(f"The {split} split of {name} in {builder.data_path} is empty.")
         splits[split] = (np.concatenate(xs).astype(np.uint8), np.concatenate(ys).astype(np.int32))
+    _check_classes(
+        splits["train"][1], splits["test"][1], num_classes, False, f"{name} in {builder.data_path}"
+    )
     return _Raw(name, *splits["train"], *splits["test"], num_classes=num_classes, pixel_max=255.0)

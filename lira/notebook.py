@@ -4,7 +4,8 @@ its figures, and the pool's images.
 The notebooks are executed by experiments/notebooks.py (and reproduce.py --notebooks) with the
 run and the figures' folder in the environment, and opened by hand with neither:
 
-    LIRA_LOGDIR       the run directory (default DEFAULT_LOGDIR, the cpu-scale reproduction)
+    LIRA_LOGDIR       the run directory (default DEFAULT_LOGDIR, the cpu-scale reproduction; where
+                      it has not been made, the demo run ./run.sh writes, DEMO_LOGDIR, with a note)
     LIRA_FIGURES      where the PNGs go (default docs/figures)
     LIRA_NUM_TARGETS  targets attacked in turn (default: the notebook's choice)
 
@@ -27,6 +28,7 @@ from lira.signals import ProbabilitySignal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOGDIR = "exp/c10_cpu"
+DEMO_LOGDIR = "exp/demo"
 DEFAULT_PROBABILITY = ProbabilitySignal()  # RMIA's signal as the attack stage's defaults
 
 
@@ -37,8 +39,18 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def logdir_from_env(default: str = DEFAULT_LOGDIR) -> Path:
-    """The run directory a notebook reads: $LIRA_LOGDIR, else `default` (the cpu-scale run)."""
-    return resolve_path(os.environ.get("LIRA_LOGDIR") or default)
+    """The run directory a notebook reads: $LIRA_LOGDIR, else `default` (the cpu-scale run), else,
+    where that run has not been made but ./run.sh's demo has, the demo (a note says so): a notebook
+    opened after ./run.sh runs rather than fails."""
+    if os.environ.get("LIRA_LOGDIR"):
+        return resolve_path(os.environ["LIRA_LOGDIR"])
+    path, demo = resolve_path(default), resolve_path(DEMO_LOGDIR)
+    if default == DEFAULT_LOGDIR and not path.exists() and demo.exists():
+        print(f"Note: no {default} (python experiments/reproduce.py --scale=cpu makes it, about 70 minutes "
+              f"on 2 cores); reading the demo run {DEMO_LOGDIR} that ./run.sh wrote instead: 32 cnn32 models "
+              "on the digits, queried once, so the figures are the demo's, not the paper's setting.")  # fmt: skip
+        return demo
+    return path
 
 
 def figures_from_env() -> Path:

@@ -16,7 +16,7 @@ import pytest
 from absl import flags
 
 from lira import cli, config, signals
-from lira.run import layout
+from lira.run import layout, records
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = (
@@ -166,6 +166,21 @@ def test_attack_script_help_lists_every_option_flag_with_its_default():
         assert f"(default: '{default}')" in described.get(flag, ""), (flag, result.stdout[-2000:])
 
 
+@pytest.mark.parametrize(
+    ("script", "sections"),
+    [
+        ("experiments/train.py", (config.DataConfig, config.ModelConfig, config.TrainingConfig)),
+        ("experiments/inference.py", (config.QueryConfig,)),
+    ],
+)
+def test_stage_script_help_lists_every_config_flag(script, sections):
+    result = _script(script, "--help")
+    described = {block.split(":")[0] for block in re.split(r"\n\s+--(?:\[no\])?", result.stdout)}
+    for section in sections:
+        missing = [name for name in config.fields_of(section) if name not in described]
+        assert not missing, (script, missing)
+
+
 def test_attack_flags_come_from_the_attacks_options():
     from lira.attacks import options_from_flags
 
@@ -189,10 +204,10 @@ def test_run_record_reads_what_older_runs_wrote(tmp_path):
     old = {"flags": {"dataset": "digits", "arch": "cnn32", "epochs": 2, "logdir": "x", "progress": False},
            "data": {"num_examples": 10}, "inference": {"queries": 18}}  # fmt: skip
     (tmp_path / layout.CONFIG).write_text(json.dumps(old))
-    record = layout.load_record(tmp_path)
+    record = records.load_record(tmp_path)
     assert record.config.training.epochs == 2 and record.queries == 18 and record.git_commit is None
-    layout.save_record(tmp_path, record)
-    assert layout.load_record(tmp_path) == record
+    records.save_record(tmp_path, record)
+    assert records.load_record(tmp_path) == record
 
 
 def _script(*args, env=None):

@@ -80,11 +80,11 @@ def test_npz_images(tmp_path):
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
     x_train[..., 2] = 7  # a constant channel must become 0, not NaN
-    y_train, y_test = np.arange(40) % 4, np.array([0, 5, 1])
+    y_train, y_test = np.arange(40) % 6, np.array([0, 5, 1])
     spec = _write_npz(tmp_path / "mine.npz", x_train=x_train, y_train=y_train,
                       x_test=x_train[:3], y_test=y_test)  # fmt: skip
     ds = data.load_dataset(spec, pool_size=30)
-    assert ds.name == "mine" and ds.is_image and ds.num_classes == 6  # max label over both splits + 1
+    assert ds.name == "mine" and ds.is_image and ds.num_classes == 6  # the largest train label + 1
     assert ds.x_train.shape == (30, 6, 6, 3) and ds.x_train.dtype == np.float32
     assert ds.y_train.dtype == np.int32
     full = data.load_dataset(spec).x_train
@@ -97,7 +97,7 @@ def test_npz_images(tmp_path):
 
 def test_npz_grayscale_gets_a_channel(tmp_path):
     x = np.random.default_rng(1).integers(0, 256, (20, 5, 5), dtype=np.uint8)
-    spec = _write_npz(tmp_path / "gray.npz", x_train=x, y_train=np.zeros(20, np.int64),
+    spec = _write_npz(tmp_path / "gray.npz", x_train=x, y_train=np.arange(20) % 2,
                       x_test=x[:4], y_test=np.ones(4, np.int64))  # fmt: skip
     ds = data.load_dataset(spec)
     assert ds.x_train.shape == (20, 5, 5, 1) and ds.x_test.shape == (4, 5, 5, 1) and ds.num_classes == 2
@@ -148,6 +148,10 @@ def test_npz_errors_name_the_file_and_the_fault(tmp_path):
         data.load_dataset(spec)
     spec = _write_npz(tmp_path / "frac.npz", x_train=x, y_train=y + 0.5, x_test=x, y_test=y)
     with pytest.raises(data.DatasetError, match=r"frac\.npz: y_train must hold integer class labels"):
+        data.load_dataset(spec)
+    nchw = np.zeros((10, 3, 8, 8), np.uint8)
+    spec = _write_npz(tmp_path / "nchw.npz", x_train=nchw, y_train=y, x_test=nchw, y_test=y)
+    with pytest.raises(data.DatasetError, match=r"channels first .*x_train\.transpose\(0, 2, 3, 1\)"):
         data.load_dataset(spec)
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(data.DatasetError, match=r"junk\.npz is not a readable \.npz"):

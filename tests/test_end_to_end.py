@@ -89,8 +89,16 @@ def linear(num_classes, conv_impl, dtype):
 def test_own_model_by_import_path(tmp_path):
     (tmp_path / "my_models.py").write_text(OWN_MODEL)
     own = [a.replace("--arch=mlp-tiny", "--arch=my_models:linear") for a in TRAIN]
-    script("train.py", *own, "--logdir=run", cwd=tmp_path)
-    script("inference.py", "--logdir=run", "--queries=1", "--progress=false", cwd=tmp_path)
+    result = script("train.py", *own, "--logdir=run", cwd=tmp_path)
+    assert "next: python experiments/inference.py --logdir=run --arch=my_models:linear" in result.stdout
+    script(
+        "inference.py",
+        "--logdir=run",
+        "--queries=1",
+        "--progress=false",
+        "--arch=my_models:linear",
+        cwd=tmp_path,
+    )
     result = script("attack.py", "--logdir=run", "--attacks=loss", "--num_targets=1", cwd=tmp_path)
     assert "loss" in result.stdout
     assert logits(tmp_path / "run").shape == (4, 200, 1, 10)
@@ -100,6 +108,10 @@ def test_own_model_by_import_path(tmp_path):
         "train.py", *TRAIN[:2], "--arch=my_models:nope", "--logdir=other", cwd=tmp_path, check=False
     )
     assert result.returncode != 0 and "has no callable 'nope'" in result.stderr
+    result = script(
+        "train.py", *TRAIN[:2], "--arch=their_models:net", "--logdir=other", cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2 and "no module 'their_models' in the current directory" in result.stderr
 
 
 def test_shadow_id_slices_equal_one_process(single_run, tmp_path):
@@ -159,12 +171,12 @@ def test_untrained_views_are_refused_in_one_line(tmp_path):
     """A run trained without augmentation has one view: --queries=2 is refused before any work,
     and --allow_untrained_views lets it through to the next check (here: no keep.npy)."""
     from lira import config
-    from lira.run import layout
+    from lira.run import records
 
-    record = layout.RunRecord(
+    record = records.RunRecord(
         config.Config().replace(dataset="digits", augment="none"), {"input_shape": [8, 8, 1]}
     )
-    layout.save_record(tmp_path, record)
+    records.save_record(tmp_path, record)
     result = script("inference.py", f"--logdir={tmp_path}", "--queries=2", check=False)
     assert result.returncode == 2 and result.stderr.strip() == (
         "inference.py: error: --queries=2 has 1 view the models never trained on (the run's --augment=none); "

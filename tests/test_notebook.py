@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lira import data, notebook
-from lira.run import layout, synthetic
+from lira.run import records, synthetic
 from lira.run.reader import read_run
 
 
@@ -21,7 +21,15 @@ def run(tmp_path_factory):
 def test_paths_and_settings_come_from_the_environment(monkeypatch, tmp_path):
     for name in ("LIRA_LOGDIR", "LIRA_FIGURES", "LIRA_NUM_TARGETS"):
         monkeypatch.delenv(name, raising=False)
-    assert notebook.logdir_from_env() == notebook.REPO_ROOT / "exp" / "c10_cpu"
+    monkeypatch.setattr(notebook, "REPO_ROOT", tmp_path)  # a checkout with neither run
+    assert notebook.logdir_from_env() == tmp_path / "exp" / "c10_cpu"
+    (tmp_path / "exp" / "demo").mkdir(parents=True)  # after ./run.sh: the demo stands in
+    assert notebook.logdir_from_env() == tmp_path / "exp" / "demo"
+    (tmp_path / "exp" / "c10_cpu").mkdir()
+    assert notebook.logdir_from_env() == tmp_path / "exp" / "c10_cpu"
+    monkeypatch.undo()
+    for name in ("LIRA_LOGDIR", "LIRA_FIGURES", "LIRA_NUM_TARGETS"):
+        monkeypatch.delenv(name, raising=False)
     assert notebook.figures_from_env() == notebook.REPO_ROOT / "docs" / "figures"
     assert notebook.num_targets_from_env() is None and notebook.num_targets_from_env(default=4) == 4
     monkeypatch.setenv("LIRA_LOGDIR", "exp/other")
@@ -43,7 +51,7 @@ def test_pool_images(tmp_path, run, monkeypatch):
     features = images.reshape(12, -1).astype(np.float32)
     np.savez(tmp_path / "table.npz", x_train=features, y_train=labels, x_test=features[:4], y_test=labels[:4])
     with_dataset = lambda spec, pool_size=None: dataclasses.replace(
-        run, record=layout.RunRecord.from_json({"flags": {"dataset": spec, "pool_size": pool_size}})
+        run, record=records.RunRecord.from_json({"flags": {"dataset": spec, "pool_size": pool_size}})
     )
     relative = os.path.relpath(tmp_path / "images.npz", notebook.REPO_ROOT)  # read from the repository root
     np.testing.assert_array_equal(notebook.pool_images(with_dataset(f"npz:{relative}", 10)), images[:10])

@@ -38,13 +38,16 @@ def logdir(tmp_path_factory):
 
 
 def test_notebooks_open_with_the_command_and_read_the_run_through_lira():
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted([*FIGURES, "dp_audit"])
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(
+        [*FIGURES, "dp_audit", "audit_your_model"]
+    )
     for name, figures in FIGURES.items():
         notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         first = notebook.cells[0]
         assert first.cell_type == "markdown" and "python experiments/reproduce.py --scale=cpu" in first.source
         assert "python experiments/inference.py --logdir=exp/c10_cpu\n" in first.source  # as trained
         assert "Carlini et al. 2022" in first.source
+        assert "it reads the demo run `exp/demo` instead" in first.source  # lira.notebook.logdir_from_env
         assert notebook.metadata.kernelspec.name == "python3"
         code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
         assert "notebook.logdir_from_env()" in code and "notebook.num_targets_from_env(" in code
@@ -110,3 +113,21 @@ def test_dp_audit_notebook_runs_on_a_sweep(dp_sweep_root, tmp_path):
     assert (tmp_path / "dp_audit.png").read_bytes().startswith(b"\x89PNG")
     tables = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
     assert "| noise_none | 0 |" in tables and "inf (no DP)" in tables and "| noise_1 | 1 |" in tables
+
+
+@pytest.mark.slow
+def test_audit_your_model_notebook_audits_models_trained_elsewhere(tmp_path, monkeypatch):
+    """The worked example for models lira did not train: scikit-learn MLPs through lira.api."""
+    monkeypatch.setenv("LIRA_NUM_MODELS", "6")
+    path = NOTEBOOKS / "audit_your_model.ipynb"
+    committed = path.read_bytes()
+    notebook = NOTEBOOK_RUNNER.execute_notebook(path, tmp_path, figures=tmp_path / "figures")
+    assert path.read_bytes() == committed
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert (tmp_path / "figures" / "audit_your_model_roc.png").read_bytes().startswith(b"\x89PNG")
+    tables = "\n".join(output.get("data", {}).get("text/markdown", "") for output in outputs)
+    assert "| lira_online |" in tables and "| rmia_online |" in tables
+    text = "\n".join(str(output.get("text", "")) for output in outputs)
+    assert "logits (6, 1797, 10), keep (6, 1797), labels (1797,)" in text
+    assert "rmia_online - lira_online" in text

@@ -21,7 +21,7 @@ from helpers import audit_run
 
 from lira import metrics, notebook, studies
 from lira.attacks import ATTACKS, BLACK_BOX
-from lira.run import layout, masks, synthetic
+from lira.run import layout, masks, records, synthetic
 
 NUM_EXAMPLES = 3000
 LEVELS = (1e-2, 1e-3)
@@ -52,7 +52,7 @@ def replace_noise(logdir, noise: str, seed: int) -> None:
     """Rewrites the run's logits with another null: a per-example difficulty on the true class
     (as lira.run.synthetic) plus noise that is Student-t with 3 degrees of freedom ("heavy_tailed")
     or standard normal times a per-model scale, log-uniform in [1/4, 4] ("per_model_scale")."""
-    keep, labels = layout.load_keep(logdir), layout.load_labels(logdir)
+    keep, labels = records.load_keep(logdir), records.load_labels(logdir)
     rng = np.random.default_rng(seed)
     difficulty = rng.normal(2.0, 1.5, labels.size)
     true_class = labels[:, None, None] == np.arange(labels.max() + 1)  # [N, 1, C]
@@ -142,7 +142,7 @@ def test_at_chance_down_to_fpr_0_01_percent_with_100k_nonmembers(large_null_audi
 @pytest.mark.parametrize("num_shadows_used", [1, 2, 4])
 def test_at_chance_with_k_references(null_rundir, num_shadows_used):
     logdir = null_rundir(16, whitebox=True)
-    keep = layout.load_keep(logdir)
+    keep = records.load_keep(logdir)
     names = [n for n in QUICK_BLACK_BOX if studies.is_valid(keep, list(range(16)), n, num_shadows_used)]
     assert "rmia_offline" in names and (num_shadows_used == 1 or "lira_offline_fixed_var" in names)
     metrics_, _ = audit_run(logdir, names, num_targets=16, num_shadows_used=num_shadows_used, bootstrap=0)

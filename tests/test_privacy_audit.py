@@ -227,7 +227,7 @@ def test_the_attack_stage_reports_the_corrected_bound_and_whether_it_is_a_theore
 def _audited_run(root, name, **changes):
     from lira import config
     from lira.config import QueryConfig
-    from lira.run import layout
+    from lira.run import records
     from lira.stages import attack, query, train
 
     run_config = config.Config().replace(
@@ -237,7 +237,7 @@ def _audited_run(root, name, **changes):
     logdir = train.train(root / name, run_config, progress=False)
     query.query(logdir, QueryConfig(queries=1), progress=False)
     options = config.AttackConfig(attacks=["loss", "lira_online", "lira_offline"], num_targets=8, bootstrap=0)
-    return attack.attack(logdir, options), layout.load_record(logdir), logdir
+    return attack.attack(logdir, options), records.load_record(logdir), logdir
 
 
 @pytest.fixture(scope="module")

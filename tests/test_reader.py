@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 
 from lira import config, signals
-from lira.run import layout, reader, synthetic
+from lira.run import layout, reader, records, synthetic
 from lira.stages import attack
 
 
 def test_signals_stream_each_model_like_model_signals(tmp_path):
     synthetic.make_synthetic_rundir(tmp_path, num_models=3, num_examples=10, num_queries=2, num_classes=4)
     run = reader.read_run(tmp_path).with_signals(signals.ProbabilitySignal())
-    labels = layout.load_labels(tmp_path)
+    labels = records.load_labels(tmp_path)
     np.testing.assert_array_equal(run.labels, labels)
-    np.testing.assert_array_equal(run.keep, layout.load_keep(tmp_path))
+    np.testing.assert_array_equal(run.keep, records.load_keep(tmp_path))
     got = run.signals
     assert got.phi.shape == (3, 10, 2) and got.probability.shape == (3, 10, 2) and got.phi.dtype == np.float32
     for m in range(3):
@@ -61,7 +61,8 @@ def test_the_attack_stage_reads_each_run_file_once(tmp_path, monkeypatch):
 
         return wrapper
 
-    for name in ("load_keep", "load_labels", "load_record", "load_canaries", "read_jsonl"):
-        monkeypatch.setattr(layout, name, counted(name, getattr(layout, name)))
+    for module, name in [(records, "load_keep"), (records, "load_labels"), (records, "load_record"),
+                         (records, "load_canaries"), (layout, "read_jsonl")]:  # fmt: skip
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
     attack.attack(tmp_path, config.AttackConfig(attacks=["all"], num_targets=2, bootstrap=0))
     assert counts == {"load_keep": 1, "load_labels": 1, "load_record": 1, "load_canaries": 1, "read_jsonl": 1}

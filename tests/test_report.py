@@ -9,7 +9,7 @@ from matplotlib import image as mpl_image
 from lira import metrics as metrics_lib
 from lira import report
 from lira.attacks.protocol import AttackResult
-from lira.run import layout
+from lira.run import layout, records
 from lira.run.reader import Run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +36,7 @@ def fake_run(num_models=6, num_examples=40, seed=0):
 
 
 def fake_config_and_log(num_models=6):
-    config = layout.RunRecord.from_json({
+    config = records.RunRecord.from_json({
         "flags": {"dataset": "digits", "arch": "cnn32", "epochs": 2, "num_shadows": num_models},
         "data": {"name": "digits", "num_examples": 40, "num_classes": 3, "input_shape": [8, 8, 3]},
         "git_commit": "0123456789abcdef",

@@ -13,7 +13,7 @@ from helpers import tiny_image_run_config
 
 from lira import config
 from lira.config import QueryConfig
-from lira.run import layout
+from lira.run import layout, records
 from lira.stages import query, train
 
 
@@ -96,7 +96,7 @@ def _copy(run, tmp_path):
     [("none", [8, 8, 3], 1), ("mirror", [8, 8, 3], 2), ("weak", [32, 32, 3], 18), ("weak", [64], 1)],
 )
 def test_default_queries_follow_the_runs_augmentation(augment, input_shape, expected):
-    record = layout.RunRecord(config.Config().replace(augment=augment), {"input_shape": input_shape})
+    record = records.RunRecord(config.Config().replace(augment=augment), {"input_shape": input_shape})
     assert query.resolve_queries(record, 0) == expected
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from test_shokri import balanced_keep, make_inputs, planted_logits
 
 from lira.attacks import ATTACKS, WHITE_BOX, nasr
-from lira.run import layout, reader, synthetic
+from lira.run import layout, reader, records, synthetic
 from lira.run.reader import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_all_includes_the_white_box_attacks_and_they_find_a_planted_signal(plant
     for name in WHITE_BOX:
         assert metrics["attacks"][name]["auc"] > 0.7, (name, metrics["attacks"][name]["auc"])
     # The per-example Gaussian fits calibrate the example's difficulty; the raw norm does not.
-    keep = layout.load_keep(planted)
+    keep = records.load_keep(planted)
     raw = np.stack([-np.load(layout.whitebox_path(planted, t, "norms"))[..., -1].mean(-1) for t in range(3)])
     raw_auc = np.mean([roc_auc_score(keep[t], raw[t]) for t in range(3)])
     assert metrics["attacks"]["whitebox_lira_online"]["auc"] > raw_auc + 0.1

@@ -16,7 +16,7 @@ from helpers import tiny_image_run_config
 
 from lira.config import QueryConfig
 from lira.data import load_dataset
-from lira.run import checkpoint, layout
+from lira.run import checkpoint, layout, records
 from lira.stages import query, train
 from lira.training import grad_norms, loop
 from lira.training.models import get_model
@@ -37,13 +37,13 @@ def run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_stored_signals_equal_the_one_model_function(run):
-    record = layout.load_record(run)
+    record = records.load_record(run)
     training = record.config.training
     dataset = load_dataset(record.config.data.dataset)
     model = get_model("cnn-tiny", dataset.num_classes)
     programs = loop.Programs(model, training, 3, jnp.asarray(dataset.x_train[0]))
     one_model = jax.jit(grad_norms.make_whitebox_fn(model, 2))
-    labels = layout.load_labels(run)
+    labels = records.load_labels(run)
     for start, stop, folder in checkpoint.finished_slices(run, training.epochs):
         state = programs.restore(folder, start, stop, training.epochs, training.seed)
         for offset, m in enumerate(range(start, stop)):
@@ -67,12 +67,12 @@ def test_resumes_and_recomputes_only_what_is_missing(run, tmp_path):
     assert query.query_whitebox(copy, QueryConfig(whitebox_queries=2), progress=False) == []
     before = layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns
     layout.whitebox_path(copy, 3, "features").unlink()  # as a kill between the two files leaves it
-    assert query.query_whitebox(copy, QueryConfig(whitebox_queries=2), progress=False) == [
-        2,
-        3,
-    ]  # model 3's slice, models 2-3
+    untouched = layout.whitebox_path(copy, 2, "norms").stat().st_mtime_ns  # model 3's slice-mate
+    # Model 3 alone: its slice (models 2-3) is restored, but model 2 is complete and kept.
+    assert query.query_whitebox(copy, QueryConfig(whitebox_queries=2), progress=False) == [3]
     assert layout.whitebox_path(copy, 0, "norms").stat().st_mtime_ns == before
-    assert not list((copy / layout.WHITEBOX_DIR).glob(".*partial*"))
+    assert layout.whitebox_path(copy, 2, "norms").stat().st_mtime_ns == untouched
+    assert not [p for p in (copy / layout.WHITEBOX_DIR).iterdir() if p.name.startswith(".")]
     with pytest.raises(ValueError, match="holds white-box signals for 2 queries"):
         query.query_whitebox(copy, QueryConfig(whitebox_queries=18), progress=False)
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -207,6 +209,23 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
     return selection
 
 
+def runnable_attacks(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
+                     seed: int, canaries: np.ndarray | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """(the attacks this run has the references for, {attack: why not} for the others): check_references
+    attack by attack, so that one attack short of references does not stop the others. A flag no
+    attack can run with (num_shadows_used beyond the models) still raises."""
+    check_references(keep, targets, [], num_shadows_used, seed, canaries)
+    runnable, skipped = [], {}
+    for name in attacks:
+        try:
+            check_references(keep, targets, [name], num_shadows_used, seed, canaries)
+        except ValueError as error:
+            skipped[name] = str(error)
+        else:
+            runnable.append(name)
+    return runnable, skipped
+
+
 def _target_seed(seed: int, target: int) -> int:
     return int(np.random.SeedSequence([seed, target]).generate_state(1)[0])
 
@@ -248,9 +267,11 @@ def attack_inputs(run: Run, targets: list[int], selection: Selection, seed: int 
 
 
 def run_attacks(run: Run, attacks: list[str], targets: list[int], num_shadows_used: int | None = None,
-                seed: int = 0, attack_options: dict[str, dict] | None = None) -> dict[str, AttackResult]:  # fmt: skip
+                seed: int = 0, attack_options: dict[str, dict] | None = None,
+                on_done: Callable[[str, float], None] | None = None) -> dict[str, AttackResult]:  # fmt: skip
     """Scores of every attack against every target of `run` (its signals [M, N, Q], keep, labels
-    and canaries: the pool examples whose keep columns are independent, module docstring)."""
+    and canaries: the pool examples whose keep columns are independent, module docstring).
+    on_done(name, seconds) is called as each attack finishes (the stage's progress)."""
     attack_options = attack_options or {}
     attacks = check_attack_names(attacks, whitebox=run.signals.grad is not None)
     check_options(attacks, attack_options)
@@ -258,6 +279,7 @@ def run_attacks(run: Run, attacks: list[str], targets: list[int], num_shadows_us
     inputs = attack_inputs(run, targets, selection, seed)
     results = {}
     for name in attacks:
+        tic = time.perf_counter()
         short = unscored(selection, name)
         quiet = np.errstate(invalid="ignore", divide="ignore") if short.any() else contextlib.nullcontext()
         with quiet:  # a short canary's statistics are empty; its score is replaced below
@@ -276,4 +298,6 @@ def run_attacks(run: Run, attacks: list[str], targets: list[int], num_shadows_us
                 "check that model's logits."
             )
         results[name] = AttackResult(scores, list(targets), info)
+        if on_done is not None:
+            on_done(name, time.perf_counter() - tic)
     return results

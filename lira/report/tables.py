@@ -129,6 +129,8 @@ def footnote(metrics: dict, ci_unit: str = "both") -> str:
             text += f" {name}: offline a = {spread} ({how})."
     if any(v is None for entry in attacks for v in entry.get("tpr_at_fpr", {}).values()):
         text += " " + unresolvable_note(list(attacks))
+    for name, reason in (metrics.get("skipped") or {}).items():
+        text += f" Not run: {name}, {reason[0].lower() + reason[1:]}"
     return text
 
 

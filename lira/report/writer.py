@@ -32,7 +32,7 @@ import numpy as np
 from lira import metrics as metrics_lib
 from lira.report import plots
 from lira.report.tables import audit_note, footnote, main_attack, markdown_table, percent
-from lira.run import layout
+from lira.run import layout, records
 from lira.run.reader import Run
 
 CAUGHT_LEVEL = 1e-3
@@ -119,7 +119,10 @@ def _legend(name: str, entry: dict, fpr: np.ndarray, tpr: np.ndarray, num_nonmem
 def write_report(report_dir, results: dict, metrics: dict, run: Run, *, images: np.ndarray | None = None,
                  class_names: list[str] | None = None,
                  gradient_norms: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:  # fmt: skip
-    """Writes every report file (see the module docstring) into report_dir, each atomically.
+    """Writes every report file (see the module docstring) into report_dir, each atomically. The
+    attack stage passes a fresh folder and swaps it in whole once every file is written (stale
+    files of an earlier report cannot survive there); called on an existing folder, the figures
+    this report does not draw are removed.
 
     results: {attack: object with .scores float [T, N] and .targets list[int] (lira.attacks.protocol.AttackResult)};
     metrics: the metrics.json dict; run: the attacked run (its keep, labels, config.json and
@@ -172,9 +175,11 @@ def write_report(report_dir, results: dict, metrics: dict, run: Run, *, images: 
     layout.save_text(report_dir / "report.md", markdown)
 
 
-def _run_lines(metrics: dict, record: layout.RunRecord, train_log: list[dict]) -> list[str]:
-    """The run's configuration and model accuracies, as markdown bullets; absent fields are left out."""
-    flags, data = record.config.flat(), record.data
+def _run_lines(metrics: dict, record: records.RunRecord, train_log: list[dict]) -> list[str]:
+    """The run's configuration and model accuracies, as markdown bullets; absent fields are left out.
+    Of models trained elsewhere (record.external) only what their logits, masks and the user's
+    description say: lira's flags would describe models it never trained."""
+    flags, data = ({} if record.external else record.config.flat()), record.data
 
     def described(pairs) -> str:  # ": label value, ..." over the known values, or nothing
         known = [f"{label} {value}" for label, value in pairs if value is not None]
@@ -190,9 +195,15 @@ def _run_lines(metrics: dict, record: layout.RunRecord, train_log: list[dict]) -
         f"{100 * accuracy[key][0]:.1f}% ± {100 * accuracy[key][1]:.1f}" if key in accuracy else "n/a"
     )
     queries = metrics.get("num_queries", record.queries)
+    if record.external:
+        stated = (record.models or {}).get("description")
+        models_line = (f"- **Models**: trained elsewhere, their logits imported (experiments/import_logits.py)"
+                       f"{described(model_facts)}" + (f"; as stated: {stated}" if stated else ""))  # fmt: skip
+    else:
+        models_line = f"- **Models**: `{flags.get('arch', 'unknown')}`{described(model_facts)}"
     lines = [
-        f"- **Data**: `{flags.get('dataset', data.get('name', 'unknown'))}`{described(data_facts)}",
-        f"- **Models**: `{flags.get('arch', 'unknown')}`{described(model_facts)}",
+        f"- **Data**: `{flags.get('dataset', data.get('name') or 'unknown')}`{described(data_facts)}",
+        models_line,
         f"- **Accuracy** (mean ± sd over {accuracy['models']} models, last epoch): train {fmt('train_acc')}, "
         f"test {fmt('test_acc')}"
         if accuracy["models"]
@@ -227,7 +238,7 @@ def _run_lines(metrics: dict, record: layout.RunRecord, train_log: list[dict]) -
     return lines
 
 
-def _markdown(metrics: dict, record: layout.RunRecord, train_log: list[dict], main: str, risk: dict, header: list[str],
+def _markdown(metrics: dict, record: records.RunRecord, train_log: list[dict], main: str, risk: dict, header: list[str],
               top_rows: list[list], name_of, has_grid: bool) -> str:  # fmt: skip
     classes = {c: r for c, r in risk.items() if c != "level"}
     level = 100 * risk["level"]

@@ -2,7 +2,7 @@
 
     logdir/
       config.json        the run's lira.config.Config (as "flags"), dataset facts, library versions,
-                         git commit, the query count once queried: RunRecord
+                         git commit, the query count once queried: lira.run.records.RunRecord
       keep.npy           bool [M, N]: keep[m, j] = pool example j is in model m's training set
       labels.npy         int32 [N] (with --canaries, the canaries' wrong labels)
       canaries.npy       int32 [K]: with --canaries=K, the mislabelled pool examples
@@ -21,16 +21,16 @@ killed at any moment leaves either the old file or the new one, never half of on
 
 from __future__ import annotations
 
-import dataclasses
+import errno
+import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lira.config import Config, TrainingConfig
+from lira.run import temporaries
 
 CONFIG = "config.json"
 KEEP = "keep.npy"
@@ -51,42 +51,85 @@ class RunDirError(ValueError):
 
 
 def atomic_write(path: Path, write_fn, mode: str) -> None:
+    """Calls write_fn(f) on a new file under a unique temporary name beside `path` (created
+    exclusively: lira.run.temporaries), then flushes, fsyncs and renames it into place, so `path`
+    is either the old file or the whole new one. A full disk names `path` in its OSError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporaries.create_file(path.parent, path.name)
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from a shared group
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        _name_file(error, path)
         raise
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _name_file(error: BaseException, path: Path) -> None:
+    """Makes an OSError that names no file (a full disk raised by write(), fsync() or
+    posix_fallocate()) name `path`, the file being written."""
+    if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+        error.filename = str(path)
+
+
 class PartialNpy:
-    """A .npy file being filled in place through a memory map, under a hidden temporary name in
-    its final folder; commit() flushes it and renames it into place (atomic, as atomic_write)."""
+    """A .npy file being filled in place through a memory map, under a unique temporary name in
+    its final folder; commit() flushes and fsyncs it and renames it into place (atomic, as
+    atomic_write), discard() removes it.
+
+    The file is created exclusively and its whole size allocated up front (posix_fallocate), so a
+    full disk is an OSError(ENOSPC) here, not a SIGBUS when a page of the map is first written;
+    the map is of that same open file, never of a path someone could have replaced meanwhile.
+    """
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype=np.float32):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial.npy")
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
+        fd, self.tmp = temporaries.create_file(self.path.parent, self.path.name)
+        try:
+            self._file = os.fdopen(fd, "r+b")
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                      "shape": tuple(shape)}  # fmt: skip
+            np.lib.format.write_array_header_1_0(self._file, header)  # what np.save writes
+            self._file.flush()
+            offset = self._file.tell()
+            size = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            os.posix_fallocate(fd, 0, size)
+            self.array = np.memmap(self._file, dtype=dtype, mode="r+", offset=offset, shape=tuple(shape))
+        except BaseException as error:
+            self.discard()
+            _name_file(error, self.path)
+            raise
 
     def commit(self) -> None:
-        self.array.flush()
-        del self.array
-        self.tmp.replace(self.path)
+        try:
+            self.array.flush()
+            del self.array
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException as error:
+            self.discard()
+            _name_file(error, self.path)
+            raise
+
+    def discard(self) -> None:
+        """Removes the temporary file (a failed or abandoned write)."""
+        self.__dict__.pop("array", None)
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def remove_stale_temporaries(logdir: Path) -> list[Path]:
+    """Removes the temporaries of writers of this host that no longer run (see
+    lira.run.temporaries.remove_stale); every stage calls it first."""
+    return temporaries.remove_stale(logdir)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -104,28 +147,52 @@ def save_text(path: Path, text: str) -> None:
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Appends rows to a JSON-lines file (one object per line)."""
+    """Appends rows to a JSON-lines file (one object per line) in one write, under a flock of the
+    file (trainers of other slices append to the same log). A torn last line (a process killed
+    mid-append) is ended first, so it can never swallow the first of these rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            text = b"\n" + text
+        os.write(fd, text)
+        os.fsync(fd)
+    except OSError as error:
+        _name_file(error, path)
+        raise
+    finally:
+        os.close(fd)  # drops the flock
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Reads a JSON-lines file; a torn last line (a crash mid-append) is ignored."""
+    """The rows of a JSON-lines file, one per (model, epoch) where rows have those keys: the last
+    written (a killed trainer re-runs epochs after its last checkpoint and logs them again), in the
+    order they were last written. A torn line (a crash mid-append) is dropped; a line that a torn
+    one ran into, as logs written before append_jsonl ended torn lines hold, keeps its last row."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    rows = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines()):
+        row = _json_row(line) or _json_row(line[line.rfind("{") :])  # rows are flat: no nested "{"
+        if row is None:
             continue
-    return rows
+        key = (row["model"], row["epoch"]) if "model" in row and "epoch" in row else number
+        rows.pop(key, None)
+        rows[key] = row
+    return list(rows.values())
+
+
+def _json_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def final_accuracies(train_log: list[dict]) -> dict:
@@ -141,94 +208,6 @@ def final_accuracies(train_log: list[dict]) -> dict:
         if values:
             out[key] = (float(np.mean(values)), float(np.std(values, ddof=1 if len(values) > 1 else 0)))
     return out
-
-
-def _require(logdir: Path, name: str, stage: str) -> Path:
-    path = Path(logdir) / name
-    if not path.exists():
-        raise RunDirError(f"{path} does not exist; run {stage} with --logdir={logdir} first.")
-    return path
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRecord:
-    """config.json, typed: what decided the models, and what was found when the run began."""
-
-    config: Config
-    data: dict  # the pool's facts: lira.data.Dataset.facts()
-    versions: dict = dataclasses.field(default_factory=dict)  # library versions, backend, devices
-    git_commit: str | None = None
-    queries: int | None = None  # set by the query stage
-    whitebox: dict | None = None  # set by the white-box query stage: {"queries", "layers", "features"}
-    dp: dict | None = None  # DP-SGD runs: the accounted guarantee, lira.dp.Guarantee.to_json()
-
-    def training(self) -> TrainingConfig:
-        """The training config the models ran with: for a DP run, with the noise multiplier the
-        accountant picked for --dp_target_epsilon in place of the target."""
-        training = self.config.training
-        if self.dp is not None:
-            training = dataclasses.replace(
-                training, dp_noise_multiplier=self.dp["noise_multiplier"], dp_target_epsilon=None
-            )
-        return training
-
-    def to_json(self) -> dict:
-        out = {
-            "flags": self.config.flat(),
-            "data": self.data,
-            "versions": self.versions,
-            "git_commit": self.git_commit,
-        }
-        if self.queries is not None:
-            out["inference"] = {"queries": self.queries}
-        if self.whitebox is not None:
-            out["whitebox"] = self.whitebox
-        if self.dp is not None:
-            out["dp"] = self.dp
-        return out
-
-    @classmethod
-    def from_json(cls, obj: dict) -> RunRecord:
-        """Fields absent from `obj` (a run made by an older lira) take their defaults."""
-        return cls(
-            config=Config.from_flat(_with_dtype(obj.get("flags", {}))), data=obj.get("data", {}),
-            versions=obj.get("versions", {}),
-            git_commit=obj.get("git_commit"), queries=(obj.get("inference") or {}).get("queries"),
-            whitebox=obj.get("whitebox"), dp=obj.get("dp"),
-        )  # fmt: skip
-
-
-def _with_dtype(flags: dict) -> dict:
-    """A run recorded before --dtype existed computed in float32."""
-    return {**flags, "dtype": "float32"} if flags and "dtype" not in flags else flags
-
-
-def load_record(logdir: Path) -> RunRecord:
-    """config.json of the run in `logdir`."""
-    return RunRecord.from_json(json.loads(_require(logdir, CONFIG, "experiments/train.py").read_text()))
-
-
-def save_record(logdir: Path, record: RunRecord) -> None:
-    save_json(Path(logdir) / CONFIG, record.to_json())
-
-
-def load_keep(logdir: Path) -> np.ndarray:
-    """bool [M, N]."""
-    keep = np.load(_require(logdir, KEEP, "experiments/train.py"))
-    if keep.dtype != bool or keep.ndim != 2:
-        raise RunDirError(f"keep.npy must be a bool [M, N] array, got {keep.dtype} {keep.shape}.")
-    return keep
-
-
-def load_labels(logdir: Path) -> np.ndarray:
-    """int32 [N]."""
-    return np.load(_require(logdir, LABELS, "experiments/train.py")).astype(np.int32)
-
-
-def load_canaries(logdir: Path) -> np.ndarray:
-    """int32 [K]: the run's canaries (empty for a run made without --canaries)."""
-    path = Path(logdir) / CANARIES
-    return np.load(path).astype(np.int32) if path.exists() else np.zeros(0, np.int32)
 
 
 def logits_path(logdir: Path, model_index: int) -> Path:

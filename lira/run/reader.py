@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lira.run import layout
+from lira.run import layout, records, verify
 from lira.signals import ProbabilitySignal, Signals, model_signals
 
 
@@ -33,7 +33,7 @@ class Run:
     labels: np.ndarray
     signals: Signals | None = None
     canaries: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
-    record: layout.RunRecord | None = None
+    record: records.RunRecord | None = None
     train_log: list[dict] = dataclasses.field(default_factory=list)
     logdir: Path | None = None
 
@@ -59,7 +59,8 @@ class Run:
         self, probability_signal: ProbabilitySignal | None = None, whitebox: bool = False
     ) -> Run:
         """This run with the signals of its logits files (and the white-box ones with `whitebox`)."""
-        signals = load_signals(self.logdir, self.keep, self.labels, probability_signal, whitebox=whitebox)
+        signals = load_signals(self.logdir, self.keep, self.labels, probability_signal, whitebox=whitebox,
+                               record=self.record)  # fmt: skip
         return dataclasses.replace(self, signals=signals)
 
     def with_queries(self, indices: list[int]) -> Run:
@@ -69,17 +70,20 @@ class Run:
 
 def read_run(logdir: str | os.PathLike) -> Run:
     """config.json, keep.npy, labels.npy, canaries.npy and train_log.jsonl of a run directory,
-    each read once; the signals come with `Run.with_signals`."""
+    each read once; the signals come with `Run.with_signals`. keep.npy and labels.npy are checked
+    against the sha256 config.json records of them (where it records one): swapped keep rows or
+    edited labels would give wrong metrics, and exit status 0."""
     logdir = Path(logdir)
-    keep = layout.load_keep(logdir)
-    labels = layout.load_labels(logdir)
+    record = records.load_record(logdir)
+    keep = records.load_keep(logdir, record)
+    labels = records.load_labels(logdir, record)
     if labels.shape != (keep.shape[1],):
         raise layout.RunDirError(f"labels.npy has shape {labels.shape} but keep.npy has N={keep.shape[1]}.")
     return Run(
         keep=keep,
         labels=labels,
-        canaries=layout.load_canaries(logdir),
-        record=layout.load_record(logdir),
+        canaries=records.load_canaries(logdir),
+        record=record,
         train_log=layout.read_jsonl(logdir / layout.TRAIN_LOG),
         logdir=logdir,
     )
@@ -87,13 +91,17 @@ def read_run(logdir: str | os.PathLike) -> Run:
 
 def load_signals(logdir: Path, keep: np.ndarray, labels: np.ndarray,
                  probability_signal: ProbabilitySignal | None = None, model_indices: list[int] | None = None,
-                 whitebox: bool = False) -> Signals:  # fmt: skip
+                 whitebox: bool = False, record: records.RunRecord | None = None) -> Signals:  # fmt: skip
     """Signals [M, N, Q] of every model of a run directory (or of `model_indices`).
 
     Streams the logits files, one per core at a time (read, converted, released), so peak memory
     is the output plus a few models' logits, not the [M, N, Q, C] stack; `logits` reads the files
     again, memory-mapped, when an attack needs prediction vectors. Every file is checked against
     keep.npy first, so a missing or mis-shaped file is named before any work.
+
+    Each file is verified against `record` (config.json, read here when not given): float32
+    [N, Q, C] with the Q and C it records, as long as its header says; a model's non-finite
+    logits are named (model, examples) as its file is read, and labels outside 0..C-1 before.
     """
     num_models, num_examples = keep.shape
     if model_indices is None:
@@ -104,23 +112,30 @@ def load_signals(logdir: Path, keep: np.ndarray, labels: np.ndarray,
             f"{len(missing)} logits files are missing in {Path(logdir) / layout.LOGITS_DIR} "
             f"(models {layout.format_ranges(missing)}); run experiments/inference.py --logdir={logdir}."
         )
-    shapes = {m: np.load(layout.logits_path(logdir, m), mmap_mode="r").shape for m in model_indices}
-    first = shapes[model_indices[0]]
-    for m, shape in shapes.items():
-        if len(shape) != 3 or shape[0] != num_examples or shape != first:
+    recorded = record or _recorded(logdir)
+    expected = (
+        (num_examples, recorded.queries, recorded.data.get("num_classes")) if recorded else (num_examples,)
+    )
+    first = None
+    for m in model_indices:  # headers and sizes only: float32 [N, Q, C] as config.json records Q and C
+        shape = verify.check_file(layout.logits_path(logdir, m), (*expected, None, None)[:3], logdir)
+        if first is not None and shape != first:
             raise layout.RunDirError(
-                f"{layout.logits_path(logdir, m)} has shape {shape}; expected [N={num_examples}, Q, C] "
-                f"like model {model_indices[0]}'s {first}."
+                f"{layout.logits_path(logdir, m)} has shape {shape}, model {model_indices[0]}'s {first}; "
+                f"python experiments/inference.py --logdir={logdir} rewrites it."
             )
+        first = shape
     _, num_queries, num_classes = first
+    verify.check_labels(labels, num_classes)
     shape = (len(model_indices), num_examples, num_queries)
     names = ["phi", "ce"] + (["probability"] if probability_signal is not None else [])
     arrays = {name: np.empty(shape, np.float32) for name in names}
 
     def load(row: int) -> None:
-        one = model_signals(
-            np.load(layout.logits_path(logdir, model_indices[row])), labels, probability_signal
-        )
+        path = layout.logits_path(logdir, model_indices[row])
+        logits = np.load(path)
+        verify.check_finite(logits, path, model_indices[row])
+        one = model_signals(logits, labels, probability_signal)
         for name, values in one.items():
             arrays[name][row] = values
 
@@ -131,13 +146,15 @@ def load_signals(logdir: Path, keep: np.ndarray, labels: np.ndarray,
     signals = Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
                       lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip
     if whitebox:
-        signals.grad, signals.whitebox = whitebox_signals(logdir, model_indices)
+        signals.grad, signals.whitebox = whitebox_signals(logdir, model_indices, recorded)
     return signals
 
 
-def whitebox_signals(logdir: Path, model_indices: list[int]):
+def whitebox_signals(logdir: Path, model_indices: list[int], record: records.RunRecord | None = None):
     """(grad float32 [M, N, Qw], accessor model row -> (norms, features) memory-mapped) of the
-    white-box files of `model_indices` (experiments/inference.py --whitebox wrote them)."""
+    white-box files of `model_indices` (experiments/inference.py --whitebox wrote them), each
+    verified against `record`'s "whitebox" (config.json, read here when not given) as load_signals
+    does the logits."""
     have = set(layout.available_whitebox(logdir))
     missing = [m for m in model_indices if m not in have]
     if missing:
@@ -148,9 +165,31 @@ def whitebox_signals(logdir: Path, model_indices: list[int]):
     paths = {
         kind: [layout.whitebox_path(logdir, m, kind) for m in model_indices] for kind in layout.WHITEBOX_KINDS
     }
+    record = record or _recorded(logdir)
+    recorded = (record.whitebox if record is not None else None) or {}
+    layers, features = recorded.get("layers"), recorded.get("features")
+    expected = {
+        "norms": (None, recorded.get("queries"), None if layers is None else len(layers) + 1),
+        "features": (None, recorded.get("queries"), features),
+    }
+    for kind, files in paths.items():
+        shapes = [verify.check_file(path, expected[kind], logdir, whitebox=True) for path in files]
+        for path, shape in zip(files, shapes):
+            if shape != shapes[0]:
+                raise layout.RunDirError(
+                    f"{path} has shape {shape}, {files[0].name} {shapes[0]}; python experiments/inference.py "
+                    f"--logdir={logdir} --whitebox rewrites it."
+                )
     load = lambda row: tuple(np.load(paths[kind][row], mmap_mode="r") for kind in layout.WHITEBOX_KINDS)
     whole = lambda row: np.load(paths["norms"][row], mmap_mode="r")[..., -1]  # the whole model's norm
-    total = np.stack(
-        [-np.log(np.maximum(whole(row), np.float32(1e-30))) for row in range(len(model_indices))]
-    )
-    return total.astype(np.float32), load
+    rows = []
+    for row, m in enumerate(model_indices):
+        norms = np.asarray(whole(row))
+        verify.check_finite(norms, paths["norms"][row], m, "gradient norms")
+        rows.append(-np.log(np.maximum(norms, np.float32(1e-30))))
+    return np.stack(rows).astype(np.float32), load
+
+
+def _recorded(logdir: Path) -> records.RunRecord | None:
+    """config.json of the run, what its files are checked against; None where it has none."""
+    return records.load_record(logdir) if (Path(logdir) / layout.CONFIG).exists() else None

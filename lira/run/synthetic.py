@@ -73,7 +73,10 @@ def make_synthetic_rundir(logdir: Path, num_models: int = 8, num_examples: int =
             )
             layers = np.exp(-exponent)
             whole = np.sqrt(np.sum(layers**2, axis=-1, keepdims=True))
-            layout.save_npy(layout.whitebox_path(logdir, m, "norms"), np.concatenate([layers, whole], -1))
+            layout.save_npy(
+                layout.whitebox_path(logdir, m, "norms"),
+                np.concatenate([layers, whole], -1).astype(np.float32),
+            )
             features = model_rng.standard_normal((num_examples, num_queries, num_features), dtype=np.float32)
             features[..., 0] += signal * keep[m][:, None]
             layout.save_npy(layout.whitebox_path(logdir, m, "features"), features)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lira import audit, data, report
 from lira import metrics as metrics_lib
@@ -21,30 +23,43 @@ from lira.attacks.protocol import (
     AttackResult,
     check_attack_names,
     check_options,
-    check_references,
     run_attacks,
+    runnable_attacks,
 )
 from lira.config import AttackConfig
-from lira.run import layout, views
+from lira.run import layout, lock, records, temporaries, verify, views
 from lira.run.reader import Run, read_run
+from lira.stages import preflight
 
 
-def attack(logdir: str | Path, config: AttackConfig) -> dict:
+def attack(logdir: str | Path, config: AttackConfig, progress: bool = True) -> dict:
     """Runs config.attacks on the run in `logdir` and writes report/: metrics.json,
-    scores/NAME.npy (float [T, N]), the plots and tables. Returns the metrics dict."""
+    scores/NAME.npy (float [T, N]), the plots and tables. Returns the metrics dict.
+
+    Under the lock .report.lock (a second attack on the run is refused in one line naming the
+    holder), the report is written whole into a fresh hidden folder beside report/ and then put
+    in its place (lira.run.temporaries.replace_dir): no file of an earlier report survives beside
+    the new metrics.json, and a killed attack leaves the earlier report as it was."""
     config.validate()
+    verify.check_logdir(logdir)
     check_attack_names(config.attacks, whitebox=True)  # unknown names and bad options: before any reading
     options_from_flags(config.options)
     run = read_run(logdir)
-    metrics, results = run_audit(run, config)
-    report_dir = run.logdir / layout.REPORT_DIR
-    layout.save_json(report_dir / layout.METRICS, metrics)
-    for name, result in results.items():
-        layout.save_npy(report_dir / layout.SCORES_DIR / f"{name}.npy", result.scores)
-    norms = gradient_norms(run, metrics["targets"]) if metrics.get("whitebox") else None
-    report.write_report(
-        report_dir, results, metrics, run, images=_pool_images(run.record), gradient_norms=norms
-    )
+    with lock.acquire(run.logdir / ".report.lock", what=f"The report of {run.logdir}"):
+        layout.remove_stale_temporaries(run.logdir)
+        metrics, results = run_audit(run, config, progress)
+        new_report = temporaries.create_dir(run.logdir, layout.REPORT_DIR)
+        try:
+            layout.save_json(new_report / layout.METRICS, metrics)
+            for name, result in results.items():
+                layout.save_npy(new_report / layout.SCORES_DIR / f"{name}.npy", result.scores)
+            norms = gradient_norms(run, metrics["targets"]) if metrics.get("whitebox") else None
+            report.write_report(
+                new_report, results, metrics, run, images=_pool_images(run.record), gradient_norms=norms
+            )
+            temporaries.replace_dir(new_report, run.logdir / layout.REPORT_DIR)
+        finally:
+            shutil.rmtree(new_report, ignore_errors=True)  # nothing once moved in
     return metrics
 
 
@@ -60,8 +75,11 @@ def gradient_norms(run: Run, targets: list[int]) -> dict:
     return {name: (values[:, i], member) for i, name in enumerate(names)}
 
 
-def _pool_images(record: layout.RunRecord) -> np.ndarray | None:
-    """The pool's images for the report, or None: a missing dataset must not stop the report."""
+def _pool_images(record: records.RunRecord) -> np.ndarray | None:
+    """The pool's images for the report, or None: a missing dataset must not stop the report, and
+    models trained elsewhere name no dataset lira could load."""
+    if record.external:
+        return None
     try:
         return data.load_raw_images(record.config.data.dataset, record.config.data.data_dir,
                                     record.config.data.pool_size)  # fmt: skip
@@ -92,15 +110,18 @@ def audit_metrics(results: dict[str, AttackResult], keep: np.ndarray, num_querie
     }
 
 
-def run_audit(run: Run, config: AttackConfig) -> tuple[dict, dict[str, AttackResult]]:
+def run_audit(run: Run, config: AttackConfig, progress: bool = False) -> tuple[dict, dict[str, AttackResult]]:
     """Runs config.attacks on `run` (read_run: its signals are read here, once the checks pass)
     and returns (metrics dict, {name: AttackResult}).
 
     Everything that can be checked from keep.npy alone (attack names, options, reference
-    counts) is checked before any logits are read. The metrics hold each attack's empirical
-    epsilon lower bound (lira.audit) and the run's accounted epsilon (None without DP).
+    counts) is checked before any logits are read. An attack the run lacks the references for
+    is left out, its reason in metrics["skipped"] (config.strict: refused instead). The metrics
+    hold each attack's empirical epsilon lower bound (lira.audit) and the run's accounted epsilon
+    (None without DP). progress: a bar over the attacks and a line as each finishes.
     """
     config.validate()
+    preflight.check_attack(run)
     attack_options = options_from_flags(config.options)
     whitebox = run.has_whitebox()
     if list(config.attacks) == ["all"] and not whitebox:
@@ -110,13 +131,35 @@ def run_audit(run: Run, config: AttackConfig) -> tuple[dict, dict[str, AttackRes
     check_options(attacks, attack_options)
     audited = check_audit_attacks(config.audit_attacks, attacks)
     targets = list(range(min(config.num_targets, run.num_models)))
-    check_references(run.keep, targets, attacks, config.num_shadows_used, config.seed, run.canaries)
+    attacks, skipped = runnable_attacks(
+        run.keep, targets, attacks, config.num_shadows_used, config.seed, run.canaries
+    )
+    if skipped and (config.strict or not attacks):
+        name, reason = next(iter(skipped.items()))
+        raise ValueError(reason if config.strict else f"No attack can run on this run: {name}: {reason}")
+    for name, reason in skipped.items():
+        print(f"Note: {name} left out: {reason}")
+    if not any(name in attacks for name in audited):
+        print(
+            f"Note: none of the audited attacks ({', '.join(audited)}) runs; the audit bounds every attack that does."
+        )
+    audited = [name for name in audited if name in attacks] or attacks
     needs_whitebox = any(ATTACKS[name].needs_whitebox for name in attacks)
     run = run.with_signals(probability_signal(attacks, attack_options), whitebox=needs_whitebox)
-    results = run_attacks(run, attacks, targets, config.num_shadows_used, config.seed, attack_options)
+    with tqdm(total=len(attacks), unit="attack", disable=not progress, dynamic_ncols=True) as bar:
+
+        def done(name: str, seconds: float) -> None:
+            bar.update()
+            if progress:
+                bar.write(f"{name}: scored {len(targets)} targets in {seconds:.1f} s")
+
+        results = run_attacks(
+            run, attacks, targets, config.num_shadows_used, config.seed, attack_options, on_done=done
+        )
     metrics = audit_metrics(results, run.keep, run.num_queries, config.bootstrap, config.seed,
                             config.min_false_positives)  # fmt: skip
-    metrics.update(num_shadows_used=config.num_shadows_used, seed=config.seed, attack_options=attack_options)
+    metrics.update(num_shadows_used=config.num_shadows_used, seed=config.seed, attack_options=attack_options,
+                   skipped=skipped)  # fmt: skip
     if needs_whitebox:
         metrics["whitebox"] = run.record.whitebox
     metrics["models"] = model_accuracy(run)

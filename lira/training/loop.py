@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lira import xla_flags
 from lira.config import TrainingConfig
 from lira.data import Pixels
-from lira.run import checkpoint, layout
+from lira.run import checkpoint, layout, lock
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -223,7 +223,11 @@ def train_models(
     """Trains models [start, stop) of `keep` [M, N] in steps of config.models_per_step models
     (0: the backend's default), computing in `dtype` (None: default_dtype()).
 
-    Resumes every slice from its last checkpoint; a finished slice is skipped. Saves every
+    Each slice [a, b) of models is trained under the lock ckpt/.models_AAAAA-BBBBB.lock: a slice
+    another process holds is skipped with a note (trainers of one logdir split the work), and the
+    slices left to others are named at the end. With the lock held, each slice resumes from its
+    last checkpoint that verifies (checkpoint.latest_verified_epoch: a corrupt one is moved aside
+    and its epochs trained again); a finished slice is skipped. Saves every
     config.checkpoint_every epochs (0: whenever the training since the last save took 20 times
     what saving kept the trainer waiting, so saves cost at most ~5%) and after the last epoch,
     in the background (checkpoint.AsyncSaver). Appends one row per (model, epoch) to
@@ -247,79 +251,107 @@ def train_models(
     slices = [(a, min(a + models_per_step, stop)) for a in range(start, stop, models_per_step)]
     todo = [(a, b, checkpoint.latest_epoch(checkpoint.slice_dir(logdir, a, b))) for a, b in slices]
     remaining = sum((b - a) * (config.epochs - done) * num_steps for a, b, done in todo)
+    layout.remove_stale_temporaries(logdir)
     bar = tqdm(total=remaining, unit="model-step", disable=not progress, dynamic_ncols=True)
     data = _DeviceData(x_train, y_train, x_test, y_test, config.eval_examples, pixels)
     saver = checkpoint.AsyncSaver()
     times = {"train_s": 0.0, "save_s": 0.0, "eval_s": 0.0, "epochs": 0, "model_steps": 0}
     log_path = Path(logdir) / layout.TRAIN_LOG
-    for a, b, done in todo:
-        if done >= config.epochs:
-            continue
-        inputs = SliceInputs.place(keep, a, b)
-        x, y = data.train(inputs.replicated)
-        folder = checkpoint.slice_dir(logdir, a, b)
-        state = (
-            programs.restore(folder, a, b, done, config.seed)
-            if done
-            else programs.init_slice(inputs, config.seed)
-        )
-        pending_rows, trained_since_save, save_cost = [], 0.0, None
-        for epoch in range(done, config.epochs):
-            if stop_after_epochs is not None and times["epochs"] >= stop_after_epochs:
-                saver.wait()
-                bar.close()
-                return times
-            tic = time.perf_counter()
-            if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
-                from lira.training import sampling  # DP only, as in Programs
-
-                order, num_in = jax.device_put(
-                    sampling.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
-                )
-            else:
-                order, num_in = programs.order(inputs.keep, inputs.ids, epoch, config.seed), inputs.num_in
-            totals = zero_totals(b - a, inputs.by_model)
-            for first in range(0, num_steps, per_call):
-                last = min(first + per_call, num_steps)
-                state, totals = programs.run_steps(state, totals, inputs, order, num_in, x, y, first, last)
-                bar.update((b - a) * (last - first))
-            loss_sum, correct, first_bad = jax.device_get(totals)
-            if (first_bad >= 0).any():
-                bad = np.flatnonzero(first_bad >= 0)
-                raise NonFiniteLossError(
-                    "Non-finite loss: "
-                    + ", ".join(f"model {a + i} at step {first_bad[i]}" for i in bad)
-                    + f" (epoch {epoch + 1}); lower --lr or check the data."
-                )
-            elapsed = time.perf_counter() - tic
-            times["train_s"] += elapsed
-            times["epochs"] += 1
-            times["model_steps"] += (b - a) * num_steps
-            trained_since_save += elapsed
-            rows = _epoch_rows(a, epoch, loss_sum / num_steps, correct / (num_steps * config.batch_size))
-            last_epoch = epoch + 1 == config.epochs
-            if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+    held_locks, left_to_others = [], []
+    try:
+        for a, b, seen in todo:
+            folder = checkpoint.slice_dir(logdir, a, b)
+            held = lock.try_acquire(folder.parent / f".{folder.name}.lock")
+            if held is None:
+                holder = lock.holder(folder.parent / f".{folder.name}.lock")
+                print(f"Note: models {a}-{b - 1} are being trained by {holder}; going on to the next slice.")
+                left_to_others.append(f"{a}-{b - 1}")
+                bar.total -= (b - a) * (config.epochs - seen) * num_steps
+                continue
+            held_locks.append(held)
+            done = checkpoint.latest_verified_epoch(
+                folder
+            )  # read under the lock: its last holder may have saved
+            if done:  # a kill between that save and its log rows' append must not lose them
+                _append_missing_rows(log_path, checkpoint.saved_log_rows(folder, done))
+            bar.total += (b - a) * (seen - done) * num_steps
+            if done >= config.epochs:
+                held.release()
+                continue
+            inputs = SliceInputs.place(keep, a, b)
+            x, y = data.train(inputs.replicated)
+            state = (
+                programs.restore(folder, a, b, done, config.seed)
+                if done
+                else programs.init_slice(inputs, config.seed)
+            )
+            pending_rows, trained_since_save, save_cost = [], 0.0, None
+            for epoch in range(done, config.epochs):
+                if stop_after_epochs is not None and times["epochs"] >= stop_after_epochs:
+                    saver.wait()
+                    bar.close()
+                    return times
                 tic = time.perf_counter()
-                xt, yt = data.test(inputs.replicated, subset=not last_epoch)
-                for row, acc in zip(rows, _accuracy(programs, state, xt, yt)):
-                    row["test_acc"] = float(acc)
-                    row["test_examples"] = int(xt.shape[0])
-                times["eval_s"] += time.perf_counter() - tic
-            pending_rows += rows
-            due = (
-                (epoch + 1) % config.checkpoint_every == 0
-                if config.checkpoint_every
-                else save_cost is None or trained_since_save >= SAVE_COST_RATIO * save_cost
-            )
-            if last_epoch or due:
-                save_cost = saver.save(folder, epoch + 1, state, then=_appender(log_path, pending_rows))
-                times["save_s"] += save_cost
-                pending_rows, trained_since_save = [], 0.0
-            bar.set_postfix_str(
-                f"models {a}-{b - 1}, epoch {epoch + 1}/{config.epochs}, "
-                f"{(b - a) * num_steps * config.batch_size / elapsed:,.0f} ex/s, "
-                f"loss {np.mean(loss_sum) / num_steps:.3f}"
-            )
+                if config.dp:  # this epoch's Poisson draws, host-side: [m, S, P] indices and [m, S] sizes
+                    from lira.training import sampling  # DP only, as in Programs
+
+                    order, num_in = jax.device_put(
+                        sampling.epoch_batches(keep, a, b, epoch, config, num_steps), inputs.by_model
+                    )
+                else:
+                    order, num_in = programs.order(inputs.keep, inputs.ids, epoch, config.seed), inputs.num_in
+                totals = zero_totals(b - a, inputs.by_model)
+                for first in range(0, num_steps, per_call):
+                    last = min(first + per_call, num_steps)
+                    state, totals = programs.run_steps(
+                        state, totals, inputs, order, num_in, x, y, first, last
+                    )
+                    bar.update((b - a) * (last - first))
+                loss_sum, correct, first_bad = jax.device_get(totals)
+                if (first_bad >= 0).any():
+                    bad = np.flatnonzero(first_bad >= 0)
+                    raise NonFiniteLossError(
+                        "Non-finite loss: "
+                        + ", ".join(f"model {a + i} at step {first_bad[i]}" for i in bad)
+                        + f" (epoch {epoch + 1}); lower --lr or check the data."
+                    )
+                elapsed = time.perf_counter() - tic
+                times["train_s"] += elapsed
+                times["epochs"] += 1
+                times["model_steps"] += (b - a) * num_steps
+                trained_since_save += elapsed
+                rows = _epoch_rows(a, epoch, loss_sum / num_steps, correct / (num_steps * config.batch_size))
+                last_epoch = epoch + 1 == config.epochs
+                if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+                    tic = time.perf_counter()
+                    xt, yt = data.test(inputs.replicated, subset=not last_epoch)
+                    for row, acc in zip(rows, _accuracy(programs, state, xt, yt)):
+                        row["test_acc"] = float(acc)
+                        row["test_examples"] = int(xt.shape[0])
+                    times["eval_s"] += time.perf_counter() - tic
+                pending_rows += rows
+                due = (
+                    (epoch + 1) % config.checkpoint_every == 0
+                    if config.checkpoint_every
+                    else save_cost is None or trained_since_save >= SAVE_COST_RATIO * save_cost
+                )
+                if last_epoch or due:
+                    then = _appender(log_path, pending_rows, held if last_epoch else None)
+                    save_cost = saver.save(folder, epoch + 1, state, then=then, log_rows=pending_rows)
+                    times["save_s"] += save_cost
+                    pending_rows, trained_since_save = [], 0.0
+                bar.set_postfix_str(
+                    f"models {a}-{b - 1}, epoch {epoch + 1}/{config.epochs}, "
+                    f"{(b - a) * num_steps * config.batch_size / elapsed:,.0f} ex/s, "
+                    f"loss {np.mean(loss_sum) / num_steps:.3f}"
+                )
+    finally:
+        saver.settle()  # its lock is not released under a write still in flight
+        for held in held_locks:
+            held.release()
+    if left_to_others:
+        print(f"Note: models {', '.join(left_to_others)} were left to the processes training them; run this "
+              "command again once they end to check that every model finished.")  # fmt: skip
     tic = time.perf_counter()
     saver.wait()
     times["save_s"] += time.perf_counter() - tic
@@ -333,8 +365,24 @@ def train_models(
 SAVE_COST_RATIO = 20.0
 
 
-def _appender(path: Path, rows: list[dict]):
-    return lambda: layout.append_jsonl(path, rows)
+def _appender(path: Path, rows: list[dict], then_release: lock.Lock | None = None):
+    """What the checkpoint thread runs once a save is on disk: log the epochs it covers, then,
+    after the slice's last save, release the slice's lock."""
+
+    def append():
+        layout.append_jsonl(path, rows)
+        if then_release is not None:
+            then_release.release()
+
+    return append
+
+
+def _append_missing_rows(path: Path, rows: list[dict]) -> None:
+    """Appends the rows whose (model, epoch) train_log.jsonl lacks."""
+    logged = {(row.get("model"), row.get("epoch")) for row in layout.read_jsonl(path)}
+    missing = [row for row in rows if (row["model"], row["epoch"]) not in logged]
+    if missing:
+        layout.append_jsonl(path, missing)
 
 
 class _DeviceData:

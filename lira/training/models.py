@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
+import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -131,17 +133,30 @@ def available_archs() -> list[str]:
 
 
 def canonical_arch(arch: str) -> str:
-    """The registry name of `arch`. A `module:factory` path (e.g. `my_models:small_net`) imports
-    `module` (from the working folder or sys.path) and registers its `factory` under that name,
-    so a user's own model passes through every stage, which all read `arch` from config.json."""
+    """The registry name of `arch`. A `module:factory` path is known only once import_arch has
+    imported it: this never imports, so an arch read from a run directory cannot run code."""
     arch = _ALIASES.get(arch, arch)
     if arch not in _REGISTRY and ":" in arch:
-        _register_import_path(arch)
+        raise ValueError(
+            f"--arch={arch!r} is a module:factory model that this command did not import: lira imports a "
+            "model's code only when the command names it (lira.training.models.import_arch), never because a "
+            "run directory does; give --arch=" + arch + " to the command."
+        )
     if arch not in _REGISTRY:
         raise ValueError(
             f"Unknown --arch={arch!r}; valid: {', '.join(available_archs())}, or a "
             "module:factory import path of your own model."
         )
+    return arch
+
+
+def import_arch(arch: str) -> str:
+    """Imports a `module:factory` arch (e.g. `my_models:small_net`: `module` from the working
+    folder or PYTHONPATH) and registers its `factory` under that name; returns `arch`. Call it
+    only with an arch the current command names (a flag), never one read from a run directory:
+    run directories are shared and writable, and importing runs the module's code."""
+    if ":" in arch and arch not in _REGISTRY:
+        _register_import_path(arch)
     return arch
 
 
@@ -153,6 +168,16 @@ def _register_import_path(path: str) -> None:
         sys.path.append("")  # the working folder, as for `python -m`
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name not in (module_name, module_name.partition(".")[0]):  # the module imports a missing one
+            raise ValueError(
+                f"--arch={path!r}: importing module {module_name!r} failed ({error})."
+            ) from error
+        raise ValueError(
+            f"--arch={path!r}: no module {module_name!r} in the current directory ({os.getcwd()}) or on "
+            "PYTHONPATH, where modules are found; run from the folder that holds it, or add that folder to "
+            "PYTHONPATH."
+        ) from error
     except ImportError as error:
         raise ValueError(f"--arch={path!r}: cannot import module {module_name!r} ({error}).") from error
     factory = getattr(module, attribute, None)
@@ -166,7 +191,24 @@ def get_model(arch: str, num_classes: int, conv_impl: str | None = None, dtype=N
     conv_impl = conv_impl or default_conv_impl(arch=arch)
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {CONV_IMPLS}.")
-    return _REGISTRY[canonical_arch(arch)](num_classes, conv_impl, dtype)
+    factory = _REGISTRY[canonical_arch(arch)]
+    try:
+        return factory(num_classes, conv_impl, dtype)
+    except TypeError as error:
+        if not _takes_three_arguments(factory):
+            raise ValueError(
+                f"--arch={arch}: its factory must take (num_classes, conv_impl, dtype) and return a flax module; "
+                f"calling it so failed ({error})."
+            ) from error
+        raise
+
+
+def _takes_three_arguments(factory) -> bool:
+    try:
+        inspect.signature(factory).bind(0, "xla", None)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def uses_batch_norm(arch: str) -> bool:

@@ -11,6 +11,7 @@ Randomness is a function of (seed, model index, epoch or step) alone:
     init      = fold_in(model_key, 0)
     epoch order   fold_in(fold_in(model_key, 1), epoch)
     augmentation  fold_in(fold_in(model_key, 2), global_step)
+    dropout       fold_in(fold_in(model_key, 5), global_step)   (flax's "dropout" rng, any model's)
     DP batches    numpy's default_rng([seed, model_index, 3, epoch])   (lira/training/sampling.py)
     DP noise      fold_in(model_key, 4), then split every step          (jax-privacy's privatizer)
 
@@ -33,7 +34,7 @@ import optax
 from lira.config import TrainingConfig
 from lira.training import augment as augment_lib
 
-_INIT, _ORDER, _AUGMENT, _NOISE = 0, 1, 2, 4  # 3: lira/training/sampling.py's batches
+_INIT, _ORDER, _AUGMENT, _NOISE, _DROPOUT = 0, 1, 2, 4, 5  # 3: lira/training/sampling.py's batches
 
 
 @flax.struct.dataclass
@@ -172,9 +173,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     batch, loss_fn, apply = _step_parts(model, tx, config)
 
     def step(state, order, num_in, model_index, x, y, step_in_epoch):
-        images, labels = batch(state, order, num_in, model_index, x, y, step_in_epoch)
+        images, labels, rng = batch(state, order, num_in, model_index, x, y, step_in_epoch)
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, images, labels
+            state.params, state.batch_stats, images, labels, rng
         )
         return apply(state, grads, batch_stats, loss, logits, labels)
 
@@ -198,14 +199,14 @@ def make_vectorized_step(model: nn.Module, tx: optax.GradientTransformation, con
     batches = jax.vmap(batch, in_axes=(0, 0, 0, 0, None, None, None))
     losses = jax.vmap(loss_fn)
 
-    def total_loss(params, batch_stats, images, labels):
-        loss, aux = losses(params, batch_stats, images, labels)
+    def total_loss(params, batch_stats, images, labels, rngs):
+        loss, aux = losses(params, batch_stats, images, labels, rngs)
         return jnp.sum(loss), (loss, aux)
 
     def step(state, order, num_in, model_index, x, y, step_in_epoch):
-        images, labels = batches(state, order, num_in, model_index, x, y, step_in_epoch)
+        images, labels, rngs = batches(state, order, num_in, model_index, x, y, step_in_epoch)
         (_, (loss, (logits, batch_stats))), grads = jax.value_and_grad(total_loss, has_aux=True)(
-            state.params, state.batch_stats, images, labels
+            state.params, state.batch_stats, images, labels, rngs
         )
         return jax.vmap(apply)(state, grads, batch_stats, loss, logits, labels)
 
@@ -225,10 +226,12 @@ def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: Trai
     """The three parts of one model's step, (batch, loss, apply), so that the single-model and
     the vectorized step differ only in where the gradient is taken.
 
-    batch(state, order, num_in, model_index, x, y, step_in_epoch) -> (images, labels): the
-    model's minibatch, augmented.
-    loss(params, batch_stats, images, labels) -> (mean cross-entropy, (logits, new batch_stats)):
-    in float32 whatever the model computes in (the models cast their logits to float32).
+    batch(state, order, num_in, model_index, x, y, step_in_epoch) -> (images, labels, rng): the
+    model's minibatch, augmented, and the key of its stochastic layers for this step.
+    loss(params, batch_stats, images, labels, rng) -> (mean cross-entropy, (logits, new
+    batch_stats)): in float32 whatever the model computes in (the models cast their logits to
+    float32); `rng` is flax's "dropout" stream, so a model of one's own with nn.Dropout trains
+    (the built-in models have no stochastic layer and ignore it).
     apply(state, grads, batch_stats, loss, logits, labels) -> (state, loss, correct).
     """
 
@@ -238,11 +241,13 @@ def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: Trai
         images = augment_lib.augment(
             take(x, index), augment_key(config, model_index, state.step), config.augment
         )
-        return images, y[index]
+        return images, y[index], dropout_key(config, model_index, state.step)
 
-    def loss_fn(params, batch_stats, images, labels):
+    def loss_fn(params, batch_stats, images, labels, rng):
         variables = {"params": params, "batch_stats": batch_stats}
-        logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        logits, updates = model.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+        )
         return cross_entropy(logits, labels).mean(), (logits, updates.get("batch_stats", {}))
 
     def apply(state, grads, batch_stats, loss, logits, labels):
@@ -259,6 +264,10 @@ def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: Trai
 
 def augment_key(config: TrainingConfig, model_index, global_step):
     return jax.random.fold_in(jax.random.fold_in(model_key(config.seed, model_index), _AUGMENT), global_step)
+
+
+def dropout_key(config: TrainingConfig, model_index, global_step):
+    return jax.random.fold_in(jax.random.fold_in(model_key(config.seed, model_index), _DROPOUT), global_step)
 
 
 def predict(model: nn.Module, state: TrainState, x):

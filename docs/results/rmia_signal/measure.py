@@ -24,7 +24,7 @@ import numpy as np
 
 from lira import metrics
 from lira.attacks import options_from_flags, protocol, rmia
-from lira.run import layout
+from lira.run import records
 from lira.run.reader import read_run
 from lira.signals import ProbabilitySignal
 
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--oracle_dir", default=None)
     args = parser.parse_args()
     logdir = Path(args.logdir)
-    keep = layout.load_keep(logdir)
+    keep = records.load_keep(logdir)
     targets = list(range(min(args.num_targets, len(keep))))
     membership = keep[targets]
     out = {

@@ -13,7 +13,7 @@ import numpy as np
 
 from lira import metrics
 from lira.attacks import protocol, rmia
-from lira.run import layout
+from lira.run import records
 from lira.run.reader import read_run
 from lira.signals import ProbabilitySignal
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--logdir", required=True)
     parser.add_argument("--num_targets", type=int, default=16)
     args = parser.parse_args()
-    keep = layout.load_keep(args.logdir)
+    keep = records.load_keep(args.logdir)
     targets = list(range(min(args.num_targets, len(keep))))
     warnings.simplefilter("ignore", rmia.InvalidProbabilityWarning)
     for signal in (ProbabilitySignal("softmax", 2.0), ProbabilitySignal("taylor", 2.0, 0.6, 4),
