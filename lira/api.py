@@ -125,10 +125,7 @@ def audit(
     if num_targets < 1:
         raise ValueError(f"num_targets must be >= 1, got {num_targets}.")
     targets = list(range(min(num_targets, len(keep))))
-    names, skipped = runnable_attacks(keep, targets, names, num_shadows_used, seed)
-    if skipped and (strict or not names):
-        name, reason = next(iter(skipped.items()))
-        raise ValueError(reason if strict else f"No attack can run on these models: {name}: {reason}")
+    names, skipped = runnable_attacks(keep, targets, names, num_shadows_used, seed, strict=strict)
     signals = signals_from_logits(logits, labels, probability_signal(names, options))
     run = Run(keep=keep, labels=labels, signals=signals)
     results = run_attacks(run, names, targets, num_shadows_used, seed, options)

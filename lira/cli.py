@@ -18,7 +18,6 @@ LIRA_TRACEBACK=1 shows the traceback instead. Anything else is a bug and keeps i
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import sys
@@ -26,6 +25,7 @@ import sys
 from absl import app, flags
 
 from lira import config, xla_flags
+from lira.run.layout import DISK_FULL
 
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
 _DEFINE = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string,
@@ -115,9 +115,6 @@ def run(main) -> None:
             fail(str(error))
 
     app.run(guarded, flags_parser=parse)
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
 
 
 def disk_full_message(error: OSError) -> str:

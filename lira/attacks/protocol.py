@@ -150,6 +150,32 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
     """Fails, before any work, if some attack lacks the references it needs for some example
     other than a canary (module docstring), or RMIA a population; returns the reference selection
     it checked."""
+    selection, problems = reference_problems(keep, targets, attacks, num_shadows_used, seed, canaries)
+    if problems:
+        raise ValueError(next(iter(problems.values())))
+    return selection
+
+
+def runnable_attacks(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
+                     seed: int, canaries: np.ndarray | None = None,
+                     strict: bool = False) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """(the attacks this run has the references for, {attack: why not} for the others), so that one
+    attack short of references does not stop the others. Raises ValueError when `strict` and some
+    attack cannot run, when none can, and for a flag no attack can run with (num_shadows_used
+    beyond the models)."""
+    _, skipped = reference_problems(keep, targets, attacks, num_shadows_used, seed, canaries)
+    runnable = [name for name in attacks if name not in skipped]
+    if skipped and (strict or not runnable):
+        name, reason = next(iter(skipped.items()))
+        raise ValueError(reason if strict else f"No attack can run on these models: {name}: {reason}")
+    return runnable, skipped
+
+
+def reference_problems(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
+                       seed: int, canaries: np.ndarray | None = None) -> tuple[Selection | None, dict[str, str]]:  # fmt: skip
+    """(the reference selection, {attack: why it cannot run}) for every attack at once, the
+    selection drawn once. The problems are in the order the checks run (the first is what
+    check_references raises). A num_shadows_used beyond the models raises: no attack can run."""
     num_models = keep.shape[0]
     independent = canary_columns(keep.shape[1], canaries)
     if num_shadows_used is not None and not 1 <= num_shadows_used <= num_models - 1:
@@ -157,73 +183,74 @@ def check_references(keep: np.ndarray, targets: list[int], attacks: list[str], n
             f"num_shadows_used={num_shadows_used}, but each target has {num_models - 1} references "
             f"({num_models} models); choose 1..{num_models - 1}."
         )
-    if num_models < 2 and any(ATTACKS[name].references != "none" for name in attacks):
-        raise ValueError(f"Attacks with references need >= 2 models; the run has {num_models}.")
-    if num_shadows_used is not None and any(ATTACKS[name].references == "out" for name in attacks):
+    problems: dict[str, str] = {}
+    with_references = [name for name in attacks if ATTACKS[name].references != "none"]
+    if num_models < 2:
+        for name in with_references:
+            problems[name] = f"Attacks with references need >= 2 models; the run has {num_models}."
+        if problems:  # nothing to select references from
+            return None, problems
+    offline = [name for name in attacks if ATTACKS[name].references == "out"]
+    if num_shadows_used is not None and offline:
         available = num_models - keep.sum(axis=0) - 1  # OUT references every example has, member or not
         available[independent] = num_models  # a canary may have fewer: it is left unscored
         if available.min() < num_shadows_used:
             example = int(np.argmin(available))
-            name = next(name for name in attacks if ATTACKS[name].references == "out")
-            raise ValueError(
-                f"num_shadows_used={num_shadows_used} is too large for offline attack {name}: example {example} "
-                f"has only {available[example]} OUT references for a target that is not trained on it "
-                f"(equal counts for members and non-members); choose at most {available.min()}."
-            )
+            for name in offline:
+                problems.setdefault(
+                    name,
+                    f"num_shadows_used={num_shadows_used} is too large for offline attack {name}: example {example} "
+                    f"has only {available[example]} OUT references for a target that is not trained on it "
+                    f"(equal counts for members and non-members); choose at most {available.min()}.",
+                )
     selection = select_references(keep, targets, num_shadows_used, seed, canaries=canaries)
-    if any(ATTACKS[name].needs_probability for name in attacks):
-        for target in targets:
-            if not population(keep, target, independent).size:
-                raise ValueError(
-                    f"RMIA needs a population, but target {target} trained on every pool example outside "
+    rmia = [name for name in attacks if ATTACKS[name].needs_probability and name not in problems]
+    if rmia:
+        empty = next((t for t in targets if not population(keep, t, independent).size), None)
+        if empty is not None:
+            for name in rmia:
+                problems[name] = (
+                    f"RMIA needs a population, but target {empty} trained on every pool example outside "
                     "the canaries; use a larger --pool_size or fewer --canaries."
                 )
-    for name in attacks:
-        spec = ATTACKS[name]
-        if spec.references == "none":
-            continue
-        if spec.references == "out":
-            counts = {"OUT": selection.offline_out.sum(axis=1)}
-            needed = {"OUT": spec.min_out}
-        else:
-            counts = {"IN": selection.is_in.sum(axis=1), "OUT": selection.is_out.sum(axis=1)}
-            needed = {"IN": spec.min_in, "OUT": spec.min_out}
-        for kind, count in counts.items():  # count: [T, N]
-            count = np.where(independent, np.iinfo(count.dtype).max, count)  # canaries may be short
-            if count.min() < needed[kind]:
-                row, example = np.unravel_index(np.argmin(count), count.shape)
-                raise ValueError(
-                    f"{name} needs >= {needed[kind]} {kind} references per example, but for target "
-                    f"{targets[row]} example {example} has {count[row, example]} (equal IN/OUT counts, "
-                    f"{num_shadows_used or num_models - 1} references used); train more shadow models or "
-                    "raise num_shadows_used."
-                )
-            # An offline test pools around the global mean when no example has two (lira_attacks).
-            if spec.pooled and spec.references != "out" and count.max(axis=1).min() < 2:
-                row = int(np.argmin(count.max(axis=1)))
-                raise ValueError(
-                    f"{name} pools one {kind} variance from examples with >= 2 {kind} references, but for "
-                    f"target {targets[row]} no example has more than {count[row].max()}; train more shadow "
-                    "models or raise num_shadows_used."
-                )
-    return selection
+    for name in with_references:
+        if name not in problems:
+            problem = _count_problem(name, selection, independent, targets, num_shadows_used, num_models)
+            if problem is not None:
+                problems[name] = problem
+    return selection, problems
 
 
-def runnable_attacks(keep: np.ndarray, targets: list[int], attacks: list[str], num_shadows_used: int | None,
-                     seed: int, canaries: np.ndarray | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
-    """(the attacks this run has the references for, {attack: why not} for the others): check_references
-    attack by attack, so that one attack short of references does not stop the others. A flag no
-    attack can run with (num_shadows_used beyond the models) still raises."""
-    check_references(keep, targets, [], num_shadows_used, seed, canaries)
-    runnable, skipped = [], {}
-    for name in attacks:
-        try:
-            check_references(keep, targets, [name], num_shadows_used, seed, canaries)
-        except ValueError as error:
-            skipped[name] = str(error)
-        else:
-            runnable.append(name)
-    return runnable, skipped
+def _count_problem(name: str, selection: Selection, independent: np.ndarray, targets: list[int],
+                   num_shadows_used: int | None, num_models: int) -> str | None:  # fmt: skip
+    """Why attack `name` lacks the IN/OUT references it needs for some example other than a
+    canary, or None."""
+    spec = ATTACKS[name]
+    if spec.references == "out":
+        counts = {"OUT": selection.offline_out.sum(axis=1)}
+        needed = {"OUT": spec.min_out}
+    else:
+        counts = {"IN": selection.is_in.sum(axis=1), "OUT": selection.is_out.sum(axis=1)}
+        needed = {"IN": spec.min_in, "OUT": spec.min_out}
+    for kind, count in counts.items():  # count: [T, N]
+        count = np.where(independent, np.iinfo(count.dtype).max, count)  # canaries may be short
+        if count.min() < needed[kind]:
+            row, example = np.unravel_index(np.argmin(count), count.shape)
+            return (
+                f"{name} needs >= {needed[kind]} {kind} references per example, but for target "
+                f"{targets[row]} example {example} has {count[row, example]} (equal IN/OUT counts, "
+                f"{num_shadows_used or num_models - 1} references used); train more shadow models or "
+                "raise num_shadows_used."
+            )
+        # An offline test pools around the global mean when no example has two (lira_attacks).
+        if spec.pooled and spec.references != "out" and count.max(axis=1).min() < 2:
+            row = int(np.argmin(count.max(axis=1)))
+            return (
+                f"{name} pools one {kind} variance from examples with >= 2 {kind} references, but for "
+                f"target {targets[row]} no example has more than {count[row].max()}; train more shadow "
+                "models or raise num_shadows_used."
+            )
+    return None
 
 
 def _target_seed(seed: int, target: int) -> int:

@@ -68,7 +68,7 @@ def atomic_write(path: Path, write_fn, mode: str) -> None:
         raise
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
 
 
 def _name_file(error: BaseException, path: Path) -> None:

@@ -116,25 +116,17 @@ def load_signals(logdir: Path, keep: np.ndarray, labels: np.ndarray,
     expected = (
         (num_examples, recorded.queries, recorded.data.get("num_classes")) if recorded else (num_examples,)
     )
-    first = None
-    for m in model_indices:  # headers and sizes only: float32 [N, Q, C] as config.json records Q and C
-        shape = verify.check_file(layout.logits_path(logdir, m), (*expected, None, None)[:3], logdir)
-        if first is not None and shape != first:
-            raise layout.RunDirError(
-                f"{layout.logits_path(logdir, m)} has shape {shape}, model {model_indices[0]}'s {first}; "
-                f"python experiments/inference.py --logdir={logdir} rewrites it."
-            )
-        first = shape
-    _, num_queries, num_classes = first
+    # headers and sizes only: float32 [N, Q, C] as config.json records Q and C
+    paths = [layout.logits_path(logdir, m) for m in model_indices]
+    _, num_queries, num_classes = _checked_shape(paths, (*expected, None, None)[:3], logdir)
     verify.check_labels(labels, num_classes)
     shape = (len(model_indices), num_examples, num_queries)
     names = ["phi", "ce"] + (["probability"] if probability_signal is not None else [])
     arrays = {name: np.empty(shape, np.float32) for name in names}
 
     def load(row: int) -> None:
-        path = layout.logits_path(logdir, model_indices[row])
-        logits = np.load(path)
-        verify.check_finite(logits, path, model_indices[row])
+        logits = np.load(paths[row])
+        verify.check_finite(logits, paths[row], model_indices[row])
         one = model_signals(logits, labels, probability_signal)
         for name, values in one.items():
             arrays[name][row] = values
@@ -142,7 +134,6 @@ def load_signals(logdir: Path, keep: np.ndarray, labels: np.ndarray,
     # numpy releases the GIL in its loops: one file per core at a time.
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
         list(pool.map(load, range(len(model_indices))))
-    paths = [layout.logits_path(logdir, m) for m in model_indices]
     signals = Signals(arrays["phi"], arrays["ce"], arrays.get("probability"), probability_signal,
                       lambda m: np.load(paths[m], mmap_mode="r"))  # fmt: skip
     if whitebox:
@@ -173,13 +164,7 @@ def whitebox_signals(logdir: Path, model_indices: list[int], record: records.Run
         "features": (None, recorded.get("queries"), features),
     }
     for kind, files in paths.items():
-        shapes = [verify.check_file(path, expected[kind], logdir, whitebox=True) for path in files]
-        for path, shape in zip(files, shapes):
-            if shape != shapes[0]:
-                raise layout.RunDirError(
-                    f"{path} has shape {shape}, {files[0].name} {shapes[0]}; python experiments/inference.py "
-                    f"--logdir={logdir} --whitebox rewrites it."
-                )
+        _checked_shape(files, expected[kind], logdir, whitebox=True)
     load = lambda row: tuple(np.load(paths[kind][row], mmap_mode="r") for kind in layout.WHITEBOX_KINDS)
     whole = lambda row: np.load(paths["norms"][row], mmap_mode="r")[..., -1]  # the whole model's norm
     rows = []
@@ -188,6 +173,22 @@ def whitebox_signals(logdir: Path, model_indices: list[int], record: records.Run
         verify.check_finite(norms, paths["norms"][row], m, "gradient norms")
         rows.append(-np.log(np.maximum(norms, np.float32(1e-30))))
     return np.stack(rows).astype(np.float32), load
+
+
+def _checked_shape(
+    paths: list[Path], expected: tuple, logdir: Path, whitebox: bool = False
+) -> tuple[int, ...]:
+    """The one shape of the .npy files `paths`, each checked against `expected` (verify.check_file)
+    and all alike; a file that differs is named with the command that rewrites it."""
+    shapes = [verify.check_file(path, expected, logdir, whitebox) for path in paths]
+    for path, shape in zip(paths, shapes):
+        if shape != shapes[0]:
+            flag = " --whitebox" if whitebox else ""
+            raise layout.RunDirError(
+                f"{path} has shape {shape}, {paths[0].name} {shapes[0]}; python experiments/inference.py "
+                f"--logdir={logdir}{flag} rewrites it."
+            )
+    return shapes[0]
 
 
 def _recorded(logdir: Path) -> records.RunRecord | None:

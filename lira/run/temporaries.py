@@ -44,30 +44,25 @@ def temporary_name(name: str, kind: str = "tmp") -> str:
 def create_file(folder: Path, name: str) -> tuple[int, Path]:
     """(fd open read-write, path) of a new, empty file under a unique temporary name for `name` in
     `folder`, created exclusively (never an existing file, never through a symlink)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(_ATTEMPTS):
-        path = folder / temporary_name(name)
-        try:
-            return os.open(path, flags, 0o666), path  # 0o666 less the umask: shared groups read it
-        except FileExistsError:
-            continue
-    raise FileExistsError(
-        errno.EEXIST, f"no free temporary name for {name} after {_ATTEMPTS} tries", str(folder)
-    )
+    # 0o666 less the umask: shared groups read it
+    return _create(folder, name, "tmp", lambda path: (os.open(path, flags, 0o666), path))
 
 
 def create_dir(folder: Path, name: str, kind: str = "tmp") -> Path:
     """A new empty folder under a unique temporary name for `name` in `folder` (mkdir is exclusive
     and never follows a symlink at the name)."""
+    return _create(folder, name, kind, lambda path: (path.mkdir(), path)[1])
+
+
+def _create(folder: Path, name: str, kind: str, make):
+    """make(path) at the first free temporary name for `name` in `folder` (make fails with
+    FileExistsError on a taken one, which is tried again under another random part)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(_ATTEMPTS):
-        path = folder / temporary_name(name, kind)
         try:
-            path.mkdir()
-            return path
+            return make(folder / temporary_name(name, kind))
         except FileExistsError:
             continue
     raise FileExistsError(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lira.run import records, verify
+from lira.run import records
 
 SKIP_MEMORY_CHECK = "LIRA_SKIP_MEMORY_CHECK"
 # Memory a training step's compiled program takes per byte of the captured module outputs: the
@@ -180,12 +180,11 @@ def check_training(config, dataset, num_models: int) -> None:
     check_memory("Training", host, device, f"--num_shadows={training.num_shadows}, --pool_size or {flags}")
 
 
-def check_query(logdir: str | os.PathLike, config, min_models_per_call: int) -> None:
-    """Before the dataset is loaded: the logdir, and the memory one inference call needs (the
-    parameters and the activations of batch_size images of each model of a call, which groups
-    training slices up to min_models_per_call models: lira.stages.query) and the dataset on the host."""
-    logdir = verify.check_logdir(logdir)
-    record = records.load_record(logdir)
+def check_query(record: records.RunRecord, config, min_models_per_call: int) -> None:
+    """Before the dataset is loaded: the memory one inference call of the run in `record` needs
+    (the parameters and the activations of batch_size images of each model of a call, which
+    groups training slices up to min_models_per_call models: lira.stages.query) and the dataset
+    on the host."""
     facts, training = record.data, record.config.training
     if not {"num_classes", "input_shape", "num_examples"} <= set(facts):
         return  # a run made elsewhere: nothing to estimate from

@@ -51,12 +51,12 @@ def query(logdir: str | Path, config: QueryConfig, progress: bool = True) -> lis
     config.validate()
     record = records.load_record(verify.check_logdir(logdir))
     arch = import_arch(model_arch(logdir, record, config.arch))  # before anything builds the model
-    preflight.check_query(logdir, config, MIN_MODELS_PER_CALL)
+    preflight.check_query(record, config, MIN_MODELS_PER_CALL)
     queries = resolve_queries(record, config.queries, config.allow_untrained_views)
     if config.whitebox:  # both counts checked before any work
         resolve_queries(record, config.whitebox_queries or queries, config.allow_untrained_views,
                         "--whitebox_queries")  # fmt: skip
-    written = _query_logits(logdir, queries, config.batch_size, progress, arch)
+    written = _query_logits(logdir, record, queries, config.batch_size, progress, arch)
     if config.whitebox:
         query_whitebox(logdir, dataclasses.replace(config, whitebox_queries=config.whitebox_queries or queries),
                        progress)  # fmt: skip
@@ -92,9 +92,9 @@ def model_arch(logdir: str | Path, record: records.RunRecord, named: str | None)
     return arch
 
 
-def _query_logits(logdir: str | Path, queries: int, batch_size: int, progress: bool, arch: str) -> list[int]:
+def _query_logits(logdir: str | Path, record: records.RunRecord, queries: int, batch_size: int, progress: bool,
+                  arch: str) -> list[int]:  # fmt: skip
     logdir = Path(logdir)
-    record = records.load_record(logdir)
     if record.queries not in (None, queries) and layout.available_logits(logdir):
         raise ValueError(
             f"{logdir / layout.LOGITS_DIR} holds logits for --queries={record.queries}; "
