@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import train_run
 
 from lira.config import TrainingConfig
 from lira.run import masks
 from lira.stages import preflight
-from lira.training import loop, models
+from lira.training import dpsgd, loop, models
 from lira.training import step as step_lib
 
 
@@ -74,3 +75,73 @@ def test_a_wrong_head_and_a_wrong_factory_are_one_line_each(monkeypatch):
         preflight.model_shapes("test-wide", 3, (6,))
     with pytest.raises(ValueError, match=r"factory must take \(num_classes, conv_impl, dtype\)"):
         models.get_model("test-two-arguments", 3)
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)])
+
+
+def test_dp_clipping_gives_each_example_its_own_dropout_mask():
+    """The per-example clipped sum with dropout, against a slow loop: example i's gradient on its
+    own key fold_in(rng, i), clipped, summed over the non-padding rows."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(6, 6)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 3, 6).astype(np.int32))
+    model = DropoutNet(3)
+    params = model.init(jax.random.key(0), x[:1], train=False)["params"]
+    padding = jnp.asarray(np.arange(6) >= 5)
+    key, clip = jax.random.key(7), 0.3
+    got, losses, _ = dpsgd.make_clipped_sum(model, clip, "per_example")(params, x, y, padding, rng=key)
+
+    def loss(p, i):
+        logits = model.apply({"params": p}, x[i : i + 1], train=True,
+                             rngs={"dropout": jax.random.fold_in(key, i)})  # fmt: skip
+        return step_lib.cross_entropy(logits, y[i : i + 1]).sum()
+
+    expected = np.zeros_like(_flat(params))
+    for i in range(5):
+        g = _flat(jax.grad(loss)(params, i))
+        expected += g * min(1.0, clip / np.linalg.norm(g))
+        np.testing.assert_allclose(losses[i], loss(params, i), rtol=1e-6)
+    np.testing.assert_allclose(_flat(got), expected, rtol=1e-5, atol=1e-7)
+    # The masks differ between examples: the same example in two rows gets two gradients.
+    twice = jnp.stack([x[0], x[0]]), jnp.stack([y[0], y[0]])
+    _, pair, _ = dpsgd.make_clipped_sum(model, clip, "per_example")(
+        params, *twice, jnp.zeros(2, bool), rng=key
+    )
+    assert pair[0] != pair[1]
+
+
+def test_dp_trains_a_dropout_model_vectorized_as_alone_and_refuses_ghost(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        models._REGISTRY, "test-dropout", lambda num_classes, conv_impl, dtype: DropoutNet(num_classes)
+    )
+    monkeypatch.setitem(
+        models._REGISTRY,
+        "test-no-dropout",
+        lambda num_classes, conv_impl, dtype: DropoutNet(num_classes, 0.0),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 48).astype(np.int32)
+    kwargs = dict(
+        num_models=3, batch_size=8, epochs=2, augment="none", dp_noise_multiplier=1.0, dp_clip_norm=1.0
+    )
+    together = train_run(tmp_path / "all", x, y, arch="test-dropout", models_per_step=3, **kwargs)
+    alone = train_run(
+        tmp_path / "one", x, y, arch="test-dropout", model_ids=(1, 2), models_per_step=1, **kwargs
+    )
+    for a, b in zip(together[1], alone[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    without = train_run(tmp_path / "rate0", x, y, arch="test-no-dropout", models_per_step=3, **kwargs)
+    assert not np.allclose(together[1][0], without[1][0])  # dropout acted under DP too
+    config = TrainingConfig(dp_noise_multiplier=1.0, dp_clipping="ghost")
+    with pytest.raises(ValueError, match="--dp_clipping=ghost takes a deterministic model.*per_example"):
+        dpsgd.make_dp_train_step(DropoutNet(3), None, config, x[0])
+    assert not dpsgd.uses_rngs(DropoutNet(3, 0.0), *_shapes(DropoutNet(3, 0.0), x[0]))
+    assert dpsgd.uses_rngs(DropoutNet(3), *_shapes(DropoutNet(3), x[0]))
+
+
+def _shapes(model, sample):
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(sample)[None], train=False))
+    return params["params"], sample

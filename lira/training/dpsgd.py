@@ -21,6 +21,7 @@ tests/test_dp.py checks that both give the same sum, and jax-privacy's is the re
 
 from __future__ import annotations
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,40 +44,63 @@ def ghost_applies(model: nn.Module, params, sample, dense_only: bool = False) ->
     return all(key[:-1] in taps for key in traverse_util.flatten_dict(params)) and (dense or not dense_only)
 
 
-def make_clipped_sum(model: nn.Module, clip_norm: float, method: str = "per_example"):
-    """fn(params, images [P, ...], labels [P], is_padding_example=bool [P]) -> (the sum over the
-    non-padding examples of each one's cross-entropy gradient clipped to clip_norm, per-example
-    losses [P], per-example correct predictions [P]). method: "per_example" or "ghost" (module
-    docstring); BatchNorm-free models only."""
+def uses_rngs(model: nn.Module, params, sample) -> bool:
+    """Whether `model` in training mode draws randomness (nn.Dropout, or any layer's make_rng);
+    params: arrays or shapes, sample [...] one example. Traced on shapes only."""
+    try:
+        jax.eval_shape(
+            lambda p, x: model.apply({"params": p}, x[None], train=True), params, jnp.asarray(sample)
+        )
+    except flax.errors.InvalidRngError:
+        return True
+    return False
 
-    def logits_of(params, images):
-        return model.apply({"params": params}, images, train=True)
+
+def make_clipped_sum(model: nn.Module, clip_norm: float, method: str = "per_example"):
+    """fn(params, images [P, ...], labels [P], is_padding_example=bool [P], rng=None) -> (the sum
+    over the non-padding examples of each one's cross-entropy gradient clipped to clip_norm,
+    per-example losses [P], per-example correct predictions [P]). method: "per_example" or "ghost"
+    (module docstring); BatchNorm-free models only.
+
+    rng: the step's key for flax's "dropout" stream. Example i of the physical batch draws from
+    fold_in(rng, i), so each example's dropout mask is its own, as in a batched forward pass, and
+    its clipped gradient is that of the loss it was trained on. "ghost" takes deterministic models
+    only (its norms come from a forward pass in inference mode; make_dp_train_step refuses it)."""
+
+    def logits_of(params, images, rngs):
+        return model.apply({"params": params}, images, train=True, rngs=rngs)
 
     if method == "per_example":
 
-        def example_loss(params, images, labels):  # one example, as [1, ...]
-            logits = logits_of(params, images)
+        def example_loss(params, images, labels, keys):  # one example, as [1, ...]
+            rngs = {} if keys is None else {"dropout": jax.random.wrap_key_data(keys[0])}
+            logits = logits_of(params, images, rngs)
             return step_lib.cross_entropy(logits, labels).sum(), jnp.sum(jnp.argmax(logits, -1) == labels)
 
         clipped = jax_privacy.clipped_grad(
-            example_loss, has_aux=True, return_values=True, l2_clip_norm=clip_norm, batch_argnums=(1, 2)
+            example_loss, has_aux=True, return_values=True, l2_clip_norm=clip_norm, batch_argnums=(1, 2, 3)
         )
 
-        def per_example(params, images, labels, is_padding_example):
-            grads, aux = clipped(params, images, labels, is_padding_example=is_padding_example)
+        def per_example(params, images, labels, is_padding_example, rng=None):
+            keys = None
+            if rng is not None:  # [P, 2] raw keys: clipped_grad slices its batch arguments
+                keys = jax.random.key_data(
+                    jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(len(labels)))
+                )
+            grads, aux = clipped(params, images, labels, keys, is_padding_example=is_padding_example)
             return grads, aux.values, aux.aux
 
         return per_example
     if method != "ghost":
         raise ValueError(f"Unknown DP clipping {method!r}; valid: per_example, ghost.")
 
-    def ghost(params, images, labels, is_padding_example):
+    def ghost(params, images, labels, is_padding_example, rng=None):
         norms = grad_norms.per_example_norms(model, params, images, labels)  # [P]
         scale = jnp.where(is_padding_example | ~jnp.isfinite(norms), 0.0, jnp.minimum(1.0, clip_norm / norms))
         scale = jax.lax.stop_gradient(scale)
 
         def weighted(params):
-            logits = logits_of(params, images)
+            logits = logits_of(params, images, {})
             losses = step_lib.cross_entropy(logits, labels)
             return jnp.sum(scale * losses), (losses, jnp.argmax(logits, -1) == labels)
 
@@ -94,12 +118,21 @@ def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, confi
     For one model: batches int32 [S, P] and sizes int32 [S] from sampling.py's Poisson sampling
     for this epoch (P the physical batch); row `step_in_epoch` holds the step's draw, then
     padding, which contributes exactly zero. tx (step.make_optimizer's DP chain) adds the noise.
-    The model must hold no BatchNorm: its statistics would mix examples before clipping.
+    The model must hold no BatchNorm: its statistics would mix examples before clipping. A model
+    with dropout draws each example's mask from the step's dropout key (step.dropout_key, as in
+    ordinary training) folded with the example's row, and is clipped per example.
     """
     method = config.dp_clipping
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(sample)[None], train=False))
+    stochastic = uses_rngs(model, params["params"], sample)
+    if method == "ghost" and stochastic:
+        raise ValueError(
+            "--dp_clipping=ghost takes a deterministic model, but this one draws randomness in "
+            "training (dropout); use --dp_clipping=per_example or auto."
+        )
     if method == "auto":
-        params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(sample)[None], train=False))
-        method = "ghost" if ghost_applies(model, params["params"], sample, dense_only=True) else "per_example"
+        ghost = not stochastic and ghost_applies(model, params["params"], sample, dense_only=True)
+        method = "ghost" if ghost else "per_example"
     clipped_sum = make_clipped_sum(model, config.dp_clip_norm, method)
 
     def dp_step(state, batches, sizes, model_index, x, y, step_in_epoch):
@@ -107,7 +140,10 @@ def make_dp_train_step(model: nn.Module, tx: optax.GradientTransformation, confi
         padding = jnp.arange(index.shape[0]) >= size
         key = step_lib.augment_key(config, model_index, state.step)
         images = augment_lib.augment(step_lib.take(x, index), key, config.augment)
-        grads, losses, correct = clipped_sum(state.params, images, y[index], is_padding_example=padding)
+        rng = step_lib.dropout_key(config, model_index, state.step)
+        grads, losses, correct = clipped_sum(
+            state.params, images, y[index], is_padding_example=padding, rng=rng
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         loss = jnp.sum(jnp.where(padding, 0.0, losses)) / jnp.maximum(size, 1)
