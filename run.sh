@@ -2,7 +2,7 @@
 # Set-up and the main job.
 #   ./run.sh          install into .venv, then the demo: train, query and attack shadow models
 #                     on scikit-learn's bundled digits (no network), writing exp/demo/
-#   ./run.sh test     the same install, then ruff and the whole test suite (what CI runs)
+#   ./run.sh test     the same install, then ruff and the whole test suite in two processes (what CI runs)
 #   ./run.sh test --fast   ruff and the fast tier: the tests not marked slow (docs/testing.md)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,11 +11,18 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when the requirements change.
-stamp=".venv/.installed-$(cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)"
+# Reinstall only when the requirements change. The tests also need torch (requirements-bench.txt:
+# the PyTorch baseline and worked example); the demo does not.
+requirements=(requirements.txt)
+if [ "${1:-demo}" = test ]; then
+  requirements+=(requirements-bench.txt)
+fi
+stamp=".venv/.installed-$(cat "${requirements[@]}" pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  for file in "${requirements[@]}"; do
+    .venv/bin/python -m pip install -q -r "$file"
+  done
   .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
@@ -31,7 +38,9 @@ case "${1:-demo}" in
     if [ "${2:-}" = --fast ]; then
       "$PY" -m pytest -q -m "not slow" "${@:3}"
     else
-      "$PY" -m pytest -q "${@:2}"
+      # Two processes (pytest-xdist), each test file whole in one: the suite is mostly compiling
+      # and single-threaded Python, so two use a 2-core machine's second core (docs/testing.md).
+      "$PY" -m pytest -q -n "${LIRA_TEST_WORKERS:-2}" --dist loadfile "${@:2}"
     fi
     ;;
   demo)

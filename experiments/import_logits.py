@@ -7,7 +7,7 @@ attack stage and the notebooks.
 --logits: [M, N, C] or [M, N, Q, C] (Q augmented views of each example) in a .npy or .npz file,
 or a folder of per-model .npy files [N, C] / [N, Q, C] numbered 0..M-1 in their names; --keep:
 bool [M, N], model m trained on example n; --labels: int [N]. Pickles are never loaded.
-docs/run_directory.md describes what is written.
+What is written: lira/run/importer.py, and config.json's schema in docs/run_directory.schema.json.
 """
 
 from absl import flags

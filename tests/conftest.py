@@ -87,6 +87,8 @@ def pytest_sessionfinish(session, exitstatus):
         return
     if session.shouldfail or not _runs_the_whole_fast_tier(session.config):
         return
+    if not session.items:  # pytest-xdist's controller: its workers hold the items; a serial run checks
+        return
     reached = reached_modules({item.path for item in session.items})
     unreached = sorted(set(lira_modules()) - reached)
     if unreached:

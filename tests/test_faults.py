@@ -8,7 +8,7 @@ scripts and compares run directories. Each test starts stage processes (seconds 
 tier runs two points of each stage, a full disk mid-inference, two inference writers and the check
 of how temporaries are created; the sweeps and the other cases are marked slow. A sweep takes
 every SWEEP_STRIDE-th write point (the kill and the full-disk sweeps different ones, so together
-they cover a third of the points at the default 6, within CI's time); LIRA_FAULT_STRIDE=1
+they cover a sixth of the points at the default 12, within CI's time); LIRA_FAULT_STRIDE=1
 sweeps every point (docs/testing.md says when that was last run, and what it found).
 """
 
@@ -125,7 +125,7 @@ def test_a_full_disk_at_every_write_point(reference, tmp_path, step):
     sweep(reference, tmp_path, step, "enospc")
 
 
-SWEEP_STRIDE = int(os.environ.get("LIRA_FAULT_STRIDE", "6"))
+SWEEP_STRIDE = int(os.environ.get("LIRA_FAULT_STRIDE", "12"))
 
 
 def sweep(reference, tmp_path, step: str, fault: str) -> None:

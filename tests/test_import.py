@@ -1,5 +1,6 @@
 """Models trained elsewhere: examples/sklearn_mlp.py's models through experiments/import_logits.py
-and the attack stage, and through lira.api, give the same scores; the files are read without pickle."""
+and the attack stage, and through lira.api, give the same scores; examples/pytorch_cnn.py's
+per-model files through the same command; the files are read without pickle."""
 
 import importlib.util
 import json
@@ -17,9 +18,15 @@ from lira.stages import attack
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ["loss", "lira_online", "rmia_online"]
 
-_spec = importlib.util.spec_from_file_location("sklearn_mlp", ROOT / "examples" / "sklearn_mlp.py")
-SKLEARN_MLP = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(SKLEARN_MLP)
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SKLEARN_MLP = _example("sklearn_mlp")
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +39,20 @@ def arrays(tmp_path_factory):
     return out, logits, keep, labels
 
 
-def test_the_import_command_and_the_api_audit_the_same(arrays, tmp_path):
-    out, logits, keep, labels = arrays
-    logdir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "experiments" / "import_logits.py"), f"--logits={out / 'logits.npy'}",
+def _import_command(logits, out, logdir, description):
+    """Runs experiments/import_logits.py on out/keep.npy and out/labels.npy as the README does."""
+    command = [sys.executable, str(ROOT / "experiments" / "import_logits.py"), f"--logits={logits}",
                f"--keep={out / 'keep.npy'}", f"--labels={out / 'labels.npy'}", f"--logdir={logdir}",
-               "--description=6 scikit-learn MLPs"]  # fmt: skip
+               f"--description={description}"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert f"next: python experiments/attack.py --logdir={logdir}" in done.stdout
+
+
+def test_the_import_command_and_the_api_audit_the_same(arrays, tmp_path):
+    out, logits, keep, labels = arrays
+    logdir = tmp_path / "run"
+    _import_command(out / "logits.npy", out, logdir, "6 scikit-learn MLPs")
     record = records.load_record(logdir)
     assert record.external and record.queries == 1 and record.models["description"] == "6 scikit-learn MLPs"
     assert "flags" not in json.loads(
@@ -86,3 +98,24 @@ def test_pickles_and_used_folders_are_refused(arrays, tmp_path):
     with pytest.raises(ValueError, match="look like probabilities"):  # checked as lira.api checks them
         importer.import_run(tmp_path / "new", np.full((6, 1797, 10), 0.1), keep, labels)
     assert not (tmp_path / "new").exists()  # nothing written before the checks pass
+
+
+def test_pytorch_models_written_one_file_each_are_audited(tmp_path):
+    """examples/pytorch_cnn.py: 6 CNNs trained by a plain PyTorch loop on NCHW images, each
+    leaving logits/model_M.npy [N, 2, C]; the folder goes through the import command and the
+    attack stage, and the models' members score above their non-members."""
+    example = _example("pytorch_cnn")
+    keep, labels = example.train_models(tmp_path, num_models=6, epochs=4)
+    np.save(tmp_path / "keep.npy", keep)
+    np.save(tmp_path / "labels.npy", labels)
+    logdir = tmp_path / "run"
+    _import_command(tmp_path / "logits", tmp_path, logdir, "6 PyTorch CNNs")
+    assert records.load_record(logdir).queries == 2
+    metrics = attack.attack(
+        logdir, config.AttackConfig(attacks=["loss", "lira_online"], num_targets=6, bootstrap=10, strict=True)
+    )
+    for name in ("loss", "lira_online"):
+        scores = np.load(logdir / layout.REPORT_DIR / layout.SCORES_DIR / f"{name}.npy")
+        assert scores.shape == keep.shape and np.isfinite(scores).all()
+        assert scores[keep].mean() > scores[~keep].mean(), name
+        assert metrics["attacks"][name]["auc"] > 0.5, name
