@@ -145,3 +145,32 @@ def test_dp_trains_a_dropout_model_vectorized_as_alone_and_refuses_ghost(tmp_pat
 def _shapes(model, sample):
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.asarray(sample)[None], train=False))
     return params["params"], sample
+
+
+class NoisyNet(nn.Module):
+    """Gaussian noise on its hidden units in training, from a stream of its own ("noise")."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+        if train:
+            x = x + 0.5 * jax.random.normal(self.make_rng("noise"), x.shape)
+        return nn.Dense(self.num_classes)(x).astype(jnp.float32)
+
+
+def test_a_layer_with_a_stream_of_its_own_trains_vectorized_as_each_model_alone():
+    together, alone = _steps(NoisyNet(3))
+    for m, single in enumerate(alone):
+        for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(single.params), strict=True):
+            np.testing.assert_allclose(a[m], b, rtol=1e-6, atol=1e-7)
+    again, _ = _steps(NoisyNet(3))
+    for a, b in zip(jax.tree.leaves(together.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = jnp.ones((2, 6))
+    params = NoisyNet(3).init(jax.random.key(0), x, train=False)
+    rngs = [step_lib.stochastic_rngs(jax.random.key(k)) for k in (1, 2)]
+    first, second = (NoisyNet(3).apply(params, x, train=True, rngs=r) for r in rngs)
+    assert not np.allclose(first, second)  # the noise comes from the step's key
+    assert dpsgd.uses_rngs(NoisyNet(3), params["params"], x[0])

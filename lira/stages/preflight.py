@@ -45,6 +45,7 @@ def model_shapes(
     import jax
     import jax.numpy as jnp
 
+    from lira.training import step as step_lib
     from lira.training.models import get_model
 
     model = get_model(arch, num_classes, conv_impl or "xla", jnp.dtype(dtype or "float32"))
@@ -58,7 +59,7 @@ def model_shapes(
                 train=True,
                 capture_intermediates=True,
                 mutable=True,
-                rngs={"dropout": jax.random.key(0)},
+                rngs=step_lib.stochastic_rngs(jax.random.key(0)),
             ),
             variables,
             sample,

@@ -62,9 +62,9 @@ def make_clipped_sum(model: nn.Module, clip_norm: float, method: str = "per_exam
     per-example losses [P], per-example correct predictions [P]). method: "per_example" or "ghost"
     (module docstring); BatchNorm-free models only.
 
-    rng: the step's key for flax's "dropout" stream. Example i of the physical batch draws from
-    fold_in(rng, i), so each example's dropout mask is its own, as in a batched forward pass, and
-    its clipped gradient is that of the loss it was trained on. "ghost" takes deterministic models
+    rng: the step's key for the model's stochastic layers (step.stochastic_rngs). Example i of the
+    physical batch draws from fold_in(rng, i), so each example's dropout mask (or noise) is its
+    own, as in a batched forward pass, and its clipped gradient is that of the loss it trained on. "ghost" takes deterministic models
     only (its norms come from a forward pass in inference mode; make_dp_train_step refuses it)."""
 
     def logits_of(params, images, rngs):
@@ -73,7 +73,7 @@ def make_clipped_sum(model: nn.Module, clip_norm: float, method: str = "per_exam
     if method == "per_example":
 
         def example_loss(params, images, labels, keys):  # one example, as [1, ...]
-            rngs = {} if keys is None else {"dropout": jax.random.wrap_key_data(keys[0])}
+            rngs = {} if keys is None else step_lib.stochastic_rngs(jax.random.wrap_key_data(keys[0]))
             logits = logits_of(params, images, rngs)
             return step_lib.cross_entropy(logits, labels).sum(), jnp.sum(jnp.argmax(logits, -1) == labels)
 

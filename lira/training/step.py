@@ -11,7 +11,8 @@ Randomness is a function of (seed, model index, epoch or step) alone:
     init      = fold_in(model_key, 0)
     epoch order   fold_in(fold_in(model_key, 1), epoch)
     augmentation  fold_in(fold_in(model_key, 2), global_step)
-    dropout       fold_in(fold_in(model_key, 5), global_step)   (flax's "dropout" rng, any model's)
+    dropout       fold_in(fold_in(model_key, 5), global_step)   (flax's "dropout" rng, any model's;
+                                                                 other streams: stochastic_rngs)
     DP batches    numpy's default_rng([seed, model_index, 3, epoch])   (lira/training/sampling.py)
     DP noise      fold_in(model_key, 4), then split every step          (jax-privacy's privatizer)
 
@@ -230,8 +231,9 @@ def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: Trai
     model's minibatch, augmented, and the key of its stochastic layers for this step.
     loss(params, batch_stats, images, labels, rng) -> (mean cross-entropy, (logits, new
     batch_stats)): in float32 whatever the model computes in (the models cast their logits to
-    float32); `rng` is flax's "dropout" stream, so a model of one's own with nn.Dropout trains
-    (the built-in models have no stochastic layer and ignore it).
+    float32); `rng` gives the model's stochastic layers their streams (stochastic_rngs), so a
+    model of one's own with nn.Dropout or noise trains (the built-in models have no stochastic
+    layer and ignore it).
     apply(state, grads, batch_stats, loss, logits, labels) -> (state, loss, correct).
     """
 
@@ -246,7 +248,7 @@ def _step_parts(model: nn.Module, tx: optax.GradientTransformation, config: Trai
     def loss_fn(params, batch_stats, images, labels, rng):
         variables = {"params": params, "batch_stats": batch_stats}
         logits, updates = model.apply(
-            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+            variables, images, train=True, mutable=["batch_stats"], rngs=stochastic_rngs(rng)
         )
         return cross_entropy(logits, labels).mean(), (logits, updates.get("batch_stats", {}))
 
@@ -268,6 +270,13 @@ def augment_key(config: TrainingConfig, model_index, global_step):
 
 def dropout_key(config: TrainingConfig, model_index, global_step):
     return jax.random.fold_in(jax.random.fold_in(model_key(config.seed, model_index), _DROPOUT), global_step)
+
+
+def stochastic_rngs(key) -> dict:
+    """The rngs of a training-mode apply, from one key: flax's "dropout" stream is `key`; any other
+    stream a layer asks for (self.make_rng("noise"), ...) falls back in flax to the "params" stream,
+    given as fold_in(key, 1). The parameters exist, so nothing is initialised from it."""
+    return {"dropout": key, "params": jax.random.fold_in(key, 1)}
 
 
 def predict(model: nn.Module, state: TrainState, x):
