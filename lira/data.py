@@ -333,7 +333,7 @@ def _check_classes(
     """Labels (int, >= 0) that fit num_classes C: at least two classes; every label of both splits
     below C; and where C was inferred from the largest train label, a train example in every class,
     so that a stray label is named rather than silently adding classes."""
-    from lira.run.layout import format_ranges
+    from lira.run.layout import format_ranges, labels_outside
 
     present = np.unique(y_train)
     if num_classes < 2 or len(present) < 2:
@@ -342,13 +342,10 @@ def _check_classes(
             "inference needs a classifier of at least two classes (labels 0..C-1, C >= 2)."
         )
     for split, labels in (("y_train", y_train), ("y_test", y_test)):
-        outside = np.unique(labels[labels >= num_classes])
-        if len(outside):
-            source = "the train labels' classes" if inferred else "its num_classes"
-            raise DatasetError(
-                f"{what}: {split} holds labels {format_ranges(outside[:10].tolist())} outside the {num_classes} "
-                f"classes 0..{num_classes - 1} of {source}; labels must be in 0..{num_classes - 1}."
-            )
+        problem = labels_outside(labels, num_classes)
+        if problem:
+            source = "the train labels" if inferred else "its num_classes"
+            raise DatasetError(f"{what}: {split} holds {problem} of {source}.")
     empty = np.setdiff1d(np.arange(num_classes), present)
     if inferred and len(empty):
         stray = present[present > empty[0]]

@@ -58,8 +58,8 @@ def test_audit_finds_the_planted_signal_and_compares(arrays, tmp_path):
     [
         (lambda lo, k, la: (lo[:, :, 0, :1], k, la), "one column"),
         (lambda lo, k, la: (lo, k[:-1], la), r"keep must be \[M=10, N=200\]"),
-        (lambda lo, k, la: (lo, k, np.where(np.arange(len(la)) == 7, -1, la)), "example 7 has -1"),
-        (lambda lo, k, la: (lo, k, np.where(np.arange(len(la)) == 3, 3, la)), r"in \[0, 3\)"),
+        (lambda lo, k, la: (lo, k, np.where(np.arange(len(la)) == 7, -1, la)), r"labels -1 \(example 7\) outside the 3 classes 0\.\.2: labels must be in \[0, C\)"),
+        (lambda lo, k, la: (lo, k, np.where(np.arange(len(la)) == 3, 3, la)), r"labels 3 \(example 3\) outside the 3 classes 0\.\.2"),
         (lambda lo, k, la: (np.where(np.arange(200)[None, :, None, None] == 5, np.nan, lo), k, la),
          r"not finite for model 0 at examples \[5\]"),
         (lambda lo, k, la: (np.exp(lo) / np.exp(lo).sum(-1, keepdims=True), k, la), "look like probabilities"),

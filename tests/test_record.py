@@ -186,7 +186,8 @@ def test_records_without_files_are_not_checked(tmp_path):
     np.testing.assert_array_equal(reader.read_run(tmp_path).keep, keep[::-1])
     layout.save_npy(tmp_path / layout.LABELS, np.full(10, -1, np.int32))  # out of range is named all the same
     with pytest.raises(
-        layout.RunDirError, match=r"labels.npy holds labels -1, outside the run's classes 0\.\.2"
+        layout.RunDirError,
+        match=r"labels.npy holds labels -1 \(examples 0, 1, 2, 3, 4, \.\.\.\) outside the 3 classes 0\.\.2 of the run\.",
     ):
         reader.read_run(tmp_path)
 

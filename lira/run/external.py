@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lira.run import layout
+
 # Rows that sum to 1 within this, with every value in [0, 1], are taken for probabilities.
 PROBABILITY_TOLERANCE = 1e-3
 # What a probability of 0 becomes when probabilities are converted to log-probabilities.
@@ -78,12 +80,9 @@ def _labels(labels, num_examples: int, num_classes: int) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.issubdtype(labels.dtype, np.floating) or not np.array_equal(labels, np.round(labels)):
             raise ValueError(f"labels must be integers; got dtype {labels.dtype}.")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if len(bad):
-        raise ValueError(
-            f"labels must be in [0, {num_classes}) (C = {num_classes} logits); example {bad[0]} has "
-            f"{labels[bad[0]].item()!r} ({len(bad)} such examples)."
-        )
+    problem = layout.labels_outside(labels, num_classes)
+    if problem:
+        raise ValueError(f"{problem}: labels must be in [0, C) for the logits' C = {num_classes} classes.")
     return labels.astype(np.int32)
 
 

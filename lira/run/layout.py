@@ -236,6 +236,20 @@ def available_logits(logdir: Path) -> list[int]:
     return sorted(int(p.stem) for p in folder.glob("[0-9]*.npy"))
 
 
+def labels_outside(labels, num_classes: int) -> str | None:
+    """None when every label is one of the classes 0..C-1; else the fault, for a message that says
+    where: "labels -1, 10 (examples 4, 7) outside the 3 classes 0..2". A -1 would otherwise be scored
+    against the last class, and a C would index past the logits."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if not len(bad):
+        return None
+    values = format_ranges(np.unique(labels[bad]).astype(np.int64)[:10].tolist())
+    examples = ", ".join(str(j) for j in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    return (f"labels {values} (example{'s' if len(bad) > 1 else ''} {examples}) outside the {num_classes} "
+            f"classes 0..{num_classes - 1}")  # fmt: skip
+
+
 def format_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     out, start, prev = [], None, None

@@ -19,7 +19,7 @@ import numpy as np
 
 from lira.config import Config, TrainingConfig, result_fields
 from lira.run import lock, record_types
-from lira.run.layout import CANARIES, CONFIG, KEEP, LABELS, RunDirError, format_ranges, save_json
+from lira.run.layout import CANARIES, CONFIG, KEEP, LABELS, RunDirError, labels_outside, save_json
 
 
 def _require(logdir: Path, name: str, stage: str) -> Path:
@@ -212,13 +212,9 @@ def load_labels(logdir: Path, record: RunRecord | None = None) -> np.ndarray:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise RunDirError(f"labels.npy must be an int [N] array, got {labels.dtype} {labels.shape}.")
     num_classes = (record.data if record is not None else {}).get("num_classes")
-    outside = labels[(labels < 0) | (labels >= (num_classes or np.iinfo(np.int64).max))]
-    if len(outside):
-        valid = f"0..{num_classes - 1}" if num_classes else ">= 0"
-        raise RunDirError(
-            f"{Path(logdir) / LABELS} holds labels {format_ranges(np.unique(outside)[:10].tolist())}, outside "
-            f"the run's classes {valid}."
-        )
+    problem = labels_outside(labels, num_classes or max(int(labels.max(initial=0)) + 1, 1))
+    if problem:
+        raise RunDirError(f"{Path(logdir) / LABELS} holds {problem} of the run.")
     return labels.astype(np.int32)
 
 

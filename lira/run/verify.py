@@ -96,12 +96,9 @@ def check_finite(values: np.ndarray, path: Path, model: int, what: str = "logits
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str = "labels.npy") -> None:
-    """labels [N] must be classes 0..C-1 of the logits' C classes: a -1 would be scored against
-    the last class."""
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if len(bad):
+    """labels [N] must be classes 0..C-1 of the logits' C classes (layout.labels_outside)."""
+    problem = layout.labels_outside(labels, num_classes)
+    if problem:
         raise layout.RunDirError(
-            f"{where} holds labels outside 0..{num_classes - 1} (the logits' classes): "
-            + ", ".join(f"example {j}: {labels[j]}" for j in bad[:5])
-            + f"{', ...' if len(bad) > 5 else ''}; labels.npy is written by experiments/train.py."
+            f"{where} holds {problem} of the logits; labels.npy is written by experiments/train.py."
         )
