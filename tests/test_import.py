@@ -68,6 +68,7 @@ def test_the_import_command_and_the_api_audit_the_same(arrays, tmp_path):
         assert metrics["attacks"][name]["auc"] == result.metrics["attacks"][name]["auc"]
     report = (logdir / layout.REPORT_DIR / "report.md").read_text()
     assert "trained elsewhere" in report and "as stated: 6 scikit-learn MLPs" in report
+    assert "the first query's logits, as imported" in report and "inference mode" not in report
     assert "cifar10" not in report and "wrn" not in report and "epochs" not in report
     assert not (logdir / layout.REPORT_DIR / "most_exposed.png").exists()  # no images to show
 

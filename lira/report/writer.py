@@ -211,7 +211,13 @@ def _run_lines(metrics: dict, record: records.RunRecord, train_log: list[dict]) 
         *(
             [
                 f"- **Memorization**: {100 * metrics['models']['train_acc']:.1f}% accuracy on each model's own "
-                "training examples (plain query, inference mode; mean over models)"
+                "training examples ("
+                + (
+                    "the first query's logits, as imported"
+                    if record.external
+                    else "plain query, inference mode"
+                )
+                + "; mean over models)"
             ]
             if (metrics.get("models") or {}).get("train_acc") is not None
             else []
