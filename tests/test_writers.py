@@ -77,7 +77,7 @@ def test_stale_temporaries_of_dead_writers_go_and_others_stay(tmp_path):
         path.write_bytes(b"x")
     (report / "scores").mkdir(parents=True)
     with lock.try_acquire(logits / ".00005.lock"):
-        removed = layout.remove_stale_temporaries(tmp_path)
+        removed = temporaries.remove_stale(tmp_path)
     assert sorted(removed) == sorted([stale, legacy_free, report])
     assert alive.exists() and elsewhere.exists() and legacy_held.exists() and not report.exists()
 
@@ -86,7 +86,7 @@ def test_a_report_set_aside_by_a_killed_swap_is_put_back(tmp_path):
     aside = tmp_path / f".report.{temporaries.HOST}.{_dead_pid()}.0123abcd.old"
     aside.mkdir()
     (aside / "metrics.json").write_text("{}")
-    layout.remove_stale_temporaries(tmp_path)
+    temporaries.remove_stale(tmp_path)
     assert (tmp_path / "report" / "metrics.json").read_text() == "{}" and not aside.exists()
 
 

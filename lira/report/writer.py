@@ -195,6 +195,10 @@ def _run_lines(metrics: dict, record: records.RunRecord, train_log: list[dict]) 
         f"{100 * accuracy[key][0]:.1f}% ± {100 * accuracy[key][1]:.1f}" if key in accuracy else "n/a"
     )
     queries = metrics.get("num_queries", record.queries)
+    # lira knows how it queried its own models, not how imported logits were computed
+    accuracy_query = (
+        "the first query's logits, as imported" if record.external else "plain query, inference mode"
+    )
     if record.external:
         stated = (record.models or {}).get("description")
         models_line = (f"- **Models**: trained elsewhere, their logits imported (experiments/import_logits.py)"
@@ -211,13 +215,7 @@ def _run_lines(metrics: dict, record: records.RunRecord, train_log: list[dict]) 
         *(
             [
                 f"- **Memorization**: {100 * metrics['models']['train_acc']:.1f}% accuracy on each model's own "
-                "training examples ("
-                + (
-                    "the first query's logits, as imported"
-                    if record.external
-                    else "plain query, inference mode"
-                )
-                + "; mean over models)"
+                f"training examples ({accuracy_query}; mean over models)"
             ]
             if (metrics.get("models") or {}).get("train_acc") is not None
             else []

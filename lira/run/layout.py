@@ -126,12 +126,6 @@ class PartialNpy:
         self.tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(logdir: Path) -> list[Path]:
-    """Removes the temporaries of writers of this host that no longer run (see
-    lira.run.temporaries.remove_stale); every stage calls it first."""
-    return temporaries.remove_stale(logdir)
-
-
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Atomically writes `array` to `path` in .npy format."""
     atomic_write(path, lambda f: np.save(f, np.asarray(array)), "wb")

@@ -74,18 +74,13 @@ class Lock:
         self.release()
 
 
-def try_acquire(path: str | os.PathLike) -> Lock | None:
-    """The lock at `path` if no other process holds it, else None (never waits)."""
-    return _acquire(Path(path), blocking=False)
-
-
 def acquire(path: str | os.PathLike, wait_s: float = 0.0, what: str | None = None) -> Lock:
     """The lock at `path`, waiting up to `wait_s` seconds for its holder to release it; LockHeld
     names the holder and `what` (the unit of work, for the message) if it does not."""
     path = Path(path)
     deadline = time.monotonic() + wait_s
     while True:
-        held = _acquire(path, blocking=False)
+        held = try_acquire(path)
         if held is not None:
             return held
         if time.monotonic() >= deadline:
@@ -106,12 +101,14 @@ def holder(path: str | os.PathLike) -> Holder:
         return Holder(None, None, None)
 
 
-def _acquire(path: Path, blocking: bool) -> Lock | None:
+def try_acquire(path: str | os.PathLike) -> Lock | None:
+    """The lock at `path` if no other process holds it, else None (never waits)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):

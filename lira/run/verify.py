@@ -38,6 +38,11 @@ def npy_problem(path: Path, shape: tuple, dtype=np.float32) -> str | None:
     """What is wrong with the .npy file at `path` for an array of `shape` (None entries: any size)
     and `dtype`, or None: read from its header and its size (a truncated file is caught without
     reading the data)."""
+    return _inspect(path, shape, dtype)[0]
+
+
+def _inspect(path: Path, shape: tuple, dtype) -> tuple[str | None, tuple[int, ...] | None]:
+    """(npy_problem's answer, the shape the file's header gives: None if unreadable)."""
     try:
         with open(path, "rb") as f:
             major, _ = np.lib.format.read_magic(f)
@@ -47,16 +52,17 @@ def npy_problem(path: Path, shape: tuple, dtype=np.float32) -> str | None:
             found_shape, fortran, found_dtype = read_header(f)
             offset = f.tell()
     except (OSError, ValueError, EOFError) as error:
-        return f"is not a readable .npy file ({error})"
+        return f"is not a readable .npy file ({error})", None
+    found_shape = tuple(found_shape)
     if found_dtype != np.dtype(dtype):
-        return f"has dtype {found_dtype}, expected {np.dtype(dtype)}"
+        return f"has dtype {found_dtype}, expected {np.dtype(dtype)}", found_shape
     if len(found_shape) != len(shape) or any(e is not None and e != s for e, s in zip(shape, found_shape)):
         expected = ", ".join("*" if e is None else str(e) for e in shape)
-        return f"has shape {tuple(found_shape)}, expected [{expected}]"
+        return f"has shape {found_shape}, expected [{expected}]", found_shape
     size, expected_size = os.path.getsize(path), offset + math.prod(found_shape) * found_dtype.itemsize
     if size != expected_size or fortran:
-        return f"has {size} bytes where its header says {expected_size} (truncated or altered)"
-    return None
+        return f"has {size} bytes where its header says {expected_size} (truncated or altered)", found_shape
+    return None, found_shape
 
 
 def usable(path: Path, shape: tuple) -> bool:
@@ -72,14 +78,14 @@ def usable(path: Path, shape: tuple) -> bool:
 
 def check_file(path: Path, shape: tuple, logdir: Path, whitebox: bool = False) -> tuple[int, ...]:
     """The shape of the float32 .npy file `path`, refused in one line naming it when it does not
-    fit `shape` or its size; experiments/inference.py rewrites it."""
-    problem = npy_problem(path, shape)
+    fit `shape` or its size (read from its header alone); experiments/inference.py rewrites it."""
+    problem, found_shape = _inspect(path, shape, np.float32)
     if problem is not None:
         flag = " --whitebox" if whitebox else ""
         raise layout.RunDirError(
             f"{path} {problem}; python experiments/inference.py --logdir={logdir}{flag} rewrites it."
         )
-    return np.load(path, mmap_mode="r").shape
+    return found_shape
 
 
 def check_finite(values: np.ndarray, path: Path, model: int, what: str = "logits") -> None:

@@ -46,7 +46,7 @@ def attack(logdir: str | Path, config: AttackConfig, progress: bool = True) -> d
     options_from_flags(config.options)
     run = read_run(logdir)
     with lock.acquire(run.logdir / ".report.lock", what=f"The report of {run.logdir}"):
-        layout.remove_stale_temporaries(run.logdir)
+        temporaries.remove_stale(run.logdir)
         metrics, results = run_audit(run, config, progress)
         new_report = temporaries.create_dir(run.logdir, layout.REPORT_DIR)
         try:

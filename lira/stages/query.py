@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lira.config import QueryConfig
 from lira.data import load_dataset
-from lira.run import checkpoint, layout, lock, records, verify, views
+from lira.run import checkpoint, layout, lock, records, temporaries, verify, views
 from lira.stages import preflight
 from lira.training import augment, grad_norms, loop, step
 from lira.training.models import canonical_arch, get_model, import_arch
@@ -137,7 +137,7 @@ def _slices_to_do(logdir: Path, record: records.RunRecord, lacking: list[int]) -
     else none (_stream groups them all and computes the groups with a lacking model); notes the
     lacking models that have no finished checkpoint yet, which are skipped. Removes the stale
     temporaries of earlier runs first (both query stages come here before any work)."""
-    layout.remove_stale_temporaries(logdir)
+    temporaries.remove_stale(logdir)
     finished = checkpoint.finished_slices(logdir, record.config.training.epochs)
     trained = {m for a, b, _ in finished for m in range(a, b)}
     untrained = [m for m in lacking if m not in trained]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lira import xla_flags
 from lira.config import TrainingConfig
 from lira.data import Pixels
-from lira.run import checkpoint, layout, lock
+from lira.run import checkpoint, layout, lock, temporaries
 from lira.training import step as step_lib
 from lira.training.models import get_model
 
@@ -251,7 +251,7 @@ def train_models(
     slices = [(a, min(a + models_per_step, stop)) for a in range(start, stop, models_per_step)]
     todo = [(a, b, checkpoint.latest_epoch(checkpoint.slice_dir(logdir, a, b))) for a, b in slices]
     remaining = sum((b - a) * (config.epochs - done) * num_steps for a, b, done in todo)
-    layout.remove_stale_temporaries(logdir)
+    temporaries.remove_stale(logdir)  # every stage starts so
     bar = tqdm(total=remaining, unit="model-step", disable=not progress, dynamic_ncols=True)
     data = _DeviceData(x_train, y_train, x_test, y_test, config.eval_examples, pixels)
     saver = checkpoint.AsyncSaver()
@@ -269,9 +269,8 @@ def train_models(
                 bar.total -= (b - a) * (config.epochs - seen) * num_steps
                 continue
             held_locks.append(held)
-            done = checkpoint.latest_verified_epoch(
-                folder
-            )  # read under the lock: its last holder may have saved
+            # Read under the lock: its last holder may have saved since `todo` was made.
+            done = checkpoint.latest_verified_epoch(folder)
             if done:  # a kill between that save and its log rows' append must not lose them
                 _append_missing_rows(log_path, checkpoint.saved_log_rows(folder, done))
             bar.total += (b - a) * (seen - done) * num_steps
